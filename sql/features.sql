@@ -1,0 +1,53 @@
+-- Stage 4, blend: the feature table, one row per (q,p) in history or prior (eq. 8 and 9).
+--
+--   alpha = tanh( min(gamma, I(q,p)) / min(gamma, max over p' of I(q,p')) )  -- q2q_alpha; 0 when the
+--                                                                           -- denominator is 0
+--   F     = alpha * H + (1 - alpha) * Prior * beta                          -- q2q_blend
+--
+-- H, Prior and I are 0 where the pair has no row in history / prior.
+--
+-- Reads:  history, prior, neighbour_sets
+-- Output: features(query, product_id, h, prior, alpha, f, impressions, n_neighbours, n_contributing)
+-- Parameters: $gamma, $beta
+WITH pairs AS (
+    SELECT
+        COALESCE(h.query, p.query) AS query,
+        COALESCE(h.product_id, p.product_id) AS product_id,
+        COALESCE(h.h, 0.0) AS h,
+        COALESCE(p.prior, 0.0) AS prior,
+        COALESCE(h.impressions, 0) AS impressions,
+        COALESCE(p.n_contributing, 0) AS n_contributing
+    FROM history AS h
+    FULL OUTER JOIN prior AS p ON h.query = p.query AND h.product_id = p.product_id
+),
+query_impressions AS (
+    SELECT query, MAX(impressions) AS max_impressions FROM history GROUP BY query
+),
+set_sizes AS (
+    SELECT query, MAX(n_neighbours) AS n_neighbours FROM neighbour_sets GROUP BY query
+),
+weighted AS (
+    SELECT
+        pairs.query,
+        pairs.product_id,
+        pairs.h,
+        pairs.prior,
+        q2q_alpha(pairs.impressions, COALESCE(qi.max_impressions, 0), $gamma) AS alpha,
+        pairs.impressions,
+        COALESCE(ss.n_neighbours, 0) AS n_neighbours,
+        pairs.n_contributing
+    FROM pairs
+    LEFT JOIN query_impressions AS qi ON qi.query = pairs.query
+    LEFT JOIN set_sizes AS ss ON ss.query = pairs.query
+)
+SELECT
+    query,
+    product_id,
+    h,
+    prior,
+    alpha,
+    q2q_blend(h, prior, alpha, $beta) AS f,
+    impressions,
+    n_neighbours,
+    n_contributing
+FROM weighted

@@ -1,0 +1,150 @@
+//! Command-line interface: one file per subcommand, each with its arguments and one `run`.
+//! [`JobArgs`] (a job file plus flags overriding any key) is shared by every command that runs a job.
+
+pub mod run;
+pub mod synth;
+
+use std::path::PathBuf;
+
+use bytesize::ByteSize;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{DuplicatePolicy, InputSpec, JobConfig, OutputFormat, PriorWeighting};
+use crate::error::Result;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "q2q-prior",
+    version,
+    about = "Turns query-to-query similarity into ranking features: H, Prior, alpha and F",
+    long_about = "Turns query-to-query (Q2Q) similarity into ranking features for product search.\n\n\
+        From engagement counts per (query, product) and the upstream model's similar-query lists it \
+        computes the history score H, the neighbours' prior, the confidence alpha and the blended \
+        feature F = alpha*H + (1-alpha)*Prior*beta (Q2Q paper, section 4.5).\n\n\
+        Data goes to files or stdout; logs (RUST_LOG) and progress go to stderr."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compute the feature table from engagement and neighbour lists.
+    Run(run::RunArgs),
+    /// Generate a synthetic marketplace (engagement + neighbour lists) for trials and benchmarks.
+    Synth(synth::SynthArgs),
+}
+
+impl Cli {
+    pub async fn run(self) -> Result<()> {
+        match self.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Synth(args) => synth::run(args).await,
+        }
+    }
+}
+
+/// A job file and flags that override its keys. Precedence: flag > environment (`Q2Q_*`) > file >
+/// default.
+#[derive(Debug, Clone, Args)]
+pub struct JobArgs {
+    /// TOML job file; relative paths inside it are relative to the file.
+    #[arg(long, short = 'c', env = "Q2Q_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Engagement input: file, folder, glob or URL (s3://, gs://, az://, file://).
+    #[arg(long, env = "Q2Q_ENGAGEMENT", value_name = "URI")]
+    pub engagement: Option<String>,
+    /// Neighbour lists input: file, folder, glob or URL.
+    #[arg(long, env = "Q2Q_NEIGHBOURS", value_name = "URI")]
+    pub neighbours: Option<String>,
+    /// Output file (path or URL), written atomically.
+    #[arg(long, short = 'o', env = "Q2Q_OUTPUT", value_name = "URI")]
+    pub output: Option<String>,
+    /// Output format [config: format; default parquet].
+    #[arg(long, value_enum)]
+    pub format: Option<OutputFormat>,
+    /// k: neighbours kept per query [config: features.top_k; default 3].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub top_k: Option<u32>,
+    /// Drop neighbour rows scoring below this [features.min_score; default 0].
+    #[arg(long, allow_negative_numbers = true)]
+    pub min_score: Option<f64>,
+    /// gamma: impression cap in alpha, > 0 [features.gamma; default 10000].
+    #[arg(long, allow_negative_numbers = true)]
+    pub gamma: Option<f64>,
+    /// beta: confidence rate of the prior in F, >= 0 [features.beta; default 1].
+    #[arg(long, allow_negative_numbers = true)]
+    pub beta: Option<f64>,
+    /// Weight of clicks in H [features.click_weight; default 1].
+    #[arg(long, allow_negative_numbers = true)]
+    pub click_weight: Option<f64>,
+    /// Weight of add-to-carts in H [features.add_weight; default 2].
+    #[arg(long, allow_negative_numbers = true)]
+    pub add_weight: Option<f64>,
+    /// Weight of purchases in H [features.purchase_weight; default 4].
+    #[arg(long, allow_negative_numbers = true)]
+    pub purchase_weight: Option<f64>,
+    /// kappa: added to impressions in H's denominator [features.smoothing; default 10].
+    #[arg(long, allow_negative_numbers = true)]
+    pub smoothing: Option<f64>,
+    /// How the prior averages neighbours [features.prior_weighting; default mean].
+    #[arg(long, value_enum)]
+    pub prior_weighting: Option<PriorWeighting>,
+    /// Several engagement rows for one (query, product_id) [features.on_duplicate; default error].
+    #[arg(long, value_enum)]
+    pub on_duplicate: Option<DuplicatePolicy>,
+    /// Memory limit for the query engine, e.g. 4GiB [execution.memory_limit; default unlimited].
+    #[arg(long, env = "Q2Q_MEMORY_LIMIT", value_name = "SIZE")]
+    pub memory_limit: Option<ByteSize>,
+    /// Plan parallelism [execution.target_partitions; default: number of cores].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub target_partitions: Option<u64>,
+}
+
+impl JobArgs {
+    /// Builds the job config: the file (if any), then every flag given on top.
+    pub fn load(&self) -> Result<JobConfig> {
+        let mut config = match &self.config {
+            Some(path) => JobConfig::from_toml_file(path)?,
+            None => JobConfig::default(),
+        };
+        if let Some(uri) = &self.engagement {
+            config.engagement = Some(InputSpec::new(uri.clone()));
+        }
+        if let Some(uri) = &self.neighbours {
+            config.neighbours = Some(InputSpec::new(uri.clone()));
+        }
+        if let Some(output) = &self.output {
+            config.output = Some(output.clone());
+        }
+        if let Some(format) = self.format {
+            config.format = format;
+        }
+        let f = &mut config.features;
+        set(&mut f.top_k, self.top_k);
+        set(&mut f.min_score, self.min_score);
+        set(&mut f.gamma, self.gamma);
+        set(&mut f.beta, self.beta);
+        set(&mut f.click_weight, self.click_weight);
+        set(&mut f.add_weight, self.add_weight);
+        set(&mut f.purchase_weight, self.purchase_weight);
+        set(&mut f.smoothing, self.smoothing);
+        set(&mut f.prior_weighting, self.prior_weighting);
+        set(&mut f.on_duplicate, self.on_duplicate);
+        if self.memory_limit.is_some() {
+            config.execution.memory_limit = self.memory_limit;
+        }
+        if let Some(n) = self.target_partitions {
+            config.execution.target_partitions = Some(n as usize);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *slot = value;
+    }
+}

@@ -1,0 +1,380 @@
+//! The job configuration: one serde struct, merged once from a TOML file, the environment and
+//! flags (in that order of precedence, lowest first), validated once, then passed by reference.
+//!
+//! Every key, its default and its meaning is listed in the README's configuration reference.
+
+use std::fmt;
+use std::path::Path;
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::error::{Error, Result};
+use crate::formula::HistoryWeights;
+
+/// A whole feature job.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobConfig {
+    /// (query, product_id) engagement counts aggregated over a window.
+    #[serde(deserialize_with = "input_spec_from_str_or_table")]
+    pub engagement: Option<InputSpec>,
+    /// The upstream model's Q2Q lists: query, neighbour, score.
+    #[serde(deserialize_with = "input_spec_from_str_or_table")]
+    pub neighbours: Option<InputSpec>,
+    /// Where the feature table goes: a file path or object-store URL.
+    pub output: Option<String>,
+    /// Format of the output file.
+    pub format: OutputFormat,
+    pub features: FeatureParams,
+    pub execution: ExecutionConfig,
+}
+
+/// The formula parameters (paper section 4.5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeatureParams {
+    /// k: neighbours kept per query (the paper uses the top 3).
+    pub top_k: u32,
+    /// Neighbour rows with a score below this are dropped.
+    pub min_score: f64,
+    /// gamma: impression cap in alpha.
+    pub gamma: f64,
+    /// beta: confidence rate applied to the prior in F.
+    pub beta: f64,
+    pub click_weight: f64,
+    pub add_weight: f64,
+    pub purchase_weight: f64,
+    /// kappa: added to impressions in H's denominator.
+    pub smoothing: f64,
+    pub prior_weighting: PriorWeighting,
+    /// What to do when engagement has several rows for one (query, product_id).
+    pub on_duplicate: DuplicatePolicy,
+}
+
+impl Default for FeatureParams {
+    fn default() -> Self {
+        FeatureParams {
+            top_k: 3,
+            min_score: 0.0,
+            gamma: 10_000.0,
+            beta: 1.0,
+            click_weight: 1.0,
+            add_weight: 2.0,
+            purchase_weight: 4.0,
+            smoothing: 10.0,
+            prior_weighting: PriorWeighting::Mean,
+            on_duplicate: DuplicatePolicy::Error,
+        }
+    }
+}
+
+impl FeatureParams {
+    pub fn history_weights(&self) -> HistoryWeights {
+        HistoryWeights {
+            click: self.click_weight,
+            add: self.add_weight,
+            purchase: self.purchase_weight,
+            smoothing: self.smoothing,
+        }
+    }
+}
+
+/// How Prior(q,p) averages H(c,p) over the neighbour set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PriorWeighting {
+    /// (1/|C_q|) * sum of H(c,p): eq. 7 of the paper.
+    #[default]
+    Mean,
+    /// sum(s_c * H(c,p)) / sum(s_c): weights neighbours by the model's score (an extension).
+    Score,
+}
+
+/// Several engagement rows for one (query, product_id).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DuplicatePolicy {
+    /// Fail, naming the key: engagement is expected to be aggregated already.
+    #[default]
+    Error,
+    /// Sum the counts of the rows (e.g. when the input is daily partitions of one window).
+    Sum,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// Parquet, zstd-compressed.
+    #[default]
+    Parquet,
+    /// CSV with a header row.
+    Csv,
+}
+
+impl fmt::Display for OutputFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OutputFormat::Parquet => "parquet",
+            OutputFormat::Csv => "csv",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum InputFormat {
+    Parquet,
+    Csv,
+    /// Newline-delimited JSON.
+    Json,
+}
+
+/// How the job runs on this machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutionConfig {
+    /// Memory the query engine may use before spilling or failing, e.g. "4GiB". Unlimited if absent.
+    pub memory_limit: Option<ByteSize>,
+    /// Parallelism of the query plans; the number of cores if absent.
+    pub target_partitions: Option<usize>,
+    /// Sort the output by (query, product_id) so reruns write identical files.
+    pub sort_output: bool,
+}
+
+impl Default for ExecutionConfig {
+    fn default() -> Self {
+        ExecutionConfig {
+            memory_limit: None,
+            target_partitions: None,
+            sort_output: true,
+        }
+    }
+}
+
+/// One input: a URI (local path, directory, glob or object-store URL) and optionally its format.
+///
+/// Written either as a plain string, `engagement = "data/engagement/"`, or as a table,
+/// `engagement = { uri = "data/e.txt", format = "csv" }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    pub uri: String,
+    /// Detected from the file extension when absent.
+    #[serde(default)]
+    pub format: Option<InputFormat>,
+}
+
+impl InputSpec {
+    pub fn new(uri: impl Into<String>) -> Self {
+        InputSpec {
+            uri: uri.into(),
+            format: None,
+        }
+    }
+}
+
+/// Accepts a string or a table for [`InputSpec`] while keeping serde's precise error messages for
+/// the table form (an untagged enum would only say "did not match any variant").
+fn input_spec_from_str_or_table<'de, D>(deserializer: D) -> Result<Option<InputSpec>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Option<InputSpec>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(
+                "a path/URL string or a table { uri = \"…\", format = \"parquet|csv|json\" }",
+            )
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(InputSpec::new(v)))
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            InputSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    deserializer.deserialize_any(Visitor)
+}
+
+impl JobConfig {
+    /// Parses a TOML config. Local relative paths in it are taken relative to the file's folder,
+    /// so a job file and its data can move together.
+    pub fn from_toml_file(path: &Path) -> Result<JobConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        let mut config = JobConfig::from_toml_str(&text)
+            .map_err(|e| Error::config(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for spec in [&mut config.engagement, &mut config.neighbours]
+            .into_iter()
+            .flatten()
+        {
+            spec.uri = resolve_relative(base, &spec.uri);
+        }
+        if let Some(output) = &mut config.output {
+            *output = resolve_relative(base, output);
+        }
+        Ok(config)
+    }
+
+    pub fn from_toml_str(text: &str) -> Result<JobConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Rejects values the formulas cannot run with. Called once, after every source is merged.
+    pub fn validate(&self) -> Result<()> {
+        let p = &self.features;
+        if p.top_k == 0 {
+            return Err(Error::config(
+                "features.top_k (--top-k) must be at least 1, got 0",
+            ));
+        }
+        if !(p.gamma.is_finite() && p.gamma > 0.0) {
+            return Err(Error::config(format!(
+                "features.gamma (--gamma) must be a finite number > 0, got {}",
+                p.gamma
+            )));
+        }
+        for (key, flag, value) in [
+            ("beta", "--beta", p.beta),
+            ("click_weight", "--click-weight", p.click_weight),
+            ("add_weight", "--add-weight", p.add_weight),
+            ("purchase_weight", "--purchase-weight", p.purchase_weight),
+            ("smoothing", "--smoothing", p.smoothing),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(Error::config(format!(
+                    "features.{key} ({flag}) must be a finite number >= 0, got {value}"
+                )));
+            }
+        }
+        if !p.min_score.is_finite() {
+            return Err(Error::config(format!(
+                "features.min_score (--min-score) must be finite, got {}",
+                p.min_score
+            )));
+        }
+        if self.execution.target_partitions == Some(0) {
+            return Err(Error::config(
+                "execution.target_partitions (--target-partitions) must be >= 1",
+            ));
+        }
+        if let Some(limit) = self.execution.memory_limit {
+            if limit.as_u64() < 64 * 1024 * 1024 {
+                return Err(Error::config(format!(
+                    "execution.memory_limit (--memory-limit) must be at least 64MiB, got {limit}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates and returns the inputs and output a feature job needs.
+    pub fn job_paths(&self) -> Result<(&InputSpec, &InputSpec, &str)> {
+        let engagement = self.engagement.as_ref().ok_or_else(|| {
+            Error::config("no engagement input: set `engagement` or --engagement")
+        })?;
+        let neighbours = self.neighbours.as_ref().ok_or_else(|| {
+            Error::config("no neighbours input: set `neighbours` or --neighbours")
+        })?;
+        let output = self
+            .output
+            .as_deref()
+            .ok_or_else(|| Error::config("no output: set `output` or --output"))?;
+        Ok((engagement, neighbours, output))
+    }
+}
+
+/// Joins a local relative path onto `base`; URLs and absolute paths are returned unchanged.
+fn resolve_relative(base: &Path, uri: &str) -> String {
+    if uri.contains("://") || Path::new(uri).is_absolute() {
+        return uri.to_string();
+    }
+    base.join(uri).to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_issue() {
+        let c = JobConfig::from_toml_str("").unwrap();
+        assert_eq!(c.features, FeatureParams::default());
+        assert_eq!(c.features.top_k, 3);
+        assert_eq!(c.features.gamma, 10_000.0);
+        assert_eq!(c.format, OutputFormat::Parquet);
+        assert!(c.execution.sort_output);
+    }
+
+    #[test]
+    fn inputs_as_string_or_table() {
+        let c = JobConfig::from_toml_str(
+            "engagement = \"e.parquet\"\nneighbours = { uri = \"n.txt\", format = \"csv\" }\n",
+        )
+        .unwrap();
+        assert_eq!(c.engagement, Some(InputSpec::new("e.parquet")));
+        assert_eq!(
+            c.neighbours,
+            Some(InputSpec {
+                uri: "n.txt".into(),
+                format: Some(InputFormat::Csv)
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = JobConfig::from_toml_str("[features]\ntop_kk = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("top_kk"), "{err}");
+        let err = JobConfig::from_toml_str("outptu = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("outptu"), "{err}");
+        let err = JobConfig::from_toml_str("neighbours = { uri = \"x\", fromat = \"csv\" }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fromat"), "{err}");
+    }
+
+    #[test]
+    fn memory_limit_parses_human_sizes() {
+        let c = JobConfig::from_toml_str("[execution]\nmemory_limit = \"4GiB\"\n").unwrap();
+        assert_eq!(c.execution.memory_limit, Some(ByteSize::gib(4)));
+    }
+
+    #[test]
+    fn invalid_parameters_are_rejected() {
+        let mut c = JobConfig::default();
+        c.features.top_k = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("top_k"));
+        let mut c = JobConfig::default();
+        c.features.gamma = 0.0;
+        assert!(c.validate().unwrap_err().to_string().contains("gamma"));
+        let mut c = JobConfig::default();
+        c.features.add_weight = -1.0;
+        assert!(c.validate().unwrap_err().to_string().contains("add_weight"));
+        let mut c = JobConfig::default();
+        c.features.smoothing = f64::NAN;
+        assert!(c.validate().unwrap_err().to_string().contains("smoothing"));
+        assert!(JobConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        assert_eq!(resolve_relative(Path::new("/jobs"), "e.csv"), "/jobs/e.csv");
+        assert_eq!(
+            resolve_relative(Path::new("/jobs"), "s3://b/e.csv"),
+            "s3://b/e.csv"
+        );
+        assert_eq!(
+            resolve_relative(Path::new("/jobs"), "/abs/e.csv"),
+            "/abs/e.csv"
+        );
+    }
+}

@@ -1,0 +1,184 @@
+//! The feature job end to end: session -> input checks -> stages -> atomic write -> summary.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use datafusion::logical_expr::col;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::JobConfig;
+use crate::error::Result;
+use crate::pipeline::{self, inputs};
+use crate::session;
+use crate::sink::{self, WriteStats};
+use crate::storage::OutputLocation;
+
+/// What a run did, printed on stderr at the end.
+#[derive(Debug, Clone, Default)]
+pub struct JobSummary {
+    pub output: String,
+    pub engagement_rows: u64,
+    pub neighbour_rows: u64,
+    /// Rows of `history`: distinct (query, product_id) engagement pairs.
+    pub history_rows: u64,
+    pub neighbour_set_rows: u64,
+    /// Queries with a non-empty neighbour set, i.e. with at least one prior pair.
+    pub queries_with_prior: u64,
+    pub written: WriteStats,
+    pub warnings: Vec<String>,
+    pub check_time: Duration,
+    pub neighbour_sets_time: Duration,
+    pub features_time: Duration,
+    pub total_time: Duration,
+}
+
+impl JobSummary {
+    /// Output pairs that exist only through the prior (no engagement row).
+    pub fn prior_only_pairs(&self) -> u64 {
+        self.written.rows.saturating_sub(self.history_rows)
+    }
+}
+
+impl fmt::Display for JobSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = |d: Duration| format!("{:.2}s", d.as_secs_f64());
+        writeln!(
+            f,
+            "q2q-prior run: wrote {} rows ({} bytes) to {}",
+            self.written.rows, self.written.bytes, self.output
+        )?;
+        writeln!(
+            f,
+            "  stage            rows in                        rows out      wall"
+        )?;
+        writeln!(
+            f,
+            "  inputs+checks    engagement {:>10}  neighbours {:>10}                 {:>8}",
+            self.engagement_rows,
+            self.neighbour_rows,
+            secs(self.check_time)
+        )?;
+        writeln!(
+            f,
+            "  history          {:>10}                        {:>10}  (lazy)",
+            self.engagement_rows, self.history_rows
+        )?;
+        writeln!(
+            f,
+            "  neighbour_sets   {:>10}                        {:>10}  {:>8}",
+            self.neighbour_rows,
+            self.neighbour_set_rows,
+            secs(self.neighbour_sets_time)
+        )?;
+        writeln!(
+            f,
+            "  prior+blend+sink {:>10}                        {:>10}  {:>8}  (one fused plan)",
+            self.history_rows,
+            self.written.rows,
+            secs(self.features_time)
+        )?;
+        writeln!(f, "  queries with a prior: {}", self.queries_with_prior)?;
+        writeln!(
+            f,
+            "  (q,p) pairs only through the prior: {}",
+            self.prior_only_pairs()
+        )?;
+        for w in &self.warnings {
+            writeln!(f, "  warning: {w}")?;
+        }
+        write!(f, "  total wall time: {}", secs(self.total_time))
+    }
+}
+
+/// Progress on stderr: a spinner with the current stage (hidden when stderr is not a terminal).
+fn spinner() -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+            .expect("valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// Runs the feature job described by `config` (already merged and validated).
+pub async fn run(config: &JobConfig) -> Result<JobSummary> {
+    config.validate()?;
+    let start = Instant::now();
+    let (_, _, output) = config.job_paths()?;
+    let progress = spinner();
+    let mut summary = JobSummary {
+        output: output.to_string(),
+        ..Default::default()
+    };
+
+    progress.set_message("opening inputs");
+    let (ctx, inputs) = session::open(config).await?;
+    let location = OutputLocation::resolve(ctx.runtime_env().as_ref(), output)?;
+
+    progress.set_message("checking inputs");
+    tracing::info!("checking inputs");
+    let report = inputs::check(&ctx, &inputs, &config.features).await?;
+    summary.engagement_rows = report.engagement_rows;
+    summary.neighbour_rows = report.neighbour_rows;
+    summary.history_rows = report.engagement_pairs;
+    for (input, warning) in &report.warnings {
+        let text = format!(
+            "{input}: {} row(s) fail '{}' ({}){}",
+            warning.violations,
+            warning.check.id,
+            warning.check.expected,
+            warning
+                .example
+                .as_deref()
+                .map(|e| format!("; e.g. {e}"))
+                .unwrap_or_default()
+        );
+        tracing::info!("{text}");
+        summary.warnings.push(text);
+    }
+    summary.check_time = start.elapsed();
+
+    progress.set_message("computing neighbour sets");
+    tracing::info!("computing neighbour sets");
+    let timings = pipeline::register_stages(
+        &ctx,
+        &config.features,
+        &[pipeline::neighbour_sets::STAGE.name],
+    )
+    .await?;
+    if let Some((_, rows, took)) = timings.materialized.first() {
+        summary.neighbour_set_rows = *rows;
+        summary.neighbour_sets_time = *took;
+    }
+    summary.queries_with_prior = ctx
+        .table(pipeline::neighbour_sets::STAGE.name)
+        .await?
+        .filter(col("rank").eq(datafusion::prelude::lit(1i64)))?
+        .count()
+        .await? as u64;
+
+    progress.set_message("computing prior and features, writing");
+    tracing::info!("computing prior and features, writing {output}");
+    let features_start = Instant::now();
+    let mut features = ctx.table(pipeline::blend::STAGE.name).await?;
+    if config.execution.sort_output {
+        features = features.sort(vec![
+            col("query").sort(true, false),
+            col("product_id").sort(true, false),
+        ])?;
+    }
+    let mut rows = 0u64;
+    let written = sink::write_atomic(features, &location, config.format, |batch| {
+        rows += batch.num_rows() as u64;
+        progress.set_message(format!(
+            "computing prior and features, writing: {rows} rows"
+        ));
+    })
+    .await?;
+    summary.written = written;
+    summary.features_time = features_start.elapsed();
+    summary.total_time = start.elapsed();
+    progress.finish_and_clear();
+    Ok(summary)
+}

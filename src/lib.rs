@@ -1,0 +1,22 @@
+//! q2q-prior: turns query-to-query (Q2Q) similarity into ranking features for product search.
+//!
+//! Data flow, one module per step:
+//! [`pipeline::inputs`] -> [`pipeline::history`] (H) -> [`pipeline::neighbour_sets`] (C_q) ->
+//! [`pipeline::prior`] -> [`pipeline::blend`] (alpha, F) -> [`sink`].
+//! [`session`] is the one place a DataFusion session is prepared; [`formula`] holds the paper's
+//! formulas once; [`reference`] is a plain in-memory oracle used by the property tests.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod formula;
+pub mod job;
+pub mod pipeline;
+pub mod reference;
+pub mod session;
+pub mod sink;
+pub mod storage;
+pub mod synth;
+pub mod udf;
+
+pub use error::{Error, Result};

@@ -1,0 +1,22 @@
+//! Stage 4, blend: `history`, `prior`, `neighbour_sets` ->
+//! `features(query, product_id, h, prior, alpha, f, impressions, n_neighbours, n_contributing)`.
+//!
+//! alpha from impressions and F = alpha*H + (1-alpha)*Prior*beta; see `sql/features.sql`.
+
+use datafusion::common::ScalarValue;
+
+use super::Stage;
+use crate::config::FeatureParams;
+
+pub const STAGE: Stage = Stage {
+    name: "features",
+    sql: include_str!("../../sql/features.sql"),
+    params,
+};
+
+fn params(p: &FeatureParams) -> Vec<(&'static str, ScalarValue)> {
+    vec![
+        ("gamma", ScalarValue::from(p.gamma)),
+        ("beta", ScalarValue::from(p.beta)),
+    ]
+}

@@ -1,0 +1,255 @@
+//! Row-level checks on the inputs: what the job relies on, stated once.
+//!
+//! `run` evaluates them before computing anything (FAIL stops the job with exit code 2, WARN is
+//! logged); the `validate` command reports the same list. All row checks of one input are counted
+//! in a single scan; an example row is fetched only for a check that found something.
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Int64Type};
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::functions::math::expr_fn::isnan;
+use datafusion::functions_aggregate::expr_fn::{count, sum};
+use datafusion::logical_expr::{Expr, col, lit, when};
+use datafusion::prelude::DataFrame;
+
+use crate::error::{BadInput, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The job cannot produce correct features: stop.
+    Fail,
+    /// Suspicious but well defined: report and go on.
+    Warn,
+}
+
+/// One predicate that selects offending rows of one input.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// Short stable id, e.g. `clicks_above_impressions`.
+    pub id: &'static str,
+    pub column: &'static str,
+    pub severity: Severity,
+    /// Selects the rows that violate the check.
+    pub violation: Expr,
+    /// What the rows should look like.
+    pub expected: &'static str,
+}
+
+/// The outcome of a check over a whole input.
+#[derive(Debug, Clone)]
+pub struct CheckResult {
+    pub check: Check,
+    pub violations: u64,
+    pub example: Option<String>,
+}
+
+impl CheckResult {
+    pub fn to_bad_input(&self, input: &str, uri: &str) -> BadInput {
+        let mut bad = BadInput::new(
+            input,
+            uri,
+            format!("{} row(s) fail check '{}'", self.violations, self.check.id),
+        )
+        .column(self.check.column)
+        .expected(self.check.expected);
+        if let Some(example) = &self.example {
+            bad = bad.example(example.clone());
+        }
+        bad
+    }
+}
+
+fn null_or_empty(column: &str, data_type: &DataType) -> Expr {
+    let c = col(column);
+    if is_string(data_type) {
+        c.clone().is_null().or(c.eq(lit("")))
+    } else {
+        c.is_null()
+    }
+}
+
+fn not_finite(column: &str) -> Expr {
+    let c = col(column);
+    isnan(c.clone())
+        .or(c.clone().eq(lit(f64::INFINITY)))
+        .or(c.eq(lit(f64::NEG_INFINITY)))
+}
+
+pub fn is_string(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    )
+}
+
+/// Checks of the engagement input; `columns` lists the count columns it actually has.
+pub fn engagement_checks(
+    query_type: &DataType,
+    product_type: &DataType,
+    counts: &[&'static str],
+    has_h: bool,
+) -> Vec<Check> {
+    let mut checks = vec![
+        Check {
+            id: "query_null_or_empty",
+            column: "query",
+            severity: Severity::Fail,
+            violation: null_or_empty("query", query_type),
+            expected: "a non-empty query string in every row",
+        },
+        Check {
+            id: "product_id_null_or_empty",
+            column: "product_id",
+            severity: Severity::Fail,
+            violation: null_or_empty("product_id", product_type),
+            expected: "a non-empty product_id in every row",
+        },
+    ];
+    for &column in counts {
+        checks.push(Check {
+            id: match column {
+                "impressions" => "impressions_null_or_negative",
+                "clicks" => "clicks_null_or_negative",
+                "adds" => "adds_null_or_negative",
+                _ => "purchases_null_or_negative",
+            },
+            column,
+            severity: Severity::Fail,
+            violation: col(column).is_null().or(col(column).lt(lit(0i64))),
+            expected: "a count >= 0",
+        });
+    }
+    if counts.contains(&"clicks") {
+        checks.push(Check {
+            id: "clicks_above_impressions",
+            column: "clicks",
+            severity: Severity::Fail,
+            violation: col("clicks").gt(col("impressions")),
+            expected: "clicks <= impressions",
+        });
+    }
+    if counts.contains(&"purchases") && counts.contains(&"clicks") {
+        checks.push(Check {
+            id: "purchases_above_clicks",
+            column: "purchases",
+            severity: Severity::Warn,
+            violation: col("purchases").gt(col("clicks")),
+            expected: "purchases <= clicks (purchases without a click are possible but rare)",
+        });
+    }
+    if has_h {
+        checks.push(Check {
+            id: "h_null_nan_inf_or_negative",
+            column: "h",
+            severity: Severity::Fail,
+            violation: col("h")
+                .is_null()
+                .or(not_finite("h"))
+                .or(col("h").lt(lit(0.0))),
+            expected: "a finite history score >= 0",
+        });
+    }
+    checks
+}
+
+/// Checks of the neighbours input.
+pub fn neighbour_checks(query_type: &DataType, neighbour_type: &DataType) -> Vec<Check> {
+    vec![
+        Check {
+            id: "query_null_or_empty",
+            column: "query",
+            severity: Severity::Fail,
+            violation: null_or_empty("query", query_type),
+            expected: "a non-empty query string in every row",
+        },
+        Check {
+            id: "neighbour_null_or_empty",
+            column: "neighbour",
+            severity: Severity::Fail,
+            violation: null_or_empty("neighbour", neighbour_type),
+            expected: "a non-empty neighbour query string in every row",
+        },
+        Check {
+            id: "score_null_nan_inf_or_negative",
+            column: "score",
+            severity: Severity::Fail,
+            violation: col("score")
+                .is_null()
+                .or(not_finite("score"))
+                .or(col("score").lt(lit(0.0))),
+            expected: "a finite similarity score >= 0",
+        },
+        Check {
+            id: "self_pairs",
+            column: "neighbour",
+            severity: Severity::Warn,
+            violation: col("query").eq(col("neighbour")),
+            expected: "neighbour != query (self-pairs are dropped)",
+        },
+    ]
+}
+
+/// Counts rows and violations of every check in one scan of `df`, then fetches one example row
+/// for each check that found something. Returns the row count and one result per check.
+pub async fn evaluate(df: &DataFrame, checks: &[Check]) -> Result<(u64, Vec<CheckResult>)> {
+    let mut aggregates = vec![count(lit(1i64)).alias("__rows")];
+    for (i, check) in checks.iter().enumerate() {
+        aggregates.push(
+            sum(when(check.violation.clone(), lit(1i64)).otherwise(lit(0i64))?)
+                .alias(format!("__c{i}")),
+        );
+    }
+    let batches = df.clone().aggregate(vec![], aggregates)?.collect().await?;
+    let batch = batches.first().filter(|b| b.num_rows() == 1);
+    let value = |i: usize| -> u64 {
+        batch.map_or(0, |b| {
+            let column = b.column(i).as_primitive::<Int64Type>();
+            if column.is_null(0) {
+                0
+            } else {
+                column.value(0).max(0) as u64
+            }
+        })
+    };
+    let rows = value(0);
+    let mut results = Vec::with_capacity(checks.len());
+    for (i, check) in checks.iter().enumerate() {
+        let violations = value(i + 1);
+        let example = if violations > 0 {
+            let rows = df
+                .clone()
+                .filter(check.violation.clone())?
+                .limit(0, Some(1))?
+                .collect()
+                .await?;
+            rows.iter()
+                .find(|b| b.num_rows() > 0)
+                .map(|b| render_row(b, 0))
+                .transpose()?
+        } else {
+            None
+        };
+        results.push(CheckResult {
+            check: check.clone(),
+            violations,
+            example,
+        });
+    }
+    Ok((rows, results))
+}
+
+/// Renders one row as `col=value, col=value`, strings quoted, for error messages.
+pub fn render_row(batch: &RecordBatch, row: usize) -> Result<String> {
+    let options = FormatOptions::default().with_null("NULL");
+    let mut parts = Vec::with_capacity(batch.num_columns());
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        let formatter = ArrayFormatter::try_new(column.as_ref(), &options)?;
+        let value = formatter.value(row).to_string();
+        if is_string(field.data_type()) && !column.is_null(row) {
+            parts.push(format!("{}={:?}", field.name(), value));
+        } else {
+            parts.push(format!("{}={}", field.name(), value));
+        }
+    }
+    Ok(parts.join(", "))
+}

@@ -1,0 +1,480 @@
+//! Stage 0, inputs: opens the two inputs, checks their schemas, and registers them as the typed
+//! views every later stage reads.
+//!
+//! Registered tables:
+//! - `engagement(query, product_id, impressions BIGINT, clicks BIGINT, adds BIGINT,
+//!   purchases BIGINT, h DOUBLE)`: `h` is the input's precomputed history score or NULL; count
+//!   columns absent from an input that carries `h` are 0. With `on_duplicate = "sum"` rows of one
+//!   (query, product_id) are summed here.
+//! - `neighbours(query, neighbour, score DOUBLE)`: as given (self-pairs and duplicates included).
+//!
+//! Registering reads only schemas (so the `sql` shell stays lazy); [`check`] scans the inputs.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
+use datafusion::datasource::file_format::json::JsonFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::functions_aggregate::expr_fn::{count, sum};
+use datafusion::logical_expr::{Expr, cast, col, lit};
+use datafusion::prelude::{DataFrame, SessionContext};
+use futures::TryStreamExt;
+
+use crate::config::{DuplicatePolicy, FeatureParams, InputFormat, InputSpec, JobConfig};
+use crate::error::{BadInput, Error, Result};
+use crate::pipeline::checks::{self, CheckResult, Severity};
+use crate::storage;
+
+pub const ENGAGEMENT: &str = "engagement";
+pub const NEIGHBOURS: &str = "neighbours";
+const COUNT_COLUMNS: [&str; 3] = ["clicks", "adds", "purchases"];
+
+/// One opened input: its role, where it is, and its raw (untyped) rows.
+#[derive(Clone)]
+pub struct Input {
+    pub role: &'static str,
+    pub uri: String,
+    pub format: InputFormat,
+    pub raw: DataFrame,
+    pub checks: Vec<checks::Check>,
+}
+
+/// Both inputs, registered.
+#[derive(Clone)]
+pub struct Inputs {
+    pub engagement: Input,
+    pub neighbours: Input,
+}
+
+/// What [`check`] found: row counts and the warnings that did not stop the job.
+#[derive(Debug, Clone, Default)]
+pub struct InputReport {
+    pub engagement_rows: u64,
+    pub neighbour_rows: u64,
+    /// Distinct (query, product_id) pairs, i.e. rows of the history stage.
+    pub engagement_pairs: u64,
+    pub warnings: Vec<(String, CheckResult)>,
+}
+
+/// Opens both inputs, checks their schemas and registers the typed `engagement` and `neighbours`
+/// views on `ctx`. Reads file metadata only.
+pub async fn register(ctx: &SessionContext, config: &JobConfig) -> Result<Inputs> {
+    let (engagement_spec, neighbours_spec, _) = config.job_paths()?;
+    let engagement = open(ctx, ENGAGEMENT, engagement_spec).await?;
+    let neighbours = open(ctx, NEIGHBOURS, neighbours_spec).await?;
+    let (engagement, typed_engagement) = type_engagement(engagement, &config.features)?;
+    let (neighbours, typed_neighbours) = type_neighbours(neighbours)?;
+    ctx.register_table(ENGAGEMENT, typed_engagement.into_view())?;
+    ctx.register_table(NEIGHBOURS, typed_neighbours.into_view())?;
+    Ok(Inputs {
+        engagement,
+        neighbours,
+    })
+}
+
+/// Scans both inputs once each for every row check (plus one aggregation for duplicate keys when
+/// duplicates are an error). The first FAIL becomes a [`BadInput`] naming the input, column and an
+/// example row; WARNs are returned.
+pub async fn check(
+    ctx: &SessionContext,
+    inputs: &Inputs,
+    params: &FeatureParams,
+) -> Result<InputReport> {
+    let mut report = InputReport::default();
+    for input in [&inputs.engagement, &inputs.neighbours] {
+        let (rows, results) = checks::evaluate(&input.raw, &input.checks).await?;
+        if rows == 0 {
+            return Err(
+                BadInput::new(input.role, &input.uri, "the input has no rows")
+                    .expected("at least one row")
+                    .into(),
+            );
+        }
+        for result in results.into_iter().filter(|r| r.violations > 0) {
+            match result.check.severity {
+                Severity::Fail => return Err(result.to_bad_input(input.role, &input.uri).into()),
+                Severity::Warn => report.warnings.push((input.role.to_string(), result)),
+            }
+        }
+        if input.role == ENGAGEMENT {
+            report.engagement_rows = rows;
+        } else {
+            report.neighbour_rows = rows;
+        }
+    }
+    report.engagement_pairs = duplicate_check(ctx, &inputs.engagement, params.on_duplicate).await?;
+    Ok(report)
+}
+
+/// Counts distinct (query, product_id) keys; with [`DuplicatePolicy::Error`] a repeated key fails,
+/// naming it.
+async fn duplicate_check(
+    ctx: &SessionContext,
+    input: &Input,
+    policy: DuplicatePolicy,
+) -> Result<u64> {
+    let keys = input.raw.clone().aggregate(
+        vec![col("query"), col("product_id")],
+        vec![count(lit(1i64)).alias("n")],
+    )?;
+    let summary = keys
+        .clone()
+        .aggregate(
+            vec![],
+            vec![
+                count(lit(1i64)).alias("pairs"),
+                sum(
+                    datafusion::logical_expr::when(col("n").gt(lit(1i64)), lit(1i64))
+                        .otherwise(lit(0i64))?,
+                )
+                .alias("duplicated"),
+            ],
+        )?
+        .collect()
+        .await?;
+    let pairs = scalar_u64(&summary, 0);
+    let duplicated = scalar_u64(&summary, 1);
+    if duplicated > 0 && policy == DuplicatePolicy::Error {
+        let example = keys
+            .filter(col("n").gt(lit(1i64)))?
+            .sort(vec![
+                col("query").sort(true, true),
+                col("product_id").sort(true, true),
+            ])?
+            .limit(0, Some(1))?
+            .collect()
+            .await?;
+        let mut bad = BadInput::new(
+            input.role,
+            &input.uri,
+            format!("{duplicated} (query, product_id) key(s) have more than one row"),
+        )
+        .column("query, product_id")
+        .expected("one row per (query, product_id); set features.on_duplicate = \"sum\" (--on-duplicate sum) to add them up");
+        if let Some(batch) = example.iter().find(|b| b.num_rows() > 0) {
+            bad = bad.example(checks::render_row(batch, 0)?);
+        }
+        let _ = ctx;
+        return Err(bad.into());
+    }
+    Ok(pairs)
+}
+
+fn scalar_u64(batches: &[datafusion::arrow::array::RecordBatch], column: usize) -> u64 {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::Int64Type;
+    batches.iter().find(|b| b.num_rows() > 0).map_or(0, |b| {
+        let c = b.column(column).as_primitive::<Int64Type>();
+        if c.is_null(0) {
+            0
+        } else {
+            c.value(0).max(0) as u64
+        }
+    })
+}
+
+/// Lists, detects the format of, and infers the schema of one input, mapping every failure to a
+/// [`BadInput`] that names the input.
+async fn open(ctx: &SessionContext, role: &'static str, spec: &InputSpec) -> Result<Input> {
+    let uri = spec.uri.as_str();
+    let url = storage::table_url(uri)?;
+    storage::register_store(ctx.runtime_env().as_ref(), url.get_url())?;
+    let unreadable = |e: &dyn std::fmt::Display| {
+        Error::from(
+            BadInput::new(role, uri, format!("cannot read the input: {e}"))
+                .expected("an existing, readable Parquet, CSV or NDJSON file, folder or glob"),
+        )
+    };
+    let (format, compression, extension) = match spec.format {
+        Some(format) => {
+            let (compression, extension) = name_suffix(uri)
+                .filter(|(f, _, _)| *f == format)
+                .map(|(_, c, e)| (c, e))
+                .unwrap_or((FileCompressionType::UNCOMPRESSED, String::new()));
+            (format, compression, extension)
+        }
+        None => match name_suffix(uri) {
+            Some(found) => found,
+            None => detect_from_listing(ctx, role, uri, &url).await?,
+        },
+    };
+    let file_format: Arc<dyn FileFormat> = match format {
+        InputFormat::Parquet => Arc::new(ParquetFormat::default()),
+        InputFormat::Csv => Arc::new(
+            CsvFormat::default()
+                .with_has_header(true)
+                .with_file_compression_type(compression),
+        ),
+        InputFormat::Json => {
+            Arc::new(JsonFormat::default().with_file_compression_type(compression))
+        }
+    };
+    let options = ListingOptions::new(file_format).with_file_extension(extension);
+    let state = ctx.state();
+    let inferred = options
+        .infer_schema(&state, &url)
+        .await
+        .map_err(|e| unreadable(&e))?;
+    let schema = if format == InputFormat::Parquet {
+        inferred
+    } else {
+        text_keys_as_strings(&inferred)
+    };
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .with_schema(schema);
+    let table = ListingTable::try_new(config)?;
+    let raw = ctx.read_table(Arc::new(table))?;
+    Ok(Input {
+        role,
+        uri: uri.to_string(),
+        format,
+        raw,
+        checks: Vec::new(),
+    })
+}
+
+/// CSV and JSON schemas are inferred from values, so a query such as "1080" would become a
+/// number; the key columns are always strings.
+fn text_keys_as_strings(schema: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.name().as_str() {
+            "query" | "neighbour" => Field::new(f.name(), DataType::Utf8, true),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// Format, compression and listing extension from a file name such as `x.csv.gz` or `*.parquet`.
+fn name_suffix(uri: &str) -> Option<(InputFormat, FileCompressionType, String)> {
+    let name = uri.rsplit('/').next()?.to_ascii_lowercase();
+    let (stem, compression, compressed_ext) = [
+        (".gz", FileCompressionType::GZIP),
+        (".zst", FileCompressionType::ZSTD),
+        (".bz2", FileCompressionType::BZIP2),
+        (".xz", FileCompressionType::XZ),
+    ]
+    .into_iter()
+    .find_map(|(ext, c)| {
+        name.strip_suffix(ext)
+            .map(|stem| (stem.to_string(), c, ext))
+    })
+    .unwrap_or((name.clone(), FileCompressionType::UNCOMPRESSED, ""));
+    let (format, ext) = if stem.ends_with(".parquet") || stem.ends_with(".parq") {
+        (InputFormat::Parquet, &stem[stem.rfind('.')?..])
+    } else if stem.ends_with(".csv") {
+        (InputFormat::Csv, ".csv")
+    } else if stem.ends_with(".json") || stem.ends_with(".ndjson") || stem.ends_with(".jsonl") {
+        (InputFormat::Json, &stem[stem.rfind('.')?..])
+    } else {
+        return None;
+    };
+    if format == InputFormat::Parquet && !compressed_ext.is_empty() {
+        return None;
+    }
+    Some((format, compression, format!("{ext}{compressed_ext}")))
+}
+
+/// A folder without a format: the first visible file's name decides.
+async fn detect_from_listing(
+    ctx: &SessionContext,
+    role: &'static str,
+    uri: &str,
+    url: &ListingTableUrl,
+) -> Result<(InputFormat, FileCompressionType, String)> {
+    let state = ctx.state();
+    let store = ctx.runtime_env().object_store(url)?;
+    let files: Vec<_> = url
+        .list_all_files(&state, store.as_ref(), "")
+        .await
+        .map_err(|e| BadInput::new(role, uri, format!("cannot list the input: {e}")))?
+        .try_collect()
+        .await
+        .map_err(|e| BadInput::new(role, uri, format!("cannot list the input: {e}")))?;
+    let visible = files.iter().find_map(|meta| {
+        let name = meta.location.filename()?;
+        (!name.starts_with('_') && !name.starts_with('.')).then(|| name.to_string())
+    });
+    let Some(name) = visible else {
+        return Err(BadInput::new(role, uri, "no files found")
+            .expected("a Parquet, CSV or NDJSON file, or a folder/glob containing some")
+            .into());
+    };
+    name_suffix(&name).ok_or_else(|| {
+        BadInput::new(role, uri, format!("cannot tell the format of '{name}'"))
+            .expected("files ending in .parquet, .csv or .json/.ndjson (optionally .gz/.zst/.bz2/.xz), or set `format`")
+            .into()
+    })
+}
+
+fn is_integer(t: &DataType) -> bool {
+    t.is_integer()
+}
+
+fn is_number(t: &DataType) -> bool {
+    t.is_integer() || t.is_floating()
+}
+
+/// Looks up a required column, checking its type with `accept`.
+fn column_type(
+    input: &Input,
+    name: &str,
+    accept: fn(&DataType) -> bool,
+    expected: &str,
+) -> Result<Option<DataType>> {
+    let schema = input.raw.schema();
+    let Some((_, field)) = schema.qualified_field_with_unqualified_name(name).ok() else {
+        return Ok(None);
+    };
+    if !accept(field.data_type()) {
+        let found = field.data_type();
+        return Err(
+            BadInput::new(input.role, &input.uri, format!("column has type {found}"))
+                .column(name)
+                .expected(expected.to_string())
+                .into(),
+        );
+    }
+    Ok(Some(field.data_type().clone()))
+}
+
+fn missing(input: &Input, name: &str, expected: &str) -> Error {
+    let have: Vec<String> = input
+        .raw
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    BadInput::new(
+        input.role,
+        &input.uri,
+        format!("missing column; the input has [{}]", have.join(", ")),
+    )
+    .column(name)
+    .expected(expected.to_string())
+    .into()
+}
+
+const STRING: &str = "a string column (Utf8)";
+const KEY: &str = "a string or integer column";
+const COUNT: &str = "an integer count column";
+const FLOAT: &str = "a numeric (float) column";
+
+/// Checks engagement's schema and builds its typed view.
+fn type_engagement(mut input: Input, params: &FeatureParams) -> Result<(Input, DataFrame)> {
+    let query = column_type(&input, "query", checks::is_string, STRING)?
+        .ok_or_else(|| missing(&input, "query", STRING))?;
+    let product = column_type(
+        &input,
+        "product_id",
+        |t| checks::is_string(t) || is_integer(t),
+        KEY,
+    )?
+    .ok_or_else(|| missing(&input, "product_id", KEY))?;
+    column_type(&input, "impressions", is_integer, COUNT)?
+        .ok_or_else(|| missing(&input, "impressions", COUNT))?;
+    let has_h = column_type(&input, "h", is_number, FLOAT)?.is_some();
+    let mut present: Vec<&'static str> = vec!["impressions"];
+    for name in COUNT_COLUMNS {
+        match column_type(&input, name, is_integer, COUNT)? {
+            Some(_) => present.push(name),
+            None if has_h => {}
+            None => {
+                return Err(missing(
+                    &input,
+                    name,
+                    "clicks, adds and purchases counts, or a precomputed `h` column",
+                ));
+            }
+        }
+    }
+    if has_h && params.on_duplicate == DuplicatePolicy::Sum {
+        return Err(BadInput::new(
+            input.role,
+            &input.uri,
+            "a precomputed `h` cannot be summed over duplicate rows",
+        )
+        .column("h")
+        .expected("features.on_duplicate = \"error\" with a precomputed h, or counts instead of h")
+        .into());
+    }
+    input.checks = checks::engagement_checks(&query, &product, &present, has_h);
+
+    let count_or_zero = |name: &str| -> Expr {
+        if present.contains(&name) {
+            cast(col(name), DataType::Int64)
+        } else {
+            lit(0i64)
+        }
+        .alias(name)
+    };
+    let h = if has_h {
+        cast(col("h"), DataType::Float64)
+    } else {
+        lit(datafusion::common::ScalarValue::Float64(None))
+    };
+    let typed = input.raw.clone().select(vec![
+        col("query"),
+        col("product_id"),
+        count_or_zero("impressions"),
+        count_or_zero("clicks"),
+        count_or_zero("adds"),
+        count_or_zero("purchases"),
+        h.alias("h"),
+    ])?;
+    let typed = match params.on_duplicate {
+        DuplicatePolicy::Error => typed,
+        DuplicatePolicy::Sum => typed.aggregate(
+            vec![col("query"), col("product_id")],
+            ["impressions", "clicks", "adds", "purchases"]
+                .into_iter()
+                .map(|c| sum(col(c)).alias(c))
+                .chain([datafusion::functions_aggregate::expr_fn::max(col("h")).alias("h")])
+                .collect(),
+        )?,
+    };
+    Ok((input, typed))
+}
+
+/// Checks neighbours' schema and builds its typed view.
+fn type_neighbours(mut input: Input) -> Result<(Input, DataFrame)> {
+    let query = column_type(&input, "query", checks::is_string, STRING)?
+        .ok_or_else(|| missing(&input, "query", STRING))?;
+    let neighbour = column_type(&input, "neighbour", checks::is_string, STRING)?
+        .ok_or_else(|| missing(&input, "neighbour", STRING))?;
+    column_type(&input, "score", is_number, FLOAT)?
+        .ok_or_else(|| missing(&input, "score", FLOAT))?;
+    input.checks = checks::neighbour_checks(&query, &neighbour);
+    let typed = input.raw.clone().select(vec![
+        col("query"),
+        col("neighbour"),
+        cast(col("score"), DataType::Float64).alias("score"),
+    ])?;
+    Ok((input, typed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suffixes_name_format_and_compression() {
+        let (f, c, e) = name_suffix("s3://b/x/part-0.csv.gz").unwrap();
+        assert_eq!((f, e.as_str()), (InputFormat::Csv, ".csv.gz"));
+        assert_eq!(c, FileCompressionType::GZIP);
+        assert_eq!(name_suffix("/d/*.parquet").unwrap().2, ".parquet");
+        assert_eq!(name_suffix("e.ndjson").unwrap().0, InputFormat::Json);
+        assert!(name_suffix("/data/engagement/").is_none());
+        assert!(name_suffix("x.parquet.gz").is_none());
+    }
+}

@@ -1,0 +1,172 @@
+//! Where data lives: turning user URIs into DataFusion table URLs and object stores.
+//!
+//! Local paths (relative, absolute, with globs), `file://`, `s3://`, `gs://` and `az://`/`abfs://`
+//! URLs are accepted. Cloud stores are built from the standard environment of each provider
+//! (`AWS_*`, `GOOGLE_*`, `AZURE_*`), so credentials never pass through our config or logs.
+
+use std::sync::Arc;
+
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::path::Path as ObjectPath;
+use url::Url;
+
+use crate::error::{Error, Result};
+
+const GLOB_CHARS: [char; 3] = ['*', '?', '['];
+
+/// Parses a user URI into a listing URL. DataFusion only understands globs in local paths, so a
+/// glob in an object-store URL is split here into its fixed prefix and the pattern below it.
+pub fn table_url(uri: &str) -> Result<ListingTableUrl> {
+    let parsed = if uri.contains("://") && !uri.starts_with("file://") {
+        match uri.find(GLOB_CHARS) {
+            Some(glob_at) => {
+                let split = uri[..glob_at].rfind('/').map_or(0, |i| i + 1);
+                ListingTableUrl::parse(&uri[..split])?.with_glob(&uri[split..])
+            }
+            None => ListingTableUrl::parse(uri),
+        }
+    } else {
+        ListingTableUrl::parse(uri.strip_prefix("file://").unwrap_or(uri))
+    };
+    parsed.map_err(|e| Error::config(format!("'{uri}' is not a valid path or URL: {e}")))
+}
+
+/// Makes the object store that serves `url` known to the runtime (a no-op for local files, which
+/// DataFusion serves by default). Idempotent: the same bucket registered twice is one store.
+pub fn register_store(runtime: &RuntimeEnv, url: &Url) -> Result<()> {
+    if let Some(store) = build_store(url)? {
+        let base = ObjectStoreUrl::parse(&url[..url::Position::BeforePath])?;
+        runtime.register_object_store(base.as_ref(), store);
+    }
+    Ok(())
+}
+
+fn build_store(url: &Url) -> Result<Option<Arc<dyn ObjectStore>>> {
+    let store: Arc<dyn ObjectStore> = match url.scheme() {
+        "file" => return Ok(None),
+        "s3" | "s3a" => Arc::new(AmazonS3Builder::from_env().with_url(url.as_str()).build()?),
+        "gs" | "gcs" => Arc::new(
+            GoogleCloudStorageBuilder::from_env()
+                .with_url(url.as_str())
+                .build()?,
+        ),
+        "az" | "azure" | "abfs" | "abfss" | "adl" => Arc::new(
+            MicrosoftAzureBuilder::from_env()
+                .with_url(url.as_str())
+                .build()?,
+        ),
+        other => {
+            return Err(Error::config(format!(
+                "unsupported URL scheme '{other}://' in '{url}': use a local path, file://, s3://, gs:// or az://"
+            )));
+        }
+    };
+    Ok(Some(store))
+}
+
+/// A single output object: the store that holds it and its path in that store.
+#[derive(Debug, Clone)]
+pub struct OutputLocation {
+    pub uri: String,
+    pub store: Arc<dyn ObjectStore>,
+    pub path: ObjectPath,
+}
+
+impl OutputLocation {
+    /// Resolves `uri` (which must name a file, not a folder) against the runtime's stores.
+    pub fn resolve(runtime: &RuntimeEnv, uri: &str) -> Result<OutputLocation> {
+        if uri.ends_with('/') || uri.contains(GLOB_CHARS) {
+            return Err(Error::config(format!(
+                "output '{uri}' must name a file (e.g. out/features.parquet), not a folder or glob"
+            )));
+        }
+        let url = table_url(uri)?;
+        register_store(runtime, url.get_url())?;
+        if url.scheme() == "file" {
+            // object_store's local store needs the parent folder to exist for temp files.
+            if let Ok(path) = url.get_url().to_file_path() {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        Error::config(format!(
+                            "cannot create output folder {}: {e}",
+                            parent.display()
+                        ))
+                    })?;
+                }
+            }
+        }
+        let store = runtime.object_store(url.object_store())?;
+        Ok(OutputLocation {
+            uri: uri.to_string(),
+            store,
+            path: url.prefix().clone(),
+        })
+    }
+
+    /// A sibling path for staging. It starts with `_` so table readers (DataFusion, pyarrow, Spark)
+    /// that list the destination's folder skip it, and carries the process id and a timestamp so
+    /// concurrent runs never share one.
+    pub fn staging_sibling(&self) -> ObjectPath {
+        let name = self.path.filename().unwrap_or("output");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let staged = format!("_q2q_staging.{}.{nanos}.{name}", std::process::id());
+        let parts: Vec<_> = self.path.parts().collect();
+        match parts.split_last() {
+            Some((_, parents)) => parents
+                .iter()
+                .cloned()
+                .chain([staged.as_str().into()])
+                .collect(),
+            None => ObjectPath::from(staged),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_in_object_store_urls_are_split() {
+        let url = table_url("s3://bucket/data/dt=*/part-*.parquet").unwrap();
+        assert_eq!(url.prefix().as_ref(), "data");
+        assert!(url.contains(&ObjectPath::from("data/dt=1/part-0.parquet"), false));
+        assert!(!url.contains(&ObjectPath::from("data/dt=1/other.csv"), false));
+    }
+
+    #[test]
+    fn local_paths_and_file_urls() {
+        let url = table_url("/tmp/x/engagement.csv").unwrap();
+        assert_eq!(url.scheme(), "file");
+        assert_eq!(url.prefix().as_ref(), "tmp/x/engagement.csv");
+        let url = table_url("file:///tmp/x/").unwrap();
+        assert!(url.is_collection());
+    }
+
+    #[test]
+    fn unknown_schemes_are_config_errors() {
+        let url = Url::parse("ftp://host/x").unwrap();
+        let runtime = RuntimeEnv::default();
+        let err = register_store(&runtime, &url).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn staging_is_a_hidden_sibling() {
+        let runtime = RuntimeEnv::default();
+        let dir = tempfile::tempdir().unwrap();
+        let uri = dir.path().join("out/features.parquet");
+        let loc = OutputLocation::resolve(&runtime, uri.to_str().unwrap()).unwrap();
+        let staged = loc.staging_sibling();
+        assert!(staged.filename().unwrap().starts_with("_q2q_staging."));
+        assert_eq!(staged.parts().count(), loc.path.parts().count());
+    }
+}

@@ -1,0 +1,151 @@
+//! The project's scalar UDFs, vectorised over Arrow arrays.
+//!
+//! `features.sql` calls them, and the `sql` shell exposes them so an analyst can recompute a
+//! feature by hand and get the same bits. Both call [`crate::formula`], the single definition.
+//! They are registered by [`crate::session::register_functions`], which every session (local,
+//! shell, tests and distributed executors) goes through.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array};
+use datafusion::arrow::datatypes::{DataType, Float64Type};
+use datafusion::common::{Result, exec_err};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+
+use crate::formula;
+
+/// Every UDF the engine defines, in registration order.
+pub fn all() -> Vec<ScalarUDF> {
+    vec![
+        ScalarUDF::from(AlphaUdf::new()),
+        ScalarUDF::from(BlendUdf::new()),
+    ]
+}
+
+/// `q2q_alpha(impressions, max_impressions, gamma) -> double`: eq. 9.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct AlphaUdf {
+    signature: Signature,
+}
+
+impl AlphaUdf {
+    pub fn new() -> Self {
+        // Every argument is coerced to double so integer counts and float parameters both work.
+        Self {
+            signature: Signature::uniform(3, vec![DataType::Float64], Volatility::Immutable),
+        }
+    }
+}
+
+impl Default for AlphaUdf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ScalarUDFImpl for AlphaUdf {
+    fn name(&self) -> &str {
+        "q2q_alpha"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    /// Always double: alpha is a weight in [0, tanh(1)].
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Float64)
+    }
+
+    /// Null in any argument gives null, like SQL arithmetic; the pipeline never passes nulls.
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        map_f64(&args, |[i, max_i, gamma]: [f64; 3]| {
+            formula::alpha(i, max_i, gamma)
+        })
+    }
+}
+
+/// `q2q_blend(h, prior, alpha, beta) -> double`: eq. 8.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct BlendUdf {
+    signature: Signature,
+}
+
+impl BlendUdf {
+    pub fn new() -> Self {
+        Self {
+            signature: Signature::uniform(4, vec![DataType::Float64], Volatility::Immutable),
+        }
+    }
+}
+
+impl Default for BlendUdf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ScalarUDFImpl for BlendUdf {
+    fn name(&self) -> &str {
+        "q2q_blend"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    /// Always double.
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Float64)
+    }
+
+    /// Null in any argument gives null.
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        map_f64(&args, |[h, prior, alpha, beta]: [f64; 4]| {
+            formula::blend(h, prior, alpha, beta)
+        })
+    }
+}
+
+/// Applies `f` row by row to N double arguments (arrays or scalars, already coerced by the
+/// signature), keeping a scalar result when every argument is scalar.
+fn map_f64<const N: usize>(
+    args: &ScalarFunctionArgs,
+    f: impl Fn([f64; N]) -> f64,
+) -> Result<ColumnarValue> {
+    if args.args.len() != N {
+        return exec_err!("expected {N} arguments, got {}", args.args.len());
+    }
+    let all_scalar = args
+        .args
+        .iter()
+        .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+    let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+    let columns: Vec<&Float64Array> = arrays
+        .iter()
+        .map(|a| a.as_primitive::<Float64Type>())
+        .collect();
+    let rows = arrays.first().map_or(0, |a| a.len());
+    let out: Float64Array = (0..rows)
+        .map(|row| {
+            let mut values = [0.0; N];
+            for (slot, column) in values.iter_mut().zip(&columns) {
+                if column.is_null(row) {
+                    return None;
+                }
+                *slot = column.value(row);
+            }
+            Some(f(values))
+        })
+        .collect();
+    let out: ArrayRef = Arc::new(out);
+    if all_scalar {
+        Ok(ColumnarValue::Scalar(
+            datafusion::common::ScalarValue::try_from_array(&out, 0)?,
+        ))
+    } else {
+        Ok(ColumnarValue::Array(out))
+    }
+}
