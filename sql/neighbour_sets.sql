@@ -3,12 +3,12 @@
 -- From the upstream model's lists, drop self-pairs, rows scoring below $min_score and neighbours
 -- that have no engagement row at all; keep the highest score of a duplicated (query, neighbour);
 -- keep the $top_k best by score, ties broken by neighbour ascending (byte order).
--- |C_q| = n_neighbours. Each kept neighbour gets its weight in the prior:
---   mean  (default): 1 / |C_q|                                   (eq. 7)
---   score:           s_c / (sum of s over C_q); 1 / |C_q| when every kept score is 0
+-- |C_q| = n_neighbours. Each kept neighbour gets a weight, and the set a total the prior divides by:
+--   mean  (default): weight 1,   weight_total |C_q|               (eq. 7)
+--   score:           weight s_c, weight_total sum of s over C_q; mean weights when every kept score is 0
 --
 -- Reads:  neighbours(query, neighbour, score), history(query, ...)
--- Output: neighbour_sets(query, neighbour, score, rank, n_neighbours, weight)
+-- Output: neighbour_sets(query, neighbour, score, rank, n_neighbours, weight, weight_total)
 -- Parameters: $min_score, $top_k, $prior_weighting ('mean' | 'score')
 WITH candidates AS (
     SELECT n.query, n.neighbour, MAX(n.score) AS score
@@ -43,8 +43,7 @@ SELECT
     score,
     rank,
     n_neighbours,
-    CASE
-        WHEN $prior_weighting = 'score' AND score_sum > 0 THEN score / score_sum
-        ELSE 1.0 / n_neighbours
-    END AS weight
+    CASE WHEN $prior_weighting = 'score' AND score_sum > 0 THEN score ELSE 1.0 END AS weight,
+    CASE WHEN $prior_weighting = 'score' AND score_sum > 0 THEN score_sum ELSE n_neighbours END
+        AS weight_total
 FROM kept

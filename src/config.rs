@@ -24,8 +24,8 @@ pub struct JobConfig {
     pub neighbours: Option<InputSpec>,
     /// Where the feature table goes: a file path or object-store URL.
     pub output: Option<String>,
-    /// Format of the output file.
-    pub format: OutputFormat,
+    /// Format of the output file; from the output's extension (.parquet, .csv) when absent.
+    pub format: Option<OutputFormat>,
     pub features: FeatureParams,
     pub execution: ExecutionConfig,
 }
@@ -257,6 +257,7 @@ impl JobConfig {
                 p.min_score
             )));
         }
+        self.output_format()?;
         if self.execution.target_partitions == Some(0) {
             return Err(Error::config(
                 "execution.target_partitions (--target-partitions) must be >= 1",
@@ -270,6 +271,29 @@ impl JobConfig {
             }
         }
         Ok(())
+    }
+
+    /// The output format: `format` if set, else the output's extension, else Parquet. A `format`
+    /// that contradicts the extension is an error rather than a surprise.
+    pub fn output_format(&self) -> Result<OutputFormat> {
+        let by_extension = self.output.as_deref().and_then(|o| {
+            let lower = o.to_ascii_lowercase();
+            if lower.ends_with(".parquet") {
+                Some(OutputFormat::Parquet)
+            } else if lower.ends_with(".csv") {
+                Some(OutputFormat::Csv)
+            } else {
+                None
+            }
+        });
+        match (self.format, by_extension) {
+            (Some(set), Some(ext)) if set != ext => Err(Error::config(format!(
+                "format is {set} but the output '{}' ends in .{ext}; change one of them",
+                self.output.as_deref().unwrap_or_default()
+            ))),
+            (Some(set), _) => Ok(set),
+            (None, ext) => Ok(ext.unwrap_or_default()),
+        }
     }
 
     /// Validates and returns the inputs and output a feature job needs.
@@ -306,7 +330,7 @@ mod tests {
         assert_eq!(c.features, FeatureParams::default());
         assert_eq!(c.features.top_k, 3);
         assert_eq!(c.features.gamma, 10_000.0);
-        assert_eq!(c.format, OutputFormat::Parquet);
+        assert_eq!(c.format, None);
         assert!(c.execution.sort_output);
     }
 

@@ -169,7 +169,7 @@ pub async fn run(config: &JobConfig) -> Result<JobSummary> {
         ])?;
     }
     let mut rows = 0u64;
-    let written = sink::write_atomic(features, &location, config.format, |batch| {
+    let written = sink::write_atomic(features, &location, config.output_format()?, |batch| {
         rows += batch.num_rows() as u64;
         progress.set_message(format!(
             "computing prior and features, writing: {rows} rows"

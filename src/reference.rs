@@ -100,20 +100,27 @@ pub fn features(
         sets.insert(q, ranked);
     }
 
-    // prior: weighted sum over the set of H(c,p)
+    // prior: weighted mean over the set of H(c,p), H = 0 where c has no row for p
     let mut prior: BTreeMap<(&str, &str), (f64, i64)> = BTreeMap::new();
     for (&q, set) in &sets {
         let score_sum: f64 = set.iter().map(|(_, s)| s).sum();
+        let by_score = p.prior_weighting == PriorWeighting::Score && score_sum > 0.0;
+        let total = if by_score {
+            score_sum
+        } else {
+            set.len() as f64
+        };
+        let mut sums: BTreeMap<&str, (f64, i64)> = BTreeMap::new();
         for &(c, score) in set {
-            let weight = match p.prior_weighting {
-                PriorWeighting::Score if score_sum > 0.0 => score / score_sum,
-                _ => 1.0 / set.len() as f64,
-            };
+            let weight = if by_score { score } else { 1.0 };
             for &(product, h) in &by_query[c] {
-                let entry = prior.entry((q, product)).or_insert((0.0, 0));
+                let entry = sums.entry(product).or_insert((0.0, 0));
                 entry.0 += weight * h;
                 entry.1 += 1;
             }
+        }
+        for (product, (sum, n)) in sums {
+            prior.insert((q, product), (sum / total, n));
         }
     }
 

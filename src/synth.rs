@@ -401,11 +401,7 @@ fn engagement_of(q: &Query, rng: &mut ChaCha8Rng, out: &mut Vec<(String, [i64; 4
         if !used.insert(index) {
             continue;
         }
-        let view = if pos <= 8 {
-            1.0
-        } else {
-            0.88f64.powi(pos as i32 - 8)
-        };
+        let view = 0.96f64.powi(pos as i32 - 1);
         let impressions = Binomial::new(searches, view).map_or(0, |b| b.sample(rng));
         if impressions == 0 {
             continue;
@@ -445,10 +441,10 @@ fn neighbours_of(qi: usize, cat: &Catalogue, rng: &mut ChaCha8Rng, out: &mut Vec
         let u: f64 = rng.random();
         let related = category + CATEGORIES.len() * ((u * u * per_category as f64) as usize);
         if related < n_intents && related != q.intent {
-            out.push((
-                cat.intent_queries[related].start,
-                rng.random_range(0.45..0.8),
-            ));
+            let other = cat.intent_queries[related].start;
+            if !out.iter().any(|&(o, _)| o == other) {
+                out.push((other, rng.random_range(0.45..0.8)));
+            }
         }
     }
     for _ in 0..2 {

@@ -119,7 +119,7 @@ impl JobArgs {
             config.output = Some(output.clone());
         }
         if let Some(format) = self.format {
-            config.format = format;
+            config.format = Some(format);
         }
         let f = &mut config.features;
         set(&mut f.top_k, self.top_k);

@@ -241,13 +241,20 @@ async fn open(ctx: &SessionContext, role: &'static str, spec: &InputSpec) -> Res
 }
 
 /// CSV and JSON schemas are inferred from values, so a query such as "1080" would become a
-/// number; the key columns are always strings.
+/// number; the key columns are always strings. A column whose every value is empty is inferred as
+/// Null; it gets the type the job expects so the row checks can report the empty values.
 fn text_keys_as_strings(schema: &Schema) -> SchemaRef {
     let fields: Vec<Field> = schema
         .fields()
         .iter()
-        .map(|f| match f.name().as_str() {
-            "query" | "neighbour" => Field::new(f.name(), DataType::Utf8, true),
+        .map(|f| match (f.name().as_str(), f.data_type()) {
+            ("query" | "neighbour", _) | ("product_id", DataType::Null) => {
+                Field::new(f.name(), DataType::Utf8, true)
+            }
+            ("impressions" | "clicks" | "adds" | "purchases", DataType::Null) => {
+                Field::new(f.name(), DataType::Int64, true)
+            }
+            ("score" | "h", DataType::Null) => Field::new(f.name(), DataType::Float64, true),
             _ => f.as_ref().clone(),
         })
         .collect();

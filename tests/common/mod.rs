@@ -1,0 +1,163 @@
+//! Helpers shared by the integration tests: run the real binary, write small inputs, read outputs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
+use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
+use q2q_prior::reference::FeatureRow;
+
+pub fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_q2q-prior"));
+    cmd.env_remove("RUST_LOG");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("Q2Q_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run q2q-prior")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Reads a feature table (Parquet or CSV, by extension) sorted by (query, product_id).
+pub fn read_features(path: &Path) -> Vec<FeatureRow> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ctx = SessionContext::new();
+        let p = path.to_str().unwrap();
+        let df = if p.ends_with(".csv") {
+            ctx.read_csv(p, CsvReadOptions::new()).await.unwrap()
+        } else {
+            ctx.read_parquet(p, ParquetReadOptions::default())
+                .await
+                .unwrap()
+        };
+        let batches = df
+            .sort_by(vec![
+                datafusion::prelude::col("query"),
+                datafusion::prelude::col("product_id"),
+            ])
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        batches.iter().flat_map(rows_of).collect()
+    })
+}
+
+fn strings(batch: &RecordBatch, name: &str) -> Vec<String> {
+    let column = cast(batch.column_by_name(name).unwrap(), &DataType::Utf8).unwrap();
+    let column = column.as_string::<i32>();
+    (0..column.len())
+        .map(|i| column.value(i).to_string())
+        .collect()
+}
+
+fn floats(batch: &RecordBatch, name: &str) -> Vec<f64> {
+    let column = cast(batch.column_by_name(name).unwrap(), &DataType::Float64).unwrap();
+    column.as_primitive::<Float64Type>().values().to_vec()
+}
+
+fn ints(batch: &RecordBatch, name: &str) -> Vec<i64> {
+    let column = cast(batch.column_by_name(name).unwrap(), &DataType::Int64).unwrap();
+    column.as_primitive::<Int64Type>().values().to_vec()
+}
+
+fn rows_of(batch: &RecordBatch) -> Vec<FeatureRow> {
+    let names: Vec<String> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "query",
+            "product_id",
+            "h",
+            "prior",
+            "alpha",
+            "f",
+            "impressions",
+            "n_neighbours",
+            "n_contributing"
+        ],
+        "output schema"
+    );
+    let (q, p) = (strings(batch, "query"), strings(batch, "product_id"));
+    let (h, prior, alpha, f) = (
+        floats(batch, "h"),
+        floats(batch, "prior"),
+        floats(batch, "alpha"),
+        floats(batch, "f"),
+    );
+    let (i, n, c) = (
+        ints(batch, "impressions"),
+        ints(batch, "n_neighbours"),
+        ints(batch, "n_contributing"),
+    );
+    (0..batch.num_rows())
+        .map(|r| FeatureRow {
+            query: q[r].clone(),
+            product_id: p[r].clone(),
+            h: h[r],
+            prior: prior[r],
+            alpha: alpha[r],
+            f: f[r],
+            impressions: i[r],
+            n_neighbours: n[r],
+            n_contributing: c[r],
+        })
+        .collect()
+}
+
+/// Asserts two feature tables are equal: keys and counts exactly, floats to 1e-12 relative.
+pub fn assert_same_features(actual: &[FeatureRow], expected: &[FeatureRow]) {
+    assert_eq!(actual.len(), expected.len(), "row count");
+    for (a, e) in actual.iter().zip(expected) {
+        let key = format!("({}, {})", e.query, e.product_id);
+        assert_eq!(
+            (&a.query, &a.product_id),
+            (&e.query, &e.product_id),
+            "key order at {key}"
+        );
+        assert_eq!(
+            (a.impressions, a.n_neighbours, a.n_contributing),
+            (e.impressions, e.n_neighbours, e.n_contributing),
+            "counts of {key}"
+        );
+        for (name, x, y) in [
+            ("h", a.h, e.h),
+            ("prior", a.prior, e.prior),
+            ("alpha", a.alpha, e.alpha),
+            ("f", a.f, e.f),
+        ] {
+            assert!(close(x, y), "{name} of {key}: engine {x} vs expected {y}");
+        }
+    }
+}
+
+pub fn close(x: f64, y: f64) -> bool {
+    x == y || (x - y).abs() <= 1e-12 * x.abs().max(y.abs())
+}

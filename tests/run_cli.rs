@@ -1,0 +1,526 @@
+//! The `run` command through the real binary: the hand-worked fixture, formats, flags, the atomic
+//! write, and one test per kind of bad input (exit code 2, a message naming the input, column and an
+//! example row, nothing at the destination).
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+const ENGAGEMENT: &str = "query,product_id,impressions,clicks,adds,purchases\n\
+    a,P1,100,10,2,1\n\
+    b,P1,50,5,1,0\n\
+    b,P2,20,2,0,0\n";
+const NEIGHBOURS: &str = "query,neighbour,score\na,b,0.9\nc,a,0.8\n";
+
+fn tiny_args(out: &Path) -> Vec<String> {
+    vec![
+        "run".into(),
+        "--config".into(),
+        root()
+            .join("fixtures/tiny/job.toml")
+            .to_string_lossy()
+            .into_owned(),
+        "--output".into(),
+        out.to_string_lossy().into_owned(),
+    ]
+}
+
+#[test]
+fn tiny_fixture_matches_the_hand_worked_values() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["features.parquet", "features.csv"] {
+        let out = dir.path().join(name);
+        let args = tiny_args(&out);
+        let format = if name.ends_with("csv") {
+            "csv"
+        } else {
+            "parquet"
+        };
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend(["--format", format]);
+        let result = run(&args);
+        assert!(result.status.success(), "{}", stderr(&result));
+        assert!(
+            result.stdout.is_empty(),
+            "stdout carries data only; run writes none"
+        );
+        let expected = read_features(&root().join("fixtures/tiny/expected.csv"));
+        assert_eq!(expected.len(), 16);
+        assert_same_features(&read_features(&out), &expected);
+    }
+}
+
+#[test]
+fn summary_reports_stages_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("f.parquet");
+    let args = tiny_args(&out);
+    let result = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = stderr(&result);
+    assert!(err.contains("wrote 16 rows"), "{err}");
+    assert!(err.contains("queries with a prior: 4"), "{err}");
+    assert!(
+        err.contains("(q,p) pairs only through the prior: 8"),
+        "{err}"
+    );
+    assert!(
+        err.contains("self_pairs"),
+        "the self-pair is reported as a warning: {err}"
+    );
+}
+
+#[test]
+fn flags_override_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("f.csv");
+    let mut args = tiny_args(&out);
+    args.extend(["--format", "csv", "--top-k", "1", "--beta", "0.5"].map(String::from));
+    let result = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(result.status.success(), "{}", stderr(&result));
+    let rows = read_features(&out);
+    // with k = 1 'red shoez' keeps only 'red shoes' (0.95): its prior is red shoes' H
+    let shoez: Vec<_> = rows.iter().filter(|r| r.query == "red shoez").collect();
+    assert_eq!(shoez.len(), 2);
+    assert!(shoez.iter().all(|r| r.n_neighbours == 1));
+    assert!(close(shoez[0].prior, 1080.0 / 12010.0));
+    assert!(
+        close(shoez[0].f, 0.5 * 1080.0 / 12010.0),
+        "beta = 0.5 halves a prior-only F"
+    );
+}
+
+#[test]
+fn environment_overrides_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("env.csv");
+    let result = bin()
+        .args([
+            "run",
+            "--config",
+            root().join("fixtures/tiny/job.toml").to_str().unwrap(),
+            "--format",
+            "csv",
+        ])
+        .env("Q2Q_OUTPUT", &out)
+        .output()
+        .unwrap();
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert_eq!(read_features(&out).len(), 16);
+}
+
+#[test]
+fn parquet_and_ndjson_inputs_and_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("in");
+    std::fs::create_dir_all(data.join("e")).unwrap();
+    write(
+        &data.join("e"),
+        "part-0.csv",
+        "query,product_id,impressions,clicks,adds,purchases\na,P1,100,10,2,1\n",
+    );
+    write(
+        &data.join("e"),
+        "part-1.csv",
+        "query,product_id,impressions,clicks,adds,purchases\nb,P1,50,5,1,0\nb,P2,20,2,0,0\n",
+    );
+    let n = write(
+        &data,
+        "n.ndjson",
+        "{\"query\":\"a\",\"neighbour\":\"b\",\"score\":0.9}\n{\"query\":\"c\",\"neighbour\":\"a\",\"score\":0.8}\n",
+    );
+    let out_dir = dir.path().join("out1.csv");
+    let result = run(&[
+        "run",
+        "--engagement",
+        &format!("{}/", data.join("e").display()),
+        "--neighbours",
+        n.to_str().unwrap(),
+        "--output",
+        out_dir.to_str().unwrap(),
+        "--format",
+        "csv",
+    ]);
+    assert!(result.status.success(), "{}", stderr(&result));
+    let from_folder = read_features(&out_dir);
+
+    // the same data as one CSV file, and through a glob, gives the same table
+    let e = write(&data, "e.csv", ENGAGEMENT);
+    let nc = write(&data, "n.csv", NEIGHBOURS);
+    let out_file = dir.path().join("out2.csv");
+    let result = run(&[
+        "run",
+        "--engagement",
+        e.to_str().unwrap(),
+        "--neighbours",
+        nc.to_str().unwrap(),
+        "--output",
+        out_file.to_str().unwrap(),
+        "--format",
+        "csv",
+    ]);
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert_same_features(&from_folder, &read_features(&out_file));
+    let out_glob = dir.path().join("out3.csv");
+    let glob = format!("{}/part-*.csv", data.join("e").display());
+    let result = run(&[
+        "run",
+        "--engagement",
+        &glob,
+        "--neighbours",
+        n.to_str().unwrap(),
+        "--output",
+        out_glob.to_str().unwrap(),
+        "--format",
+        "csv",
+    ]);
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert_same_features(&from_folder, &read_features(&out_glob));
+    // c has no engagement: its pairs come from a's history only
+    assert!(
+        from_folder
+            .iter()
+            .any(|r| r.query == "c" && r.product_id == "P1" && r.n_contributing == 1)
+    );
+}
+
+#[test]
+fn precomputed_h_is_used_instead_of_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = write(
+        dir.path(),
+        "e.csv",
+        "query,product_id,impressions,h\na,P1,100,0.5\nb,P1,10,0.25\n",
+    );
+    let n = write(dir.path(), "n.csv", "query,neighbour,score\na,b,1.0\n");
+    let out = dir.path().join("o.csv");
+    let result = run(&[
+        "run",
+        "--engagement",
+        e.to_str().unwrap(),
+        "--neighbours",
+        n.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--format",
+        "csv",
+    ]);
+    assert!(result.status.success(), "{}", stderr(&result));
+    let rows = read_features(&out);
+    assert_eq!(rows[0].h, 0.5);
+    assert_eq!(rows[0].prior, 0.25);
+}
+
+#[test]
+fn duplicate_engagement_rows_can_be_summed() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = write(
+        dir.path(),
+        "e.csv",
+        "query,product_id,impressions,clicks,adds,purchases\na,P1,60,6,1,0\na,P1,40,4,1,1\n",
+    );
+    let n = write(dir.path(), "n.csv", NEIGHBOURS);
+    let out = dir.path().join("o.csv");
+    let result = run(&[
+        "run",
+        "--engagement",
+        e.to_str().unwrap(),
+        "--neighbours",
+        n.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--format",
+        "csv",
+        "--on-duplicate",
+        "sum",
+    ]);
+    assert!(result.status.success(), "{}", stderr(&result));
+    let rows = read_features(&out);
+    let a = rows.iter().find(|r| r.query == "a").unwrap();
+    assert_eq!(a.impressions, 100);
+    assert!(close(a.h, (10.0 + 2.0 * 2.0 + 4.0) / 110.0));
+}
+
+#[test]
+fn a_rerun_replaces_the_output_and_leaves_no_staging_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("f.parquet");
+    std::fs::write(&out, b"old").unwrap();
+    let args = tiny_args(&out);
+    let result = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert_eq!(read_features(&out).len(), 16);
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("f.parquet")]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input: exit code 2, a message that names the input, the column and an example row, and
+// nothing written at the destination (an existing file there is left untouched).
+
+struct BadCase<'a> {
+    engagement: &'a str,
+    neighbours: &'a str,
+    extra: &'a [&'a str],
+    /// Fragments the error message must contain.
+    expect: &'a [&'a str],
+}
+
+fn assert_rejected(case: &BadCase<'_>) {
+    let dir = tempfile::tempdir().unwrap();
+    let e = write(dir.path(), "engagement.csv", case.engagement);
+    let n = write(dir.path(), "neighbours.csv", case.neighbours);
+    let out = dir.path().join("out").join("features.parquet");
+    let mut args = vec![
+        "run",
+        "--engagement",
+        e.to_str().unwrap(),
+        "--neighbours",
+        n.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    args.extend(case.extra);
+    let result = run(&args);
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(2), "exit code; stderr: {err}");
+    for fragment in case.expect {
+        assert!(err.contains(fragment), "message lacks {fragment:?}:\n{err}");
+    }
+    assert!(!out.exists(), "nothing may be written at the destination");
+    if let Ok(entries) = std::fs::read_dir(out.parent().unwrap()) {
+        assert_eq!(entries.count(), 0, "no staging files left behind");
+    }
+}
+
+#[test]
+fn bad_missing_column() {
+    assert_rejected(&BadCase {
+        engagement: "query,product_id,clicks,adds,purchases\na,P1,1,0,0\n",
+        neighbours: NEIGHBOURS,
+        extra: &[],
+        expect: &[
+            "'engagement'",
+            "column 'impressions'",
+            "missing column",
+            "the input has [query, product_id, clicks, adds, purchases]",
+        ],
+    });
+    assert_rejected(&BadCase {
+        engagement: ENGAGEMENT,
+        neighbours: "query,neighbour\na,b\n",
+        extra: &[],
+        expect: &["'neighbours'", "column 'score'", "missing column"],
+    });
+}
+
+#[test]
+fn bad_wrong_type() {
+    assert_rejected(&BadCase {
+        engagement: "query,product_id,impressions,clicks,adds,purchases\na,P1,ten,1,0,0\n",
+        neighbours: NEIGHBOURS,
+        extra: &[],
+        expect: &[
+            "'engagement'",
+            "column 'impressions'",
+            "type Utf8",
+            "integer count",
+        ],
+    });
+    assert_rejected(&BadCase {
+        engagement: ENGAGEMENT,
+        neighbours: "query,neighbour,score\na,b,high\n",
+        extra: &[],
+        expect: &["'neighbours'", "column 'score'", "type Utf8", "numeric"],
+    });
+}
+
+#[test]
+fn bad_negative_counts() {
+    assert_rejected(&BadCase {
+        engagement: "query,product_id,impressions,clicks,adds,purchases\na,P1,10,1,-1,0\n",
+        neighbours: NEIGHBOURS,
+        extra: &[],
+        expect: &[
+            "'engagement'",
+            "column 'adds'",
+            "adds_null_or_negative",
+            "example row: query=\"a\", product_id=\"P1\", impressions=10, clicks=1, adds=-1, purchases=0",
+            "count >= 0",
+        ],
+    });
+}
+
+#[test]
+fn bad_clicks_above_impressions() {
+    assert_rejected(&BadCase {
+        engagement: "query,product_id,impressions,clicks,adds,purchases\na,P1,10,1,0,0\na,P2,3,5,0,0\n",
+        neighbours: NEIGHBOURS,
+        extra: &[],
+        expect: &[
+            "'engagement'",
+            "column 'clicks'",
+            "1 row(s) fail check 'clicks_above_impressions'",
+            "product_id=\"P2\"",
+            "clicks <= impressions",
+        ],
+    });
+}
+
+#[test]
+fn bad_scores_nan_inf_negative() {
+    for (score, shown) in [("NaN", "NaN"), ("inf", "inf"), ("-0.5", "-0.5")] {
+        let neighbours = format!("query,neighbour,score\na,b,0.9\nc,a,{score}\n");
+        assert_rejected(&BadCase {
+            engagement: ENGAGEMENT,
+            neighbours: &neighbours,
+            extra: &[],
+            expect: &[
+                "'neighbours'",
+                "column 'score'",
+                "score_null_nan_inf_or_negative",
+                "query=\"c\"",
+                shown,
+                "finite similarity score >= 0",
+            ],
+        });
+    }
+}
+
+#[test]
+fn bad_null_or_empty_keys() {
+    assert_rejected(&BadCase {
+        engagement: "query,product_id,impressions,clicks,adds,purchases\n,P1,10,1,0,0\n",
+        neighbours: NEIGHBOURS,
+        extra: &[],
+        expect: &[
+            "'engagement'",
+            "column 'query'",
+            "query_null_or_empty",
+            "example row: query=NULL",
+        ],
+    });
+    assert_rejected(&BadCase {
+        engagement: "query,product_id,impressions,clicks,adds,purchases\n\"a\",\"\",10,1,0,0\n",
+        neighbours: NEIGHBOURS,
+        extra: &[],
+        expect: &[
+            "'engagement'",
+            "column 'product_id'",
+            "product_id_null_or_empty",
+        ],
+    });
+    assert_rejected(&BadCase {
+        engagement: ENGAGEMENT,
+        neighbours: "query,neighbour,score\na,,0.5\n",
+        extra: &[],
+        expect: &[
+            "'neighbours'",
+            "column 'neighbour'",
+            "neighbour_null_or_empty",
+        ],
+    });
+}
+
+#[test]
+fn bad_duplicate_engagement_keys() {
+    assert_rejected(&BadCase {
+        engagement: "query,product_id,impressions,clicks,adds,purchases\na,P1,10,1,0,0\nb,P1,5,0,0,0\na,P1,20,2,0,0\n",
+        neighbours: NEIGHBOURS,
+        extra: &[],
+        expect: &[
+            "'engagement'",
+            "column 'query, product_id'",
+            "1 (query, product_id) key(s) have more than one row",
+            "query=\"a\", product_id=\"P1\", n=2",
+            "--on-duplicate sum",
+        ],
+    });
+}
+
+#[test]
+fn bad_empty_input() {
+    assert_rejected(&BadCase {
+        engagement: "query,product_id,impressions,clicks,adds,purchases\n",
+        neighbours: NEIGHBOURS,
+        extra: &[],
+        expect: &["'engagement'", "no rows"],
+    });
+    assert_rejected(&BadCase {
+        engagement: ENGAGEMENT,
+        neighbours: "query,neighbour,score\n",
+        extra: &[],
+        expect: &["'neighbours'", "no rows"],
+    });
+}
+
+#[test]
+fn bad_unreadable_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = write(dir.path(), "n.csv", NEIGHBOURS);
+    let out = dir.path().join("o.parquet");
+    let missing = dir.path().join("nope/engagement.parquet");
+    let result = run(&[
+        "run",
+        "--engagement",
+        missing.to_str().unwrap(),
+        "--neighbours",
+        n.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("'engagement'") && err.contains("cannot read the input"),
+        "{err}"
+    );
+    assert!(err.contains("nope/engagement.parquet"), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn bad_unknown_config_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "job.toml",
+        "engagement = \"e.csv\"\n[features]\ntop_kk = 2\n",
+    );
+    let result = run(&["run", "--config", config.to_str().unwrap()]);
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("unknown field `top_kk`") && err.contains("job.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_parameter_values() {
+    let cases: [(&[&str], &str); 6] = [
+        (&["--format", "csv"], "format is csv but the output"),
+        (&["--top-k", "0"], "--top-k"),
+        (&["--gamma", "0"], "gamma"),
+        (&["--gamma", "-5"], "gamma"),
+        (&["--click-weight", "-1"], "click_weight"),
+        (&["--smoothing", "-2"], "smoothing"),
+    ];
+    for (extra, expect) in cases {
+        assert_rejected(&BadCase {
+            engagement: ENGAGEMENT,
+            neighbours: NEIGHBOURS,
+            extra,
+            expect: &[expect],
+        });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "job.toml", "[features]\ntop_k = 0\n");
+    let result = run(&["run", "--config", config.to_str().unwrap()]);
+    assert_eq!(result.status.code(), Some(2));
+    assert!(stderr(&result).contains("top_k"), "{}", stderr(&result));
+}
