@@ -3,7 +3,8 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use datafusion::logical_expr::col;
+use datafusion::logical_expr::{SortExpr, col};
+use datafusion::prelude::{DataFrame, ident, lit};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::JobConfig;
@@ -118,7 +119,7 @@ pub async fn run(config: &JobConfig) -> Result<JobSummary> {
 
     progress.set_message("checking inputs");
     tracing::info!("checking inputs");
-    let report = inputs::check(&ctx, &inputs, &config.features).await?;
+    let report = inputs::check(&inputs, &config.features).await?;
     summary.engagement_rows = report.engagement_rows;
     summary.neighbour_rows = report.neighbour_rows;
     summary.history_rows = report.engagement_pairs;
@@ -141,32 +142,52 @@ pub async fn run(config: &JobConfig) -> Result<JobSummary> {
 
     progress.set_message("computing neighbour sets");
     tracing::info!("computing neighbour sets");
-    let timings = pipeline::register_stages(
-        &ctx,
-        &config.features,
-        &[pipeline::neighbour_sets::STAGE.name],
-    )
-    .await?;
-    if let Some((_, rows, took)) = timings.materialized.first() {
-        summary.neighbour_set_rows = *rows;
-        summary.neighbour_sets_time = *took;
+    let ns_start = Instant::now();
+    let slices = pipeline::slices(&ctx, &inputs, &config.execution)?;
+    let mut features: Option<DataFrame> = None;
+    for slice in &slices {
+        let timings = pipeline::register_stages(
+            &slice.ctx,
+            &config.features,
+            &[pipeline::neighbour_sets::STAGE.name],
+        )
+        .await?;
+        summary.neighbour_set_rows += timings
+            .materialized
+            .iter()
+            .map(|(_, rows, _)| rows)
+            .sum::<u64>();
+        summary.queries_with_prior += slice
+            .ctx
+            .table(pipeline::neighbour_sets::STAGE.name)
+            .await?
+            .filter(col("rank").eq(lit(1i64)))?
+            .count()
+            .await? as u64;
+        let slice_features =
+            slice.with_partition_columns(slice.ctx.table(pipeline::blend::STAGE.name).await?)?;
+        features = Some(match features {
+            None => slice_features,
+            Some(all) => all.union(slice_features)?,
+        });
     }
-    summary.queries_with_prior = ctx
-        .table(pipeline::neighbour_sets::STAGE.name)
-        .await?
-        .filter(col("rank").eq(datafusion::prelude::lit(1i64)))?
-        .count()
-        .await? as u64;
+    summary.neighbour_sets_time = ns_start.elapsed();
+    let mut features = features.expect("at least one slice");
 
     progress.set_message("computing prior and features, writing");
     tracing::info!("computing prior and features, writing {output}");
     let features_start = Instant::now();
-    let mut features = ctx.table(pipeline::blend::STAGE.name).await?;
     if config.execution.sort_output {
-        features = features.sort(vec![
+        let mut order: Vec<SortExpr> = slices[0]
+            .partition
+            .iter()
+            .map(|(k, _)| ident(k.as_str()).sort(true, false))
+            .collect();
+        order.extend([
             col("query").sort(true, false),
             col("product_id").sort(true, false),
-        ])?;
+        ]);
+        features = features.sort(order)?;
     }
     let mut rows = 0u64;
     let written = sink::write_atomic(features, &location, config.output_format()?, |batch| {

@@ -47,10 +47,19 @@ pub fn runtime_env(execution: &ExecutionConfig) -> Result<Arc<RuntimeEnv>> {
 
 /// A session with settings, runtime and UDFs, but no tables.
 pub fn new_context(execution: &ExecutionConfig) -> Result<SessionContext> {
+    new_context_with_runtime(execution, runtime_env(execution)?)
+}
+
+/// Like [`new_context`] but on an existing runtime, so several sessions (one per input partition)
+/// share one memory pool, spill folder and set of object stores.
+pub fn new_context_with_runtime(
+    execution: &ExecutionConfig,
+    runtime: Arc<RuntimeEnv>,
+) -> Result<SessionContext> {
     let mut state = SessionStateBuilder::new()
         .with_default_features()
         .with_config(session_config(execution))
-        .with_runtime_env(runtime_env(execution)?)
+        .with_runtime_env(runtime)
         .build();
     register_functions(&mut state)?;
     Ok(SessionContext::new_with_state(state))

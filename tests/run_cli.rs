@@ -476,7 +476,7 @@ fn bad_unreadable_path() {
     let err = stderr(&result);
     assert_eq!(result.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("'engagement'") && err.contains("cannot read the input"),
+        err.contains("'engagement'") && err.contains("no files found"),
         "{err}"
     );
     assert!(err.contains("nope/engagement.parquet"), "{err}");
@@ -523,4 +523,136 @@ fn bad_parameter_values() {
     let result = run(&["run", "--config", config.to_str().unwrap()]);
     assert_eq!(result.status.code(), Some(2));
     assert!(stderr(&result).contains("top_k"), "{}", stderr(&result));
+}
+
+#[test]
+fn partition_folders_become_columns_and_are_computed_independently() {
+    use q2q_prior::config::FeatureParams;
+    use q2q_prior::reference::{self, EngagementRow, NeighbourRow};
+
+    let dir = tempfile::tempdir().unwrap();
+    let e = dir.path().join("engagement");
+    let us = "query,product_id,impressions,clicks,adds,purchases\na,P1,100,10,2,1\nb,P1,50,5,1,0\nb,P2,20,2,0,0\n";
+    // the same (query, product_id) in another partition is not a duplicate
+    let de = "query,product_id,impressions,clicks,adds,purchases\na,P1,10,1,0,0\nc,P3,40,8,2,2\n";
+    for (market, text) in [("US", us), ("DE", de)] {
+        std::fs::create_dir_all(e.join(format!("market={market}"))).unwrap();
+        write(&e.join(format!("market={market}")), "part-0.csv", text);
+    }
+    let n = write(
+        dir.path(),
+        "n.csv",
+        "query,neighbour,score\na,b,0.9\nc,a,0.8\na,c,0.7\n",
+    );
+    let out = dir.path().join("f.parquet");
+    let result = run(&[
+        "run",
+        "--engagement",
+        &format!("{}/", e.display()),
+        "--neighbours",
+        n.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(result.status.success(), "{}", stderr(&result));
+
+    let parse_e = |text: &str| -> Vec<EngagementRow> {
+        text.lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                EngagementRow {
+                    query: f[0].into(),
+                    product_id: f[1].into(),
+                    impressions: f[2].parse().unwrap(),
+                    clicks: f[3].parse().unwrap(),
+                    adds: f[4].parse().unwrap(),
+                    purchases: f[5].parse().unwrap(),
+                }
+            })
+            .collect()
+    };
+    let neighbours = vec![
+        NeighbourRow {
+            query: "a".into(),
+            neighbour: "b".into(),
+            score: 0.9,
+        },
+        NeighbourRow {
+            query: "c".into(),
+            neighbour: "a".into(),
+            score: 0.8,
+        },
+        NeighbourRow {
+            query: "a".into(),
+            neighbour: "c".into(),
+            score: 0.7,
+        },
+    ];
+    let by_market = read_features_by(&out, Some("market"));
+    assert_eq!(by_market.keys().collect::<Vec<_>>(), ["DE", "US"]);
+    for (market, text) in [("US", us), ("DE", de)] {
+        let expected = reference::features(&parse_e(text), &neighbours, &FeatureParams::default());
+        assert_same_features(&by_market[market], &expected);
+    }
+
+    // neighbours partitioned by the same column are matched partition by partition
+    let nd = dir.path().join("neighbours");
+    std::fs::create_dir_all(nd.join("market=US")).unwrap();
+    std::fs::create_dir_all(nd.join("market=DE")).unwrap();
+    write(
+        &nd.join("market=US"),
+        "n.csv",
+        "query,neighbour,score\na,b,0.9\n",
+    );
+    write(
+        &nd.join("market=DE"),
+        "n.csv",
+        "query,neighbour,score\na,c,0.9\n",
+    );
+    let out2 = dir.path().join("f2.parquet");
+    let result = run(&[
+        "run",
+        "--engagement",
+        &format!("{}/", e.display()),
+        "--neighbours",
+        &format!("{}/", nd.display()),
+        "-o",
+        out2.to_str().unwrap(),
+    ]);
+    assert!(result.status.success(), "{}", stderr(&result));
+    let by_market = read_features_by(&out2, Some("market"));
+    for (market, text, list) in [("US", us, ("a", "b")), ("DE", de, ("a", "c"))] {
+        let neighbours = vec![NeighbourRow {
+            query: list.0.into(),
+            neighbour: list.1.into(),
+            score: 0.9,
+        }];
+        let expected = reference::features(&parse_e(text), &neighbours, &FeatureParams::default());
+        assert_same_features(&by_market[market], &expected);
+    }
+}
+
+#[test]
+fn bad_inconsistent_partition_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = dir.path().join("engagement");
+    std::fs::create_dir_all(e.join("market=US")).unwrap();
+    write(&e.join("market=US"), "a.csv", ENGAGEMENT);
+    write(&e, "b.csv", ENGAGEMENT);
+    let n = write(dir.path(), "n.csv", NEIGHBOURS);
+    let out = dir.path().join("f.parquet");
+    let result = run(&[
+        "run",
+        "--engagement",
+        &format!("{}/", e.display()),
+        "--neighbours",
+        n.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(2), "{err}");
+    assert!(err.contains("differently partitioned folders"), "{err}");
+    assert!(!out.exists());
 }

@@ -23,8 +23,9 @@ use datafusion::datasource::listing::{
 };
 use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::logical_expr::{Expr, cast, col, lit};
-use datafusion::prelude::{DataFrame, SessionContext};
+use datafusion::prelude::{DataFrame, SessionContext, ident};
 use futures::TryStreamExt;
+use object_store::ObjectMeta;
 
 use crate::config::{DuplicatePolicy, FeatureParams, InputFormat, InputSpec, JobConfig};
 use crate::error::{BadInput, Error, Result};
@@ -42,7 +43,18 @@ pub struct Input {
     pub uri: String,
     pub format: InputFormat,
     pub raw: DataFrame,
+    /// The typed view registered under the input's name (partition columns first).
+    pub typed: DataFrame,
     pub checks: Vec<checks::Check>,
+    pub partitions: Partitions,
+}
+
+/// Hive-style partition folders (`market=US/dt=2026-01-01/…`) of an input: their column names, in
+/// folder order, and every distinct combination of values found, read from the file listing alone.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Partitions {
+    pub columns: Vec<String>,
+    pub values: Vec<Vec<String>>,
 }
 
 /// Both inputs, registered.
@@ -66,12 +78,13 @@ pub struct InputReport {
 /// views on `ctx`. Reads file metadata only.
 pub async fn register(ctx: &SessionContext, config: &JobConfig) -> Result<Inputs> {
     let (engagement_spec, neighbours_spec, _) = config.job_paths()?;
-    let engagement = open(ctx, ENGAGEMENT, engagement_spec).await?;
-    let neighbours = open(ctx, NEIGHBOURS, neighbours_spec).await?;
-    let (engagement, typed_engagement) = type_engagement(engagement, &config.features)?;
-    let (neighbours, typed_neighbours) = type_neighbours(neighbours)?;
-    ctx.register_table(ENGAGEMENT, typed_engagement.into_view())?;
-    ctx.register_table(NEIGHBOURS, typed_neighbours.into_view())?;
+    let engagement = type_engagement(
+        open(ctx, ENGAGEMENT, engagement_spec).await?,
+        &config.features,
+    )?;
+    let neighbours = type_neighbours(open(ctx, NEIGHBOURS, neighbours_spec).await?)?;
+    ctx.register_table(ENGAGEMENT, engagement.typed.clone().into_view())?;
+    ctx.register_table(NEIGHBOURS, neighbours.typed.clone().into_view())?;
     Ok(Inputs {
         engagement,
         neighbours,
@@ -81,11 +94,7 @@ pub async fn register(ctx: &SessionContext, config: &JobConfig) -> Result<Inputs
 /// Scans both inputs once each for every row check (plus one aggregation for duplicate keys when
 /// duplicates are an error). The first FAIL becomes a [`BadInput`] naming the input, column and an
 /// example row; WARNs are returned.
-pub async fn check(
-    ctx: &SessionContext,
-    inputs: &Inputs,
-    params: &FeatureParams,
-) -> Result<InputReport> {
+pub async fn check(inputs: &Inputs, params: &FeatureParams) -> Result<InputReport> {
     let mut report = InputReport::default();
     for input in [&inputs.engagement, &inputs.neighbours] {
         let (rows, results) = checks::evaluate(&input.raw, &input.checks).await?;
@@ -108,21 +117,24 @@ pub async fn check(
             report.neighbour_rows = rows;
         }
     }
-    report.engagement_pairs = duplicate_check(ctx, &inputs.engagement, params.on_duplicate).await?;
+    report.engagement_pairs = duplicate_check(&inputs.engagement, params.on_duplicate).await?;
     Ok(report)
 }
 
-/// Counts distinct (query, product_id) keys; with [`DuplicatePolicy::Error`] a repeated key fails,
-/// naming it.
-async fn duplicate_check(
-    ctx: &SessionContext,
-    input: &Input,
-    policy: DuplicatePolicy,
-) -> Result<u64> {
-    let keys = input.raw.clone().aggregate(
-        vec![col("query"), col("product_id")],
-        vec![count(lit(1i64)).alias("n")],
-    )?;
+/// Counts distinct (partition, query, product_id) keys; with [`DuplicatePolicy::Error`] a repeated
+/// key fails, naming it.
+async fn duplicate_check(input: &Input, policy: DuplicatePolicy) -> Result<u64> {
+    let key: Vec<Expr> = input
+        .partitions
+        .columns
+        .iter()
+        .map(|c| ident(c.as_str()))
+        .chain([col("query"), col("product_id")])
+        .collect();
+    let keys = input
+        .raw
+        .clone()
+        .aggregate(key, vec![count(lit(1i64)).alias("n")])?;
     let summary = keys
         .clone()
         .aggregate(
@@ -160,7 +172,6 @@ async fn duplicate_check(
         if let Some(batch) = example.iter().find(|b| b.num_rows() > 0) {
             bad = bad.example(checks::render_row(batch, 0)?);
         }
-        let _ = ctx;
         return Err(bad.into());
     }
     Ok(pairs)
@@ -215,12 +226,58 @@ async fn open(ctx: &SessionContext, role: &'static str, spec: &InputSpec) -> Res
             Arc::new(JsonFormat::default().with_file_compression_type(compression))
         }
     };
-    let options = ListingOptions::new(file_format).with_file_extension(extension);
     let state = ctx.state();
+    let store = ctx.runtime_env().object_store(&url)?;
+    let files: Vec<ObjectMeta> = url
+        .list_all_files(&state, store.as_ref(), &extension)
+        .await
+        .map_err(|e| unreadable(&e))?
+        .try_collect()
+        .await
+        .map_err(|e| unreadable(&e))?;
+    if files.is_empty() {
+        return Err(BadInput::new(role, uri, "no files found")
+            .expected(format!(
+                "at least one file{}",
+                if extension.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ending in {extension}")
+                }
+            ))
+            .into());
+    }
+    let partitions = partitions_of(&url, &files).map_err(|problem| {
+        BadInput::new(role, uri, problem)
+            .expected("the same key=value folder levels above every file")
+    })?;
+    let options = ListingOptions::new(file_format)
+        .with_file_extension(extension)
+        .with_table_partition_cols(
+            partitions
+                .columns
+                .iter()
+                .map(|c| (c.clone(), DataType::Utf8))
+                .collect(),
+        );
     let inferred = options
         .infer_schema(&state, &url)
         .await
         .map_err(|e| unreadable(&e))?;
+    if let Some(clash) = partitions
+        .columns
+        .iter()
+        .find(|c| inferred.field_with_name(c).is_ok())
+    {
+        return Err(BadInput::new(
+            role,
+            uri,
+            "a partition folder name is also a column of the files",
+        )
+        .column(clash.clone())
+        .expected("partition folder names distinct from the files' columns")
+        .into());
+    }
     let schema = if format == InputFormat::Parquet {
         inferred
     } else {
@@ -235,9 +292,52 @@ async fn open(ctx: &SessionContext, role: &'static str, spec: &InputSpec) -> Res
         role,
         uri: uri.to_string(),
         format,
+        typed: raw.clone(),
         raw,
         checks: Vec::new(),
+        partitions,
     })
+}
+
+/// Reads Hive partitions from file paths: every file must sit under the same `key=` levels.
+fn partitions_of(
+    url: &ListingTableUrl,
+    files: &[ObjectMeta],
+) -> std::result::Result<Partitions, String> {
+    let mut columns: Option<Vec<String>> = None;
+    let mut values = std::collections::BTreeSet::new();
+    for file in files {
+        let Some(segments) = url.strip_prefix(&file.location) else {
+            continue;
+        };
+        let segments: Vec<&str> = segments.collect();
+        let folders = &segments[..segments.len().saturating_sub(1)];
+        let (keys, vals): (Vec<String>, Vec<String>) = folders
+            .iter()
+            .filter_map(|s| s.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .unzip();
+        match &columns {
+            None => columns = Some(keys),
+            Some(known) if *known != keys => {
+                return Err(format!(
+                    "files are in differently partitioned folders: [{}] and [{}] (e.g. {})",
+                    known.join(", "),
+                    keys.join(", "),
+                    file.location
+                ));
+            }
+            Some(_) => {}
+        }
+        values.insert(vals);
+    }
+    let columns = columns.unwrap_or_default();
+    let values = if columns.is_empty() {
+        Vec::new()
+    } else {
+        values.into_iter().collect()
+    };
+    Ok(Partitions { columns, values })
 }
 
 /// CSV and JSON schemas are inferred from values, so a query such as "1080" would become a
@@ -378,7 +478,7 @@ const COUNT: &str = "an integer count column";
 const FLOAT: &str = "a numeric (float) column";
 
 /// Checks engagement's schema and builds its typed view.
-fn type_engagement(mut input: Input, params: &FeatureParams) -> Result<(Input, DataFrame)> {
+fn type_engagement(mut input: Input, params: &FeatureParams) -> Result<Input> {
     let query = column_type(&input, "query", checks::is_string, STRING)?
         .ok_or_else(|| missing(&input, "query", STRING))?;
     let product = column_type(
@@ -430,19 +530,34 @@ fn type_engagement(mut input: Input, params: &FeatureParams) -> Result<(Input, D
     } else {
         lit(datafusion::common::ScalarValue::Float64(None))
     };
-    let typed = input.raw.clone().select(vec![
-        col("query"),
-        col("product_id"),
-        count_or_zero("impressions"),
-        count_or_zero("clicks"),
-        count_or_zero("adds"),
-        count_or_zero("purchases"),
-        h.alias("h"),
-    ])?;
-    let typed = match params.on_duplicate {
+    let partition_columns: Vec<Expr> = input
+        .partitions
+        .columns
+        .iter()
+        .map(|c| ident(c.as_str()))
+        .collect();
+    let typed = input.raw.clone().select(
+        partition_columns
+            .iter()
+            .cloned()
+            .chain([
+                col("query"),
+                col("product_id"),
+                count_or_zero("impressions"),
+                count_or_zero("clicks"),
+                count_or_zero("adds"),
+                count_or_zero("purchases"),
+                h.alias("h"),
+            ])
+            .collect::<Vec<Expr>>(),
+    )?;
+    input.typed = match params.on_duplicate {
         DuplicatePolicy::Error => typed,
         DuplicatePolicy::Sum => typed.aggregate(
-            vec![col("query"), col("product_id")],
+            partition_columns
+                .into_iter()
+                .chain([col("query"), col("product_id")])
+                .collect(),
             ["impressions", "clicks", "adds", "purchases"]
                 .into_iter()
                 .map(|c| sum(col(c)).alias(c))
@@ -450,11 +565,11 @@ fn type_engagement(mut input: Input, params: &FeatureParams) -> Result<(Input, D
                 .collect(),
         )?,
     };
-    Ok((input, typed))
+    Ok(input)
 }
 
 /// Checks neighbours' schema and builds its typed view.
-fn type_neighbours(mut input: Input) -> Result<(Input, DataFrame)> {
+fn type_neighbours(mut input: Input) -> Result<Input> {
     let query = column_type(&input, "query", checks::is_string, STRING)?
         .ok_or_else(|| missing(&input, "query", STRING))?;
     let neighbour = column_type(&input, "neighbour", checks::is_string, STRING)?
@@ -462,12 +577,20 @@ fn type_neighbours(mut input: Input) -> Result<(Input, DataFrame)> {
     column_type(&input, "score", is_number, FLOAT)?
         .ok_or_else(|| missing(&input, "score", FLOAT))?;
     input.checks = checks::neighbour_checks(&query, &neighbour);
-    let typed = input.raw.clone().select(vec![
-        col("query"),
-        col("neighbour"),
-        cast(col("score"), DataType::Float64).alias("score"),
-    ])?;
-    Ok((input, typed))
+    input.typed = input.raw.clone().select(
+        input
+            .partitions
+            .columns
+            .iter()
+            .map(|c| ident(c.as_str()))
+            .chain([
+                col("query"),
+                col("neighbour"),
+                cast(col("score"), DataType::Float64).alias("score"),
+            ])
+            .collect::<Vec<Expr>>(),
+    )?;
+    Ok(input)
 }
 
 #[cfg(test)]

@@ -21,8 +21,12 @@ use std::time::{Duration, Instant};
 use datafusion::common::ScalarValue;
 use datafusion::prelude::{DataFrame, SessionContext};
 
-use crate::config::FeatureParams;
+use datafusion::prelude::{ident, lit};
+
+use crate::config::{ExecutionConfig, FeatureParams};
 use crate::error::Result;
+use crate::pipeline::inputs::{ENGAGEMENT, Inputs, NEIGHBOURS};
+use crate::session;
 
 /// A SQL stage: its view name, its SQL text and the parameters it binds.
 #[derive(Clone, Copy)]
@@ -86,4 +90,84 @@ pub async fn register_stages(
         ctx.register_table(stage.name, df.into_view())?;
     }
     Ok(timings)
+}
+
+/// One independent part of the job: a session whose `engagement` and `neighbours` views hold one
+/// combination of the engagement input's partition values (`partition`), or everything when the
+/// input is not partitioned. The stages run in it unchanged; their SQL never sees partitions.
+pub struct Slice {
+    pub ctx: SessionContext,
+    /// (column, value) pairs identifying the slice; empty for an unpartitioned input.
+    pub partition: Vec<(String, String)>,
+}
+
+impl Slice {
+    /// Appends the slice's partition values as literal columns to a stage's output.
+    pub fn with_partition_columns(&self, df: DataFrame) -> Result<DataFrame> {
+        if self.partition.is_empty() {
+            return Ok(df);
+        }
+        let mut columns: Vec<_> = df
+            .schema()
+            .columns()
+            .into_iter()
+            .map(datafusion::prelude::Expr::Column)
+            .collect();
+        columns.extend(self.partition.iter().map(|(k, v)| lit(v.as_str()).alias(k)));
+        Ok(df.select(columns)?)
+    }
+}
+
+/// Splits the job by the engagement input's partition folders (e.g. `market=US/`): each slice gets
+/// its own session (sharing `ctx`'s runtime) with the partition's engagement rows, and the
+/// neighbour rows of the same partition when the neighbours input is partitioned by the same
+/// column, all of them otherwise. Without partitions the only slice is `ctx` itself.
+pub fn slices(
+    ctx: &SessionContext,
+    inputs: &Inputs,
+    execution: &ExecutionConfig,
+) -> Result<Vec<Slice>> {
+    let partitions = &inputs.engagement.partitions;
+    if partitions.columns.is_empty() {
+        return Ok(vec![Slice {
+            ctx: ctx.clone(),
+            partition: Vec::new(),
+        }]);
+    }
+    let mut slices = Vec::with_capacity(partitions.values.len());
+    for values in &partitions.values {
+        let partition: Vec<(String, String)> = partitions
+            .columns
+            .iter()
+            .cloned()
+            .zip(values.iter().cloned())
+            .collect();
+        let only = |df: DataFrame, columns: &[String]| -> Result<DataFrame> {
+            let mut df = df;
+            for (k, v) in partition.iter().filter(|(k, _)| columns.contains(k)) {
+                df = df.filter(ident(k.as_str()).eq(lit(v.as_str())))?;
+            }
+            let keep: Vec<_> = df
+                .schema()
+                .fields()
+                .iter()
+                .filter(|f| !columns.contains(f.name()))
+                .map(|f| ident(f.name().as_str()))
+                .collect();
+            Ok(df.select(keep)?)
+        };
+        let slice_ctx = session::new_context_with_runtime(execution, ctx.runtime_env())?;
+        let engagement = only(inputs.engagement.typed.clone(), &partitions.columns)?;
+        let neighbours = only(
+            inputs.neighbours.typed.clone(),
+            &inputs.neighbours.partitions.columns,
+        )?;
+        slice_ctx.register_table(ENGAGEMENT, engagement.into_view())?;
+        slice_ctx.register_table(NEIGHBOURS, neighbours.into_view())?;
+        slices.push(Slice {
+            ctx: slice_ctx,
+            partition,
+        });
+    }
+    Ok(slices)
 }

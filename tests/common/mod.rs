@@ -41,6 +41,29 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 /// Reads a feature table (Parquet or CSV, by extension) sorted by (query, product_id).
 pub fn read_features(path: &Path) -> Vec<FeatureRow> {
+    read_features_by(path, None).remove("").unwrap_or_default()
+}
+
+/// Reads a feature table grouped by the value of a partition column ("" without one); within a
+/// group rows are sorted by (query, product_id).
+pub fn read_features_by(
+    path: &Path,
+    partition: Option<&str>,
+) -> std::collections::BTreeMap<String, Vec<FeatureRow>> {
+    let mut groups = std::collections::BTreeMap::<String, Vec<FeatureRow>>::new();
+    for batch in read_batches(path) {
+        let keys = match partition {
+            Some(name) => strings(&batch, name),
+            None => vec![String::new(); batch.num_rows()],
+        };
+        for (key, row) in keys.into_iter().zip(rows_of(&batch)) {
+            groups.entry(key).or_default().push(row);
+        }
+    }
+    groups
+}
+
+fn read_batches(path: &Path) -> Vec<RecordBatch> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let ctx = SessionContext::new();
@@ -61,7 +84,7 @@ pub fn read_features(path: &Path) -> Vec<FeatureRow> {
             .collect()
             .await
             .unwrap();
-        batches.iter().flat_map(rows_of).collect()
+        batches
     })
 }
 
@@ -91,7 +114,7 @@ fn rows_of(batch: &RecordBatch) -> Vec<FeatureRow> {
         .map(|f| f.name().clone())
         .collect();
     assert_eq!(
-        names,
+        names[..9],
         [
             "query",
             "product_id",

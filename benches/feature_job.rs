@@ -1,0 +1,95 @@
+//! Bench: the whole feature job on `synth` data, end to end (read, checks, stages, write).
+//!
+//! `cargo bench --bench feature_job -- [--queries N] [--runs R] [--seed S]`
+//!
+//! Data is generated once into a temp folder (outside the timed loop); each run writes a fresh
+//! output. Prints the median, min and max wall time and throughput. Figures go to
+//! docs/BENCHMARKS.md with date, machine and command.
+
+use std::time::{Duration, Instant};
+
+use q2q_prior::config::{InputSpec, JobConfig, OutputFormat};
+use q2q_prior::synth::{self, SynthSpec};
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} takes a number"))
+        })
+        .unwrap_or(default)
+}
+
+fn main() {
+    // cargo passes --bench; anything we do not know is ignored.
+    let queries = arg("--queries", 80_000);
+    let runs = arg("--runs", 5).max(1);
+    let seed = arg("--seed", 42);
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    let start = Instant::now();
+    let data = synth::generate(
+        &SynthSpec {
+            queries: queries as usize,
+            seed,
+            format: OutputFormat::Parquet,
+        },
+        dir.path(),
+    )
+    .expect("synth");
+    eprintln!(
+        "synth: {} queries, {} engagement rows, {} neighbour rows in {:.1}s",
+        data.queries,
+        data.engagement_rows,
+        data.neighbour_rows,
+        start.elapsed().as_secs_f64()
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut times: Vec<Duration> = Vec::new();
+    let mut rows_out = 0;
+    for run in 0..runs {
+        let output = dir.path().join(format!("features-{run}.parquet"));
+        let config = JobConfig {
+            engagement: Some(InputSpec::new(data.engagement.to_string_lossy())),
+            neighbours: Some(InputSpec::new(data.neighbours.to_string_lossy())),
+            output: Some(output.to_string_lossy().into_owned()),
+            ..JobConfig::default()
+        };
+        let start = Instant::now();
+        let summary = runtime
+            .block_on(q2q_prior::job::run(&config))
+            .expect("feature job");
+        let took = start.elapsed();
+        eprintln!(
+            "run {run}: {:.3}s (checks {:.3}s, neighbour sets {:.3}s, prior+blend+write {:.3}s)",
+            took.as_secs_f64(),
+            summary.check_time.as_secs_f64(),
+            summary.neighbour_sets_time.as_secs_f64(),
+            summary.features_time.as_secs_f64()
+        );
+        rows_out = summary.written.rows;
+        times.push(took);
+        std::fs::remove_file(&output).ok();
+    }
+    times.sort();
+    let median = times[times.len() / 2];
+    let rows_in = data.engagement_rows + data.neighbour_rows;
+    println!(
+        "feature_job queries={queries} engagement_rows={} neighbour_rows={} output_rows={rows_out}",
+        data.engagement_rows, data.neighbour_rows
+    );
+    println!(
+        "wall median {:.3}s  min {:.3}s  max {:.3}s  over {runs} runs; {:.0} input rows/s",
+        median.as_secs_f64(),
+        times[0].as_secs_f64(),
+        times[times.len() - 1].as_secs_f64(),
+        rows_in as f64 / median.as_secs_f64()
+    );
+}
