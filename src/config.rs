@@ -163,6 +163,14 @@ pub struct InputSpec {
     /// Detected from the file extension when absent.
     #[serde(default)]
     pub format: Option<InputFormat>,
+    /// Read `key=value` folders as partition columns (each partition an independent job). With
+    /// `false` the folders are only paths: e.g. daily `dt=` folders read as one window.
+    #[serde(default = "yes")]
+    pub partitioned: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl InputSpec {
@@ -170,6 +178,7 @@ impl InputSpec {
         InputSpec {
             uri: uri.into(),
             format: None,
+            partitioned: true,
         }
     }
 }
@@ -345,7 +354,8 @@ mod tests {
             c.neighbours,
             Some(InputSpec {
                 uri: "n.txt".into(),
-                format: Some(InputFormat::Csv)
+                format: Some(InputFormat::Csv),
+                partitioned: true,
             })
         );
     }

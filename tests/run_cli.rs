@@ -656,3 +656,37 @@ fn bad_inconsistent_partition_folders() {
     assert!(err.contains("differently partitioned folders"), "{err}");
     assert!(!out.exists());
 }
+
+#[test]
+fn unpartitioned_reading_sums_daily_folders_into_one_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = dir.path().join("engagement");
+    for (day, text) in [
+        (
+            "2026-01-01",
+            "query,product_id,impressions,clicks,adds,purchases\na,P1,60,6,1,0\n",
+        ),
+        (
+            "2026-01-02",
+            "query,product_id,impressions,clicks,adds,purchases\na,P1,40,4,1,1\nb,P1,5,1,0,0\n",
+        ),
+    ] {
+        std::fs::create_dir_all(e.join(format!("dt={day}"))).unwrap();
+        write(&e.join(format!("dt={day}")), "part-0.csv", text);
+    }
+    write(dir.path(), "n.csv", NEIGHBOURS);
+    let config = write(
+        dir.path(),
+        "job.toml",
+        "engagement = { uri = \"engagement/\", partitioned = false }\nneighbours = \"n.csv\"\noutput = \"f.csv\"\n[features]\non_duplicate = \"sum\"\n",
+    );
+    let result = run(&["run", "--config", config.to_str().unwrap()]);
+    assert!(result.status.success(), "{}", stderr(&result));
+    let rows = read_features(&dir.path().join("f.csv"));
+    let a = rows
+        .iter()
+        .find(|r| r.query == "a" && r.product_id == "P1")
+        .unwrap();
+    assert_eq!(a.impressions, 100, "both days summed");
+    assert!(close(a.h, (10.0 + 2.0 * 2.0 + 4.0) / 110.0));
+}

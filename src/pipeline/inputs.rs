@@ -247,10 +247,14 @@ async fn open(ctx: &SessionContext, role: &'static str, spec: &InputSpec) -> Res
             ))
             .into());
     }
-    let partitions = partitions_of(&url, &files).map_err(|problem| {
-        BadInput::new(role, uri, problem)
-            .expected("the same key=value folder levels above every file")
-    })?;
+    let partitions = if !spec.partitioned {
+        Partitions::default()
+    } else {
+        partitions_of(&url, &files).map_err(|problem| {
+            BadInput::new(role, uri, problem)
+                .expected("the same key=value folder levels above every file")
+        })?
+    };
     let options = ListingOptions::new(file_format)
         .with_file_extension(extension)
         .with_table_partition_cols(
