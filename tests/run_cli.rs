@@ -690,3 +690,74 @@ fn unpartitioned_reading_sums_daily_folders_into_one_window() {
     assert_eq!(a.impressions, 100, "both days summed");
     assert!(close(a.h, (10.0 + 2.0 * 2.0 + 4.0) / 110.0));
 }
+
+#[test]
+fn sigterm_during_a_run_leaves_nothing_at_the_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let synth = run(&[
+        "synth",
+        "--queries",
+        "30000",
+        "--seed",
+        "3",
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    assert!(synth.status.success(), "{}", stderr(&synth));
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = out_dir.join("features.parquet");
+    let mut child = bin()
+        .env("RUST_LOG", "q2q_prior=info")
+        .args([
+            "run",
+            "--engagement",
+            data.join("engagement.parquet").to_str().unwrap(),
+            "--neighbours",
+            data.join("neighbours.parquet").to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // wait until the job logs that it is computing and writing the features, then stop it
+    let mut stderr_lines =
+        std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let mut seen = String::new();
+    for line in stderr_lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("computing prior and features") {
+            break;
+        }
+    }
+    assert!(
+        seen.contains("computing prior and features"),
+        "the job never reached the write: {seen}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run finished before it could be interrupted; use more synth queries"
+    );
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    let err: String = stderr_lines.map(|l| l.unwrap() + "\n").collect();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
