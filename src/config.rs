@@ -272,12 +272,12 @@ impl JobConfig {
                 "execution.target_partitions (--target-partitions) must be >= 1",
             ));
         }
-        if let Some(limit) = self.execution.memory_limit {
-            if limit.as_u64() < 64 * 1024 * 1024 {
-                return Err(Error::config(format!(
-                    "execution.memory_limit (--memory-limit) must be at least 64MiB, got {limit}"
-                )));
-            }
+        if let Some(limit) = self.execution.memory_limit
+            && limit.as_u64() < 64 * 1024 * 1024
+        {
+            return Err(Error::config(format!(
+                "execution.memory_limit (--memory-limit) must be at least 64MiB, got {limit}"
+            )));
         }
         Ok(())
     }

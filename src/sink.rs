@@ -121,10 +121,10 @@ async fn write_to(
 
 /// Best-effort removal of a staging object and of any partial upload parts beside it.
 pub async fn discard(location: &OutputLocation, staging: &ObjectPath) {
-    if let Err(e) = location.store.delete(staging).await {
-        if !matches!(e, object_store::Error::NotFound { .. }) {
-            tracing::warn!("could not delete staging object {staging}: {e}");
-        }
+    if let Err(e) = location.store.delete(staging).await
+        && !matches!(e, object_store::Error::NotFound { .. })
+    {
+        tracing::warn!("could not delete staging object {staging}: {e}");
     }
 }
 

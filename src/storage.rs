@@ -90,15 +90,15 @@ impl OutputLocation {
         register_store(runtime, url.get_url())?;
         if url.scheme() == "file" {
             // object_store's local store needs the parent folder to exist for temp files.
-            if let Ok(path) = url.get_url().to_file_path() {
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| {
-                        Error::config(format!(
-                            "cannot create output folder {}: {e}",
-                            parent.display()
-                        ))
-                    })?;
-                }
+            if let Ok(path) = url.get_url().to_file_path()
+                && let Some(parent) = path.parent()
+            {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    Error::config(format!(
+                        "cannot create output folder {}: {e}",
+                        parent.display()
+                    ))
+                })?;
             }
         }
         let store = runtime.object_store(url.object_store())?;

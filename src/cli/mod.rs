@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Compute the feature table from engagement and neighbour lists.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Generate a synthetic marketplace (engagement + neighbour lists) for trials and benchmarks.
     Synth(synth::SynthArgs),
 }
@@ -39,7 +39,7 @@ pub enum Command {
 impl Cli {
     pub async fn run(self) -> Result<()> {
         match self.command {
-            Command::Run(args) => run::run(args).await,
+            Command::Run(args) => run::run(*args).await,
             Command::Synth(args) => synth::run(args).await,
         }
     }

@@ -31,10 +31,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
         _ = shutdown_signal() => {
             // The job future was dropped mid-write: remove what it staged.
-            if let (Some(output), Ok(ctx)) = (&config.output, crate::session::new_context(&config.execution)) {
-                if let Ok(location) = OutputLocation::resolve(ctx.runtime_env().as_ref(), output) {
-                    sink::cleanup_staging(&location).await;
-                }
+            if let (Some(output), Ok(ctx)) = (&config.output, crate::session::new_context(&config.execution))
+                && let Ok(location) = OutputLocation::resolve(ctx.runtime_env().as_ref(), output)
+            {
+                sink::cleanup_staging(&location).await;
             }
             Err(Error::Interrupted)
         }

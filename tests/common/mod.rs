@@ -75,16 +75,14 @@ fn read_batches(path: &Path) -> Vec<RecordBatch> {
                 .await
                 .unwrap()
         };
-        let batches = df
-            .sort_by(vec![
-                datafusion::prelude::col("query"),
-                datafusion::prelude::col("product_id"),
-            ])
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        batches
+        df.sort_by(vec![
+            datafusion::prelude::col("query"),
+            datafusion::prelude::col("product_id"),
+        ])
+        .unwrap()
+        .collect()
+        .await
+        .unwrap()
     })
 }
 
