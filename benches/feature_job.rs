@@ -64,7 +64,10 @@ fn main() {
         };
         let start = Instant::now();
         let summary = runtime
-            .block_on(q2q_prior::job::run(&config))
+            .block_on(q2q_prior::job::run(
+                &config,
+                &tokio_util::sync::CancellationToken::new(),
+            ))
             .expect("feature job");
         let took = start.elapsed();
         eprintln!(

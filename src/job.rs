@@ -8,11 +8,12 @@ use datafusion::prelude::{DataFrame, ident, lit};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::JobConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::pipeline::{self, inputs};
 use crate::session;
 use crate::sink::{self, WriteStats};
 use crate::storage::OutputLocation;
+use tokio_util::sync::CancellationToken;
 
 /// What a run did, printed on stderr at the end.
 #[derive(Debug, Clone, Default)]
@@ -103,7 +104,19 @@ fn spinner() -> ProgressBar {
 }
 
 /// Runs the feature job described by `config` (already merged and validated).
-pub async fn run(config: &JobConfig) -> Result<JobSummary> {
+/// Resolves `fut` unless `cancel` fires first; then the run stops with [`Error::Interrupted`].
+async fn cancellable<T>(
+    cancel: &CancellationToken,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(Error::Interrupted),
+        result = fut => result,
+    }
+}
+
+pub async fn run(config: &JobConfig, cancel: &CancellationToken) -> Result<JobSummary> {
     config.validate()?;
     let start = Instant::now();
     let (_, _, output) = config.job_paths()?;
@@ -114,12 +127,12 @@ pub async fn run(config: &JobConfig) -> Result<JobSummary> {
     };
 
     progress.set_message("opening inputs");
-    let (ctx, inputs) = session::open(config).await?;
+    let (ctx, inputs) = cancellable(cancel, session::open(config)).await?;
     let location = OutputLocation::resolve(ctx.runtime_env().as_ref(), output)?;
 
     progress.set_message("checking inputs");
     tracing::info!("checking inputs");
-    let report = inputs::check(&inputs, &config.features).await?;
+    let report = cancellable(cancel, inputs::check(&inputs, &config.features)).await?;
     summary.engagement_rows = report.engagement_rows;
     summary.neighbour_rows = report.neighbour_rows;
     summary.history_rows = report.engagement_pairs;
@@ -146,10 +159,13 @@ pub async fn run(config: &JobConfig) -> Result<JobSummary> {
     let slices = pipeline::slices(&ctx, &inputs, &config.execution)?;
     let mut features: Option<DataFrame> = None;
     for slice in &slices {
-        let timings = pipeline::register_stages(
-            &slice.ctx,
-            &config.features,
-            &[pipeline::neighbour_sets::STAGE.name],
+        let timings = cancellable(
+            cancel,
+            pipeline::register_stages(
+                &slice.ctx,
+                &config.features,
+                &[pipeline::neighbour_sets::STAGE.name],
+            ),
         )
         .await?;
         summary.neighbour_set_rows += timings
@@ -190,12 +206,18 @@ pub async fn run(config: &JobConfig) -> Result<JobSummary> {
         features = features.sort(order)?;
     }
     let mut rows = 0u64;
-    let written = sink::write_atomic(features, &location, config.output_format()?, |batch| {
-        rows += batch.num_rows() as u64;
-        progress.set_message(format!(
-            "computing prior and features, writing: {rows} rows"
-        ));
-    })
+    let written = sink::write_atomic(
+        features,
+        &location,
+        config.output_format()?,
+        cancel,
+        |batch| {
+            rows += batch.num_rows() as u64;
+            progress.set_message(format!(
+                "computing prior and features, writing: {rows} rows"
+            ));
+        },
+    )
     .await?;
     summary.written = written;
     summary.features_time = features_start.elapsed();

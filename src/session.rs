@@ -1,8 +1,8 @@
 //! The one place that prepares a DataFusion session: runtime (memory limit, spilling), settings,
 //! the project's UDFs, object stores and the input tables.
 //!
-//! `run`, the `sql` shell, the tests and (through [`register_functions`]) distributed executors all
-//! go through here, so they can never disagree on what a name means.
+//! `run` and the tests go through here, and [`register_functions`] takes any function registry (a
+//! distributed executor's too), so sessions can never disagree on what a name means.
 
 use std::sync::Arc;
 

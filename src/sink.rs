@@ -1,10 +1,10 @@
 //! The last stage, sink: streams a DataFrame into one Parquet or CSV object, atomically.
 //!
-//! Batches are written to a staging object beside the destination (named `_q2q_staging.*`, which
+//! Batches are written to a staging object beside the destination (`_q2q_staging.*.partial`, which
 //! table readers skip) and only a complete file is renamed onto the destination. On the local
 //! filesystem the rename is atomic; on object stores it is a server-side copy of a complete object,
-//! so readers see either the previous file or the new one, never a partial one. Any failure or
-//! interruption deletes the staging object.
+//! so readers see either the previous file or the new one, never a partial one. A failure deletes
+//! the staging object; a cancellation also aborts the multipart upload in flight.
 
 use std::sync::Arc;
 
@@ -19,9 +19,10 @@ use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
 use object_store::path::Path as ObjectPath;
 use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::OutputFormat;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::storage::OutputLocation;
 
 /// What was written.
@@ -43,27 +44,57 @@ pub fn parquet_properties() -> WriterProperties {
 
 /// Executes `df` and writes its rows to `location` in `format`; `on_batch` sees each batch first
 /// (progress, statistics). Nothing is left at the destination or beside it unless this returns Ok.
+/// Once the file is complete the rename is not interrupted: a cancellation then arrives too late
+/// and the run succeeds.
 pub async fn write_atomic(
     df: DataFrame,
     location: &OutputLocation,
     format: OutputFormat,
+    cancel: &CancellationToken,
     mut on_batch: impl FnMut(&RecordBatch),
 ) -> Result<WriteStats> {
+    let created_dir = match &location.local_dir {
+        Some(dir) if !dir.exists() => {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::config(format!(
+                    "cannot create output folder {}: {e}",
+                    dir.display()
+                ))
+            })?;
+            Some(dir)
+        }
+        _ => None,
+    };
     let staging = location.staging_sibling();
-    let written = write_to(df, location, &staging, format, &mut on_batch).await;
-    let result = match written {
-        Ok(stats) => location
+    let mut result = write_to(df, location, &staging, format, cancel, &mut on_batch).await;
+    if let Ok(stats) = result {
+        result = location
             .store
             .rename(&staging, &location.path)
             .await
             .map(|_| stats)
-            .map_err(Into::into),
-        Err(e) => Err(e),
-    };
+            .map_err(Into::into);
+    }
     if result.is_err() {
         discard(location, &staging).await;
+        if let Some(dir) = created_dir {
+            // only succeeds when empty: never removes anything but what this run created
+            let _ = std::fs::remove_dir(dir);
+        }
     }
     result
+}
+
+/// The next batch of the stream, or `None` at its end; `Err(Interrupted)` once cancelled.
+async fn next_batch(
+    stream: &mut datafusion::execution::SendableRecordBatchStream,
+    cancel: &CancellationToken,
+) -> Result<Option<RecordBatch>> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(Error::Interrupted),
+        batch = stream.next() => Ok(batch.transpose()?),
+    }
 }
 
 async fn write_to(
@@ -71,6 +102,7 @@ async fn write_to(
     location: &OutputLocation,
     staging: &ObjectPath,
     format: OutputFormat,
+    cancel: &CancellationToken,
     on_batch: &mut impl FnMut(&RecordBatch),
 ) -> Result<WriteStats> {
     let schema = Arc::new(df.schema().as_arrow().clone());
@@ -80,8 +112,15 @@ async fn write_to(
     match format {
         OutputFormat::Parquet => {
             let mut writer = AsyncArrowWriter::try_new(upload, schema, Some(parquet_properties()))?;
-            while let Some(batch) = stream.next().await {
-                let batch = batch?;
+            loop {
+                let batch = match next_batch(&mut stream, cancel).await {
+                    Ok(Some(batch)) => batch,
+                    Ok(None) => break,
+                    Err(e) => {
+                        abort(writer.into_inner()).await;
+                        return Err(e);
+                    }
+                };
                 on_batch(&batch);
                 stats.rows += batch.num_rows() as u64;
                 writer.write(&batch).await?;
@@ -91,26 +130,25 @@ async fn write_to(
         OutputFormat::Csv => {
             let mut upload = upload;
             let mut header = true;
-            while let Some(batch) = stream.next().await {
-                let batch = batch?;
+            loop {
+                let batch = match next_batch(&mut stream, cancel).await {
+                    Ok(Some(batch)) => batch,
+                    Ok(None) => break,
+                    Err(e) => {
+                        abort(upload).await;
+                        return Err(e);
+                    }
+                };
                 on_batch(&batch);
                 stats.rows += batch.num_rows() as u64;
-                let mut buffer = Vec::with_capacity(batch.get_array_memory_size());
-                CsvWriterBuilder::new()
-                    .with_header(header)
-                    .build(&mut buffer)
-                    .write(&batch)?;
+                upload.write_all(&csv_bytes(&batch, header)?).await?;
                 header = false;
-                upload.write_all(&buffer).await?;
             }
             if header {
                 // No rows: still a valid CSV with its header.
-                let mut buffer = Vec::new();
-                CsvWriterBuilder::new()
-                    .with_header(true)
-                    .build(&mut buffer)
-                    .write(&RecordBatch::new_empty(schema))?;
-                upload.write_all(&buffer).await?;
+                upload
+                    .write_all(&csv_bytes(&RecordBatch::new_empty(schema), true)?)
+                    .await?;
             }
             upload.shutdown().await?;
         }
@@ -119,40 +157,27 @@ async fn write_to(
     Ok(stats)
 }
 
-/// Best-effort removal of a staging object and of any partial upload parts beside it.
+fn csv_bytes(batch: &RecordBatch, header: bool) -> Result<Vec<u8>> {
+    let mut buffer = Vec::with_capacity(batch.get_array_memory_size());
+    CsvWriterBuilder::new()
+        .with_header(header)
+        .build(&mut buffer)
+        .write(batch)?;
+    Ok(buffer)
+}
+
+/// Aborts an upload in flight (a multipart upload on object stores, a temp file locally).
+async fn abort(mut upload: BufWriter) {
+    if let Err(e) = upload.abort().await {
+        tracing::warn!("could not abort the staging upload: {e}");
+    }
+}
+
+/// Best-effort removal of a staging object.
 pub async fn discard(location: &OutputLocation, staging: &ObjectPath) {
     if let Err(e) = location.store.delete(staging).await
         && !matches!(e, object_store::Error::NotFound { .. })
     {
         tracing::warn!("could not delete staging object {staging}: {e}");
-    }
-}
-
-/// Removes every staging object this process left beside `location` (after an interruption, when
-/// the writer was dropped mid-upload), including local partial-upload files.
-pub async fn cleanup_staging(location: &OutputLocation) {
-    let prefix = format!("_q2q_staging.{}.", std::process::id());
-    let parent: ObjectPath = {
-        let parts: Vec<_> = location.path.parts().collect();
-        parts[..parts.len().saturating_sub(1)]
-            .iter()
-            .cloned()
-            .collect()
-    };
-    let listing = match location.store.list_with_delimiter(Some(&parent)).await {
-        Ok(listing) => listing,
-        Err(e) => {
-            tracing::warn!("could not list {parent} to clean up staging objects: {e}");
-            return;
-        }
-    };
-    for object in listing.objects {
-        if object
-            .location
-            .filename()
-            .is_some_and(|name| name.starts_with(&prefix))
-        {
-            discard(location, &object.location).await;
-        }
     }
 }

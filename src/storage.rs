@@ -4,6 +4,7 @@
 //! URLs are accepted. Cloud stores are built from the standard environment of each provider
 //! (`AWS_*`, `GOOGLE_*`, `AZURE_*`), so credentials never pass through our config or logs.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use datafusion::datasource::listing::ListingTableUrl;
@@ -76,6 +77,8 @@ pub struct OutputLocation {
     pub uri: String,
     pub store: Arc<dyn ObjectStore>,
     pub path: ObjectPath,
+    /// The destination's folder on the local filesystem, created only when writing starts.
+    pub local_dir: Option<PathBuf>,
 }
 
 impl OutputLocation {
@@ -88,36 +91,32 @@ impl OutputLocation {
         }
         let url = table_url(uri)?;
         register_store(runtime, url.get_url())?;
-        if url.scheme() == "file" {
-            // object_store's local store needs the parent folder to exist for temp files.
-            if let Ok(path) = url.get_url().to_file_path()
-                && let Some(parent) = path.parent()
-            {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    Error::config(format!(
-                        "cannot create output folder {}: {e}",
-                        parent.display()
-                    ))
-                })?;
-            }
-        }
         let store = runtime.object_store(url.object_store())?;
+        let local_dir = match url.scheme() {
+            "file" => url
+                .get_url()
+                .to_file_path()
+                .ok()
+                .and_then(|p| p.parent().map(PathBuf::from)),
+            _ => None,
+        };
         Ok(OutputLocation {
             uri: uri.to_string(),
             store,
             path: url.prefix().clone(),
+            local_dir,
         })
     }
 
-    /// A sibling path for staging. It starts with `_` so table readers (DataFusion, pyarrow, Spark)
-    /// that list the destination's folder skip it, and carries the process id and a timestamp so
-    /// concurrent runs never share one.
+    /// A sibling path for staging. It starts with `_` (skipped by pyarrow, Spark, Hive) and ends in
+    /// `.partial` (skipped by DataFusion, which selects files by extension), so readers of the
+    /// destination's folder never see it; the process id and a timestamp keep concurrent runs apart.
     pub fn staging_sibling(&self) -> ObjectPath {
         let name = self.path.filename().unwrap_or("output");
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let staged = format!("_q2q_staging.{}.{nanos}.{name}", std::process::id());
+        let staged = format!("_q2q_staging.{}.{nanos}.{name}.partial", std::process::id());
         let parts: Vec<_> = self.path.parts().collect();
         match parts.split_last() {
             Some((_, parents)) => parents

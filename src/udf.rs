@@ -1,9 +1,8 @@
 //! The project's scalar UDFs, vectorised over Arrow arrays.
 //!
-//! `features.sql` calls them, and the `sql` shell exposes them so an analyst can recompute a
-//! feature by hand and get the same bits. Both call [`crate::formula`], the single definition.
-//! They are registered by [`crate::session::register_functions`], which every session (local,
-//! shell, tests and distributed executors) goes through.
+//! `features.sql` calls them, and any session can, so a feature can be recomputed by hand with the
+//! same bits. Both call [`crate::formula`], the single definition. They are registered by
+//! [`crate::session::register_functions`], which every session goes through.
 
 use std::sync::Arc;
 

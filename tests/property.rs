@@ -137,7 +137,7 @@ proptest! {
             ..JobConfig::default()
         };
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        runtime.block_on(q2q_prior::job::run(&config)).expect("engine run");
+        runtime.block_on(q2q_prior::job::run(&config, &tokio_util::sync::CancellationToken::new())).expect("engine run");
         drop(runtime);
 
         let expected = reference::features(&case.engagement, &case.neighbours, &case.params);

@@ -109,11 +109,17 @@ impl JobArgs {
             Some(path) => JobConfig::from_toml_file(path)?,
             None => JobConfig::default(),
         };
-        if let Some(uri) = &self.engagement {
-            config.engagement = Some(InputSpec::new(uri.clone()));
-        }
-        if let Some(uri) = &self.neighbours {
-            config.neighbours = Some(InputSpec::new(uri.clone()));
+        // A flag replaces an input's location only; its other keys (format, partitioned) stay.
+        for (slot, uri) in [
+            (&mut config.engagement, &self.engagement),
+            (&mut config.neighbours, &self.neighbours),
+        ] {
+            if let Some(uri) = uri {
+                match slot {
+                    Some(spec) => spec.uri = uri.clone(),
+                    None => *slot = Some(InputSpec::new(uri.clone())),
+                }
+            }
         }
         if let Some(output) = &self.output {
             config.output = Some(output.clone());

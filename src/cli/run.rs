@@ -3,10 +3,10 @@
 use clap::Args;
 
 use super::JobArgs;
-use crate::error::{Error, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Result;
 use crate::job;
-use crate::sink;
-use crate::storage::OutputLocation;
 
 #[derive(Debug, Args)]
 #[command(
@@ -23,22 +23,20 @@ pub struct RunArgs {
 
 pub async fn run(args: RunArgs) -> Result<()> {
     let config = args.job.load()?;
-    tokio::select! {
-        result = job::run(&config) => {
-            let summary = result?;
-            eprintln!("{summary}");
-            Ok(())
+    let cancel = CancellationToken::new();
+    let listener = tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            shutdown_signal().await;
+            tracing::warn!("stopping: cleaning up the staging output");
+            cancel.cancel();
         }
-        _ = shutdown_signal() => {
-            // The job future was dropped mid-write: remove what it staged.
-            if let (Some(output), Ok(ctx)) = (&config.output, crate::session::new_context(&config.execution))
-                && let Ok(location) = OutputLocation::resolve(ctx.runtime_env().as_ref(), output)
-            {
-                sink::cleanup_staging(&location).await;
-            }
-            Err(Error::Interrupted)
-        }
-    }
+    });
+    let result = job::run(&config, &cancel).await;
+    listener.abort();
+    let summary = result?;
+    eprintln!("{summary}");
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what cron, Airflow and Kubernetes send to stop a task).

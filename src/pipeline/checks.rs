@@ -1,8 +1,9 @@
 //! Row-level checks on the inputs: what the job relies on, stated once.
 //!
-//! `run` evaluates them before computing anything (FAIL stops the job with exit code 2, WARN is
-//! logged); the `validate` command reports the same list. All row checks of one input are counted
-//! in a single scan; an example row is fetched only for a check that found something.
+//! `run` evaluates them before computing anything (FAIL stops the job with exit code 2, WARN goes
+//! to the summary). They are data, not code paths, so any command that reports on inputs lists the
+//! same checks. All row checks of one input are counted in a single scan; an example row is fetched
+//! only for a check that found something.
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Int64Type};
@@ -76,10 +77,11 @@ fn not_finite(column: &str) -> Expr {
 }
 
 pub fn is_string(data_type: &DataType) -> bool {
-    matches!(
-        data_type,
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-    )
+    match data_type {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(_, values) => is_string(values),
+        _ => false,
+    }
 }
 
 /// Checks of the engagement input; `columns` lists the count columns it actually has.

@@ -8,7 +8,7 @@
 //!   (query, product_id) are summed here.
 //! - `neighbours(query, neighbour, score DOUBLE)`: as given (self-pairs and duplicates included).
 //!
-//! Registering reads only schemas (so the `sql` shell stays lazy); [`check`] scans the inputs.
+//! Registering reads only file listings and schemas (a session stays lazy); [`check`] scans the inputs.
 
 use std::sync::Arc;
 
@@ -35,6 +35,26 @@ use crate::storage;
 pub const ENGAGEMENT: &str = "engagement";
 pub const NEIGHBOURS: &str = "neighbours";
 const COUNT_COLUMNS: [&str; 3] = ["clicks", "adds", "purchases"];
+/// The feature table's columns (partition columns come after them).
+pub const OUTPUT_COLUMNS: [&str; 9] = [
+    "query",
+    "product_id",
+    "h",
+    "prior",
+    "alpha",
+    "f",
+    "impressions",
+    "n_neighbours",
+    "n_contributing",
+];
+
+fn default_extension(format: InputFormat) -> &'static str {
+    match format {
+        InputFormat::Parquet => ".parquet",
+        InputFormat::Csv => ".csv",
+        InputFormat::Json => ".json",
+    }
+}
 
 /// One opened input: its role, where it is, and its raw (untyped) rows.
 #[derive(Clone)]
@@ -83,6 +103,26 @@ pub async fn register(ctx: &SessionContext, config: &JobConfig) -> Result<Inputs
         &config.features,
     )?;
     let neighbours = type_neighbours(open(ctx, NEIGHBOURS, neighbours_spec).await?)?;
+    // Neighbour lists split by a column the engagement is not split by (e.g. market) would be
+    // mixed together; refuse rather than guess.
+    if let Some(extra) = neighbours
+        .partitions
+        .columns
+        .iter()
+        .find(|c| !engagement.partitions.columns.contains(c))
+    {
+        return Err(BadInput::new(
+            NEIGHBOURS,
+            &neighbours.uri,
+            format!(
+                "partitioned by '{extra}', which the engagement input is not partitioned by (it has [{}])",
+                engagement.partitions.columns.join(", ")
+            ),
+        )
+        .column(extra.clone())
+        .expected("neighbour partition folders that the engagement input has too, or `partitioned = false` on neighbours")
+        .into());
+    }
     ctx.register_table(ENGAGEMENT, engagement.typed.clone().into_view())?;
     ctx.register_table(NEIGHBOURS, neighbours.typed.clone().into_view())?;
     Ok(Inputs {
@@ -97,7 +137,9 @@ pub async fn register(ctx: &SessionContext, config: &JobConfig) -> Result<Inputs
 pub async fn check(inputs: &Inputs, params: &FeatureParams) -> Result<InputReport> {
     let mut report = InputReport::default();
     for input in [&inputs.engagement, &inputs.neighbours] {
-        let (rows, results) = checks::evaluate(&input.raw, &input.checks).await?;
+        let (rows, results) = checks::evaluate(&input.raw, &input.checks)
+            .await
+            .map_err(|e| unreadable_rows(input, e))?;
         if rows == 0 {
             return Err(
                 BadInput::new(input.role, &input.uri, "the input has no rows")
@@ -117,8 +159,38 @@ pub async fn check(inputs: &Inputs, params: &FeatureParams) -> Result<InputRepor
             report.neighbour_rows = rows;
         }
     }
-    report.engagement_pairs = duplicate_check(&inputs.engagement, params.on_duplicate).await?;
+    report.engagement_pairs = duplicate_check(&inputs.engagement, params.on_duplicate)
+        .await
+        .map_err(|e| unreadable_rows(&inputs.engagement, e))?;
     Ok(report)
+}
+
+/// Scanning is where unparseable rows, ragged CSV lines, corrupt Parquet or unreachable objects
+/// show up: those are the input's fault (exit 2) and are reported with its name. Planning and
+/// internal errors stay internal.
+fn unreadable_rows(input: &Input, e: Error) -> Error {
+    use datafusion::error::DataFusionError as E;
+    match e {
+        Error::DataFusion(df)
+            if matches!(
+                df.find_root(),
+                E::ArrowError(..)
+                    | E::ParquetError(..)
+                    | E::ObjectStore(..)
+                    | E::IoError(..)
+                    | E::External(..)
+            ) =>
+        {
+            BadInput::new(
+                input.role,
+                &input.uri,
+                format!("cannot read the rows: {}", df.find_root()),
+            )
+            .expected("every row readable with the columns and types of the input's schema")
+            .into()
+        }
+        other => other,
+    }
 }
 
 /// Counts distinct (partition, query, product_id) keys; with [`DuplicatePolicy::Error`] a repeated
@@ -194,8 +266,17 @@ fn scalar_u64(batches: &[datafusion::arrow::array::RecordBatch], column: usize) 
 /// [`BadInput`] that names the input.
 async fn open(ctx: &SessionContext, role: &'static str, spec: &InputSpec) -> Result<Input> {
     let uri = spec.uri.as_str();
-    let url = storage::table_url(uri)?;
-    storage::register_store(ctx.runtime_env().as_ref(), url.get_url())?;
+    let location = |e: Error| -> Error {
+        let problem = match e {
+            Error::Config(message) => message,
+            other => other.to_string(),
+        };
+        BadInput::new(role, uri, problem)
+            .expected("a local path, file://, s3://, gs:// or az:// URL")
+            .into()
+    };
+    let url = storage::table_url(uri).map_err(location)?;
+    storage::register_store(ctx.runtime_env().as_ref(), url.get_url()).map_err(location)?;
     let unreadable = |e: &dyn std::fmt::Display| {
         Error::from(
             BadInput::new(role, uri, format!("cannot read the input: {e}"))
@@ -203,13 +284,23 @@ async fn open(ctx: &SessionContext, role: &'static str, spec: &InputSpec) -> Res
         )
     };
     let (format, compression, extension) = match spec.format {
-        Some(format) => {
-            let (compression, extension) = name_suffix(uri)
-                .filter(|(f, _, _)| *f == format)
-                .map(|(_, c, e)| (c, e))
-                .unwrap_or((FileCompressionType::UNCOMPRESSED, String::new()));
-            (format, compression, extension)
-        }
+        Some(format) => match name_suffix(uri).filter(|(f, _, _)| *f == format) {
+            Some(found) => found,
+            // a named file (`e.txt`): read it whatever its extension
+            None if uri
+                .rsplit('/')
+                .next()
+                .is_some_and(|name| name.contains('.')) =>
+            {
+                (format, FileCompressionType::UNCOMPRESSED, String::new())
+            }
+            // a folder: only files of that format, so `_SUCCESS`, manifests and staging files stay out
+            None => (
+                format,
+                FileCompressionType::UNCOMPRESSED,
+                default_extension(format).to_string(),
+            ),
+        },
         None => match name_suffix(uri) {
             Some(found) => found,
             None => detect_from_listing(ctx, role, uri, &url).await?,
@@ -271,15 +362,18 @@ async fn open(ctx: &SessionContext, role: &'static str, spec: &InputSpec) -> Res
     if let Some(clash) = partitions
         .columns
         .iter()
-        .find(|c| inferred.field_with_name(c).is_ok())
+        .find(|c| inferred.field_with_name(c).is_ok() || OUTPUT_COLUMNS.contains(&c.as_str()))
     {
         return Err(BadInput::new(
             role,
             uri,
-            "a partition folder name is also a column of the files",
+            "a partition folder name is also a column of the files or of the output",
         )
         .column(clash.clone())
-        .expected("partition folder names distinct from the files' columns")
+        .expected(format!(
+            "partition folder names distinct from the files' columns and from {}",
+            OUTPUT_COLUMNS.join(", ")
+        ))
         .into());
     }
     let schema = if format == InputFormat::Parquet {
@@ -344,21 +438,24 @@ fn partitions_of(
     Ok(Partitions { columns, values })
 }
 
-/// CSV and JSON schemas are inferred from values, so a query such as "1080" would become a
-/// number; the key columns are always strings. A column whose every value is empty is inferred as
-/// Null; it gets the type the job expects so the row checks can report the empty values.
+/// CSV and JSON types are inferred from the first rows' values, so a query such as "1080" or a
+/// product id such as "00123" would become a number (and "00123" collide with "123"). Keys are
+/// always read as strings, counts as integers and scores as floats (a score column of "1"s early on
+/// must not be read as integers); a column whose every value is empty (inferred Null) gets the
+/// type the job expects so the row checks can report the empty values. A column inferred as text
+/// where a number is expected is left as it is, to be reported as the wrong type.
 fn text_keys_as_strings(schema: &Schema) -> SchemaRef {
     let fields: Vec<Field> = schema
         .fields()
         .iter()
         .map(|f| match (f.name().as_str(), f.data_type()) {
-            ("query" | "neighbour", _) | ("product_id", DataType::Null) => {
-                Field::new(f.name(), DataType::Utf8, true)
-            }
-            ("impressions" | "clicks" | "adds" | "purchases", DataType::Null) => {
+            ("query" | "neighbour" | "product_id", _) => Field::new(f.name(), DataType::Utf8, true),
+            ("impressions" | "clicks" | "adds" | "purchases", DataType::Null | DataType::Int64) => {
                 Field::new(f.name(), DataType::Int64, true)
             }
-            ("score" | "h", DataType::Null) => Field::new(f.name(), DataType::Float64, true),
+            ("score" | "h", DataType::Null | DataType::Int64 | DataType::Float64) => {
+                Field::new(f.name(), DataType::Float64, true)
+            }
             _ => f.as_ref().clone(),
         })
         .collect();
@@ -545,8 +642,8 @@ fn type_engagement(mut input: Input, params: &FeatureParams) -> Result<Input> {
             .iter()
             .cloned()
             .chain([
-                col("query"),
-                col("product_id"),
+                as_string("query", &query),
+                as_string("product_id", &product),
                 count_or_zero("impressions"),
                 count_or_zero("clicks"),
                 count_or_zero("adds"),
@@ -572,6 +669,15 @@ fn type_engagement(mut input: Input, params: &FeatureParams) -> Result<Input> {
     Ok(input)
 }
 
+/// A key column as it goes into a typed view: dictionary-encoded strings (pandas categoricals) are
+/// decoded so joins and sorts see plain strings.
+fn as_string(name: &str, data_type: &DataType) -> Expr {
+    match data_type {
+        DataType::Dictionary(_, _) => cast(col(name), DataType::Utf8).alias(name),
+        _ => col(name),
+    }
+}
+
 /// Checks neighbours' schema and builds its typed view.
 fn type_neighbours(mut input: Input) -> Result<Input> {
     let query = column_type(&input, "query", checks::is_string, STRING)?
@@ -588,8 +694,8 @@ fn type_neighbours(mut input: Input) -> Result<Input> {
             .iter()
             .map(|c| ident(c.as_str()))
             .chain([
-                col("query"),
-                col("neighbour"),
+                as_string("query", &query),
+                as_string("neighbour", &neighbour),
                 cast(col("score"), DataType::Float64).alias("score"),
             ])
             .collect::<Vec<Expr>>(),

@@ -6,8 +6,8 @@
 //!
 //! Every stage after `inputs` is a SQL file under `sql/`, planned against fixed table names with
 //! its parameters bound as typed values (never spliced into the text), and registered as a view of
-//! the same name. Later stages read earlier ones by name, so the `sql` shell and the job see the
-//! exact same definitions.
+//! the same name. Later stages read earlier ones by name, so anything that queries a session by
+//! stage name sees the exact definitions the job uses.
 
 pub mod blend;
 pub mod checks;
@@ -44,7 +44,7 @@ pub const STAGES: [Stage; 4] = [
     blend::STAGE,
 ];
 
-/// Looks a stage up by view name (for `\sql NAME` in the shell and for docs).
+/// Looks a stage up by view name.
 pub fn stage(name: &str) -> Option<&'static Stage> {
     STAGES.iter().find(|s| s.name == name)
 }
