@@ -25,7 +25,7 @@ fn arg(name: &str, default: u64) -> u64 {
 
 fn main() {
     // cargo passes --bench; anything we do not know is ignored.
-    let queries = arg("--queries", 80_000);
+    let queries = arg("--queries", 66_000);
     let runs = arg("--runs", 5).max(1);
     let seed = arg("--seed", 42);
     let dir = tempfile::tempdir().expect("temp dir");
@@ -95,4 +95,15 @@ fn main() {
         times[times.len() - 1].as_secs_f64(),
         rows_in as f64 / median.as_secs_f64()
     );
+    if let Some(peak) = peak_rss_mib() {
+        println!("peak RSS of the bench process {peak:.0} MiB (includes the data generation)");
+    }
+}
+
+/// Peak resident set size from /proc (Linux), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }

@@ -139,6 +139,10 @@ pub struct SynthOutput {
     pub queries: usize,
     pub engagement_rows: u64,
     pub neighbour_rows: u64,
+    /// Queries by search volume: head (>= 1000 searches), torso (20 to 999), tail (< 20).
+    pub head_queries: u64,
+    pub torso_queries: u64,
+    pub tail_queries: u64,
 }
 
 /// One generated query: its text, its intent and its expected number of searches.
@@ -223,7 +227,7 @@ fn build_catalogue(spec: &SynthSpec, rng: &mut ChaCha8Rng) -> Catalogue {
     while queries.len() < spec.queries {
         let tokens = intent_tokens(intent);
         // Zipf popularity of intents; variants share it, the base query gets the largest share.
-        let popularity = 40_000.0 / (intent as f64 + 1.0).powf(1.05);
+        let popularity = 2_500_000.0 / (intent as f64 + 1.0).powf(1.05);
         let n_variants = 1 + (intent * 2_654_435_761 % 7);
         let first = queries.len();
         let base = tokens.join(" ");
@@ -374,18 +378,17 @@ impl EngagementBuffers {
 }
 
 /// Engagement of one query: a page of products per search, impressions by position.
-fn engagement_of(q: &Query, rng: &mut ChaCha8Rng, out: &mut Vec<(String, [i64; 4])>) {
+/// Returns the number of searches of the query.
+fn engagement_of(q: &Query, rng: &mut ChaCha8Rng, out: &mut Vec<(String, [i64; 4])>) -> u64 {
     out.clear();
-    let searches = if q.traffic > 50.0 {
+    // A query is in the logs because it was searched at least once.
+    let searches = 1 + if q.traffic > 50.0 {
         q.traffic.round() as u64
     } else {
         Poisson::new(q.traffic.max(1e-9)).map_or(0.0, |p| p.sample(rng)) as u64
     };
-    if searches == 0 {
-        return;
-    }
     let category = q.intent % CATEGORIES.len();
-    let shown = (14.0 + 3.0 * (searches as f64).ln()).min(60.0) as usize;
+    let shown = (15.0 + 4.0 * (searches as f64).ln()).min(60.0) as usize;
     let mut used = HashSet::with_capacity(shown);
     let mut next_relevant = 0;
     for pos in 1..=shown {
@@ -420,6 +423,7 @@ fn engagement_of(q: &Query, rng: &mut ChaCha8Rng, out: &mut Vec<(String, [i64; 4
             ],
         ));
     }
+    searches
 }
 
 /// Neighbour list of one query: same intent high, related intents medium, a few wrong ones low.
@@ -436,7 +440,7 @@ fn neighbours_of(qi: usize, cat: &Catalogue, rng: &mut ChaCha8Rng, out: &mut Vec
     }
     let per_category = n_intents.div_ceil(CATEGORIES.len()).max(1);
     let category = q.intent % CATEGORIES.len();
-    for _ in 0..7 {
+    for _ in 0..9 {
         // related intents of the same category, biased towards popular ones
         let u: f64 = rng.random();
         let related = category + CATEGORIES.len() * ((u * u * per_category as f64) as usize);
@@ -484,8 +488,13 @@ pub fn generate(spec: &SynthSpec, dir: &Path) -> Result<SynthOutput> {
     let mut writer = TableWriter::create(&engagement_path, engagement_schema, spec.format)?;
     let mut buffers = EngagementBuffers::new();
     let mut rows = Vec::new();
+    let (mut head_queries, mut torso_queries, mut tail_queries) = (0, 0, 0);
     for q in &catalogue.queries {
-        engagement_of(q, &mut rng, &mut rows);
+        match engagement_of(q, &mut rng, &mut rows) {
+            s if s >= 1000 => head_queries += 1,
+            s if s >= 20 => torso_queries += 1,
+            _ => tail_queries += 1,
+        }
         for (product, counts) in &rows {
             buffers.push(&q.text, product, *counts);
         }
@@ -536,6 +545,9 @@ pub fn generate(spec: &SynthSpec, dir: &Path) -> Result<SynthOutput> {
         queries: catalogue.queries.len(),
         engagement_rows,
         neighbour_rows,
+        head_queries,
+        torso_queries,
+        tail_queries,
     })
 }
 

@@ -43,8 +43,12 @@ pub async fn run(args: SynthArgs) -> Result<()> {
         .await
         .map_err(|e| crate::Error::Io(std::io::Error::other(e)))??;
     eprintln!(
-        "synth: {} queries, {} engagement rows -> {}, {} neighbour rows -> {} ({:.1}s)",
+        "synth: {} queries (head {}, torso {}, tail {} = {:.1}%), {} engagement rows -> {}, {} neighbour rows -> {} ({:.1}s)",
         out.queries,
+        out.head_queries,
+        out.torso_queries,
+        out.tail_queries,
+        100.0 * out.tail_queries as f64 / out.queries.max(1) as f64,
         out.engagement_rows,
         out.engagement.display(),
         out.neighbour_rows,
