@@ -227,7 +227,8 @@ fn build_catalogue(spec: &SynthSpec, rng: &mut ChaCha8Rng) -> Catalogue {
     while queries.len() < spec.queries {
         let tokens = intent_tokens(intent);
         // Zipf popularity of intents; variants share it, the base query gets the largest share.
-        let popularity = 2_500_000.0 / (intent as f64 + 1.0).powf(1.05);
+        // traffic scales with the marketplace, so every size has the same head/torso/tail shape
+        let popularity = 2.5 * spec.queries as f64 / (intent as f64 + 1.0).powf(1.05);
         let n_variants = 1 + (intent * 2_654_435_761 % 7);
         let first = queries.len();
         let base = tokens.join(" ");
