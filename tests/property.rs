@@ -152,33 +152,8 @@ fn reference_agrees_with_the_hand_worked_fixture() {
     let read = |name: &str| {
         std::fs::read_to_string(common::root().join("fixtures/tiny").join(name)).unwrap()
     };
-    let engagement: Vec<EngagementRow> = read("engagement.csv")
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            EngagementRow {
-                query: f[0].into(),
-                product_id: f[1].into(),
-                impressions: f[2].parse().unwrap(),
-                clicks: f[3].parse().unwrap(),
-                adds: f[4].parse().unwrap(),
-                purchases: f[5].parse().unwrap(),
-            }
-        })
-        .collect();
-    let neighbours: Vec<NeighbourRow> = read("neighbours.csv")
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            NeighbourRow {
-                query: f[0].into(),
-                neighbour: f[1].into(),
-                score: f[2].parse().unwrap(),
-            }
-        })
-        .collect();
+    let engagement = common::parse_engagement(&read("engagement.csv"));
+    let neighbours = common::parse_neighbours(&read("neighbours.csv"));
     let params = FeatureParams {
         min_score: 0.1,
         ..FeatureParams::default()

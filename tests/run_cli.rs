@@ -131,17 +131,12 @@ fn parquet_and_ndjson_inputs_and_folders() {
         "{\"query\":\"a\",\"neighbour\":\"b\",\"score\":0.9}\n{\"query\":\"c\",\"neighbour\":\"a\",\"score\":0.8}\n",
     );
     let out_dir = dir.path().join("out1.csv");
-    let result = run(&[
-        "run",
-        "--engagement",
+    let result = run_job(
         &format!("{}/", data.join("e").display()),
-        "--neighbours",
         n.to_str().unwrap(),
-        "--output",
         out_dir.to_str().unwrap(),
-        "--format",
-        "csv",
-    ]);
+        &["--format", "csv"],
+    );
     assert!(result.status.success(), "{}", stderr(&result));
     let from_folder = read_features(&out_dir);
 
@@ -149,32 +144,22 @@ fn parquet_and_ndjson_inputs_and_folders() {
     let e = write(&data, "e.csv", ENGAGEMENT);
     let nc = write(&data, "n.csv", NEIGHBOURS);
     let out_file = dir.path().join("out2.csv");
-    let result = run(&[
-        "run",
-        "--engagement",
+    let result = run_job(
         e.to_str().unwrap(),
-        "--neighbours",
         nc.to_str().unwrap(),
-        "--output",
         out_file.to_str().unwrap(),
-        "--format",
-        "csv",
-    ]);
+        &["--format", "csv"],
+    );
     assert!(result.status.success(), "{}", stderr(&result));
     assert_same_features(&from_folder, &read_features(&out_file));
     let out_glob = dir.path().join("out3.csv");
     let glob = format!("{}/part-*.csv", data.join("e").display());
-    let result = run(&[
-        "run",
-        "--engagement",
+    let result = run_job(
         &glob,
-        "--neighbours",
         n.to_str().unwrap(),
-        "--output",
         out_glob.to_str().unwrap(),
-        "--format",
-        "csv",
-    ]);
+        &["--format", "csv"],
+    );
     assert!(result.status.success(), "{}", stderr(&result));
     assert_same_features(&from_folder, &read_features(&out_glob));
     // c has no engagement: its pairs come from a's history only
@@ -195,17 +180,12 @@ fn precomputed_h_is_used_instead_of_counts() {
     );
     let n = write(dir.path(), "n.csv", "query,neighbour,score\na,b,1.0\n");
     let out = dir.path().join("o.csv");
-    let result = run(&[
-        "run",
-        "--engagement",
+    let result = run_job(
         e.to_str().unwrap(),
-        "--neighbours",
         n.to_str().unwrap(),
-        "-o",
         out.to_str().unwrap(),
-        "--format",
-        "csv",
-    ]);
+        &["--format", "csv"],
+    );
     assert!(result.status.success(), "{}", stderr(&result));
     let rows = read_features(&out);
     assert_eq!(rows[0].h, 0.5);
@@ -222,19 +202,12 @@ fn duplicate_engagement_rows_can_be_summed() {
     );
     let n = write(dir.path(), "n.csv", NEIGHBOURS);
     let out = dir.path().join("o.csv");
-    let result = run(&[
-        "run",
-        "--engagement",
+    let result = run_job(
         e.to_str().unwrap(),
-        "--neighbours",
         n.to_str().unwrap(),
-        "-o",
         out.to_str().unwrap(),
-        "--format",
-        "csv",
-        "--on-duplicate",
-        "sum",
-    ]);
+        &["--format", "csv", "--on-duplicate", "sum"],
+    );
     assert!(result.status.success(), "{}", stderr(&result));
     let rows = read_features(&out);
     let a = rows.iter().find(|r| r.query == "a").unwrap();
@@ -275,17 +248,12 @@ fn assert_rejected(case: &BadCase<'_>) {
     let e = write(dir.path(), "engagement.csv", case.engagement);
     let n = write(dir.path(), "neighbours.csv", case.neighbours);
     let out = dir.path().join("out").join("features.parquet");
-    let mut args = vec![
-        "run",
-        "--engagement",
+    let result = run_job(
         e.to_str().unwrap(),
-        "--neighbours",
         n.to_str().unwrap(),
-        "--output",
         out.to_str().unwrap(),
-    ];
-    args.extend(case.extra);
-    let result = run(&args);
+        case.extra,
+    );
     let err = stderr(&result);
     assert_eq!(result.status.code(), Some(2), "exit code; stderr: {err}");
     for fragment in case.expect {
@@ -465,15 +433,12 @@ fn bad_unreadable_path() {
     let n = write(dir.path(), "n.csv", NEIGHBOURS);
     let out = dir.path().join("o.parquet");
     let missing = dir.path().join("nope/engagement.parquet");
-    let result = run(&[
-        "run",
-        "--engagement",
+    let result = run_job(
         missing.to_str().unwrap(),
-        "--neighbours",
         n.to_str().unwrap(),
-        "-o",
         out.to_str().unwrap(),
-    ]);
+        &[],
+    );
     let err = stderr(&result);
     assert_eq!(result.status.code(), Some(2), "{err}");
     assert!(
@@ -529,7 +494,7 @@ fn bad_parameter_values() {
 #[test]
 fn partition_folders_become_columns_and_are_computed_independently() {
     use q2q_prior::config::FeatureParams;
-    use q2q_prior::reference::{self, EngagementRow, NeighbourRow};
+    use q2q_prior::reference::{self, NeighbourRow};
 
     let dir = tempfile::tempdir().unwrap();
     let e = dir.path().join("engagement");
@@ -546,33 +511,14 @@ fn partition_folders_become_columns_and_are_computed_independently() {
         "query,neighbour,score\na,b,0.9\nc,a,0.8\na,c,0.7\n",
     );
     let out = dir.path().join("f.parquet");
-    let result = run(&[
-        "run",
-        "--engagement",
+    let result = run_job(
         &format!("{}/", e.display()),
-        "--neighbours",
         n.to_str().unwrap(),
-        "-o",
         out.to_str().unwrap(),
-    ]);
+        &[],
+    );
     assert!(result.status.success(), "{}", stderr(&result));
 
-    let parse_e = |text: &str| -> Vec<EngagementRow> {
-        text.lines()
-            .skip(1)
-            .map(|l| {
-                let f: Vec<&str> = l.split(',').collect();
-                EngagementRow {
-                    query: f[0].into(),
-                    product_id: f[1].into(),
-                    impressions: f[2].parse().unwrap(),
-                    clicks: f[3].parse().unwrap(),
-                    adds: f[4].parse().unwrap(),
-                    purchases: f[5].parse().unwrap(),
-                }
-            })
-            .collect()
-    };
     let neighbours = vec![
         NeighbourRow {
             query: "a".into(),
@@ -593,7 +539,11 @@ fn partition_folders_become_columns_and_are_computed_independently() {
     let by_market = read_features_by(&out, Some("market"));
     assert_eq!(by_market.keys().collect::<Vec<_>>(), ["DE", "US"]);
     for (market, text) in [("US", us), ("DE", de)] {
-        let expected = reference::features(&parse_e(text), &neighbours, &FeatureParams::default());
+        let expected = reference::features(
+            &parse_engagement(text),
+            &neighbours,
+            &FeatureParams::default(),
+        );
         assert_same_features(&by_market[market], &expected);
     }
 
@@ -612,15 +562,12 @@ fn partition_folders_become_columns_and_are_computed_independently() {
         "query,neighbour,score\na,c,0.9\n",
     );
     let out2 = dir.path().join("f2.parquet");
-    let result = run(&[
-        "run",
-        "--engagement",
+    let result = run_job(
         &format!("{}/", e.display()),
-        "--neighbours",
         &format!("{}/", nd.display()),
-        "-o",
         out2.to_str().unwrap(),
-    ]);
+        &[],
+    );
     assert!(result.status.success(), "{}", stderr(&result));
     let by_market = read_features_by(&out2, Some("market"));
     for (market, text, list) in [("US", us, ("a", "b")), ("DE", de, ("a", "c"))] {
@@ -629,7 +576,11 @@ fn partition_folders_become_columns_and_are_computed_independently() {
             neighbour: list.1.into(),
             score: 0.9,
         }];
-        let expected = reference::features(&parse_e(text), &neighbours, &FeatureParams::default());
+        let expected = reference::features(
+            &parse_engagement(text),
+            &neighbours,
+            &FeatureParams::default(),
+        );
         assert_same_features(&by_market[market], &expected);
     }
 }
@@ -643,15 +594,12 @@ fn bad_inconsistent_partition_folders() {
     write(&e, "b.csv", ENGAGEMENT);
     let n = write(dir.path(), "n.csv", NEIGHBOURS);
     let out = dir.path().join("f.parquet");
-    let result = run(&[
-        "run",
-        "--engagement",
+    let result = run_job(
         &format!("{}/", e.display()),
-        "--neighbours",
         n.to_str().unwrap(),
-        "-o",
         out.to_str().unwrap(),
-    ]);
+        &[],
+    );
     let err = stderr(&result);
     assert_eq!(result.status.code(), Some(2), "{err}");
     assert!(err.contains("differently partitioned folders"), "{err}");
@@ -775,15 +723,12 @@ fn csv_product_ids_stay_strings() {
     let n = write(dir.path(), "n.csv", "query,neighbour,score\nb,a,1\n");
     // Parquet output keeps the type; a CSV reader would infer numbers again
     let out = dir.path().join("o.parquet");
-    let result = run(&[
-        "run",
-        "--engagement",
+    let result = run_job(
         e.to_str().unwrap(),
-        "--neighbours",
         n.to_str().unwrap(),
-        "-o",
         out.to_str().unwrap(),
-    ]);
+        &[],
+    );
     assert!(result.status.success(), "{}", stderr(&result));
     let products: Vec<String> = read_features(&out)
         .into_iter()
@@ -850,15 +795,12 @@ fn bad_neighbours_partitioned_by_a_column_engagement_lacks() {
         write(&nd.join(format!("market={market}")), "n.csv", NEIGHBOURS);
     }
     let out = dir.path().join("o").join("f.parquet");
-    let result = run(&[
-        "run",
-        "--engagement",
+    let result = run_job(
         e.to_str().unwrap(),
-        "--neighbours",
         &format!("{}/", nd.display()),
-        "-o",
         out.to_str().unwrap(),
-    ]);
+        &[],
+    );
     let err = stderr(&result);
     assert_eq!(result.status.code(), Some(2), "{err}");
     assert!(
@@ -878,15 +820,12 @@ fn bad_partition_folder_named_like_an_output_column() {
     write(&e.join("h=1"), "part.csv", ENGAGEMENT);
     let n = write(dir.path(), "n.csv", NEIGHBOURS);
     let out = dir.path().join("o.parquet");
-    let result = run(&[
-        "run",
-        "--engagement",
+    let result = run_job(
         &format!("{}/", e.display()),
-        "--neighbours",
         n.to_str().unwrap(),
-        "-o",
         out.to_str().unwrap(),
-    ]);
+        &[],
+    );
     let err = stderr(&result);
     assert_eq!(result.status.code(), Some(2), "{err}");
     assert!(
@@ -907,15 +846,12 @@ fn bad_rows_found_while_scanning_name_the_input() {
     let e = write(dir.path(), "e.csv", &text);
     let n = write(dir.path(), "n.csv", NEIGHBOURS);
     let out = dir.path().join("o.parquet");
-    let result = run(&[
-        "run",
-        "--engagement",
+    let result = run_job(
         e.to_str().unwrap(),
-        "--neighbours",
         n.to_str().unwrap(),
-        "-o",
         out.to_str().unwrap(),
-    ]);
+        &[],
+    );
     let err = stderr(&result);
     assert_eq!(result.status.code(), Some(2), "{err}");
     assert!(

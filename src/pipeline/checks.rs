@@ -84,6 +84,21 @@ pub fn is_string(data_type: &DataType) -> bool {
     }
 }
 
+/// A key column must hold a non-empty value in every row.
+fn key_check(column: &'static str, data_type: &DataType) -> Check {
+    Check {
+        id: match column {
+            "query" => "query_null_or_empty",
+            "product_id" => "product_id_null_or_empty",
+            _ => "neighbour_null_or_empty",
+        },
+        column,
+        severity: Severity::Fail,
+        violation: null_or_empty(column, data_type),
+        expected: "a non-empty value in every row",
+    }
+}
+
 /// Checks of the engagement input; `columns` lists the count columns it actually has.
 pub fn engagement_checks(
     query_type: &DataType,
@@ -92,20 +107,8 @@ pub fn engagement_checks(
     has_h: bool,
 ) -> Vec<Check> {
     let mut checks = vec![
-        Check {
-            id: "query_null_or_empty",
-            column: "query",
-            severity: Severity::Fail,
-            violation: null_or_empty("query", query_type),
-            expected: "a non-empty query string in every row",
-        },
-        Check {
-            id: "product_id_null_or_empty",
-            column: "product_id",
-            severity: Severity::Fail,
-            violation: null_or_empty("product_id", product_type),
-            expected: "a non-empty product_id in every row",
-        },
+        key_check("query", query_type),
+        key_check("product_id", product_type),
     ];
     for &column in counts {
         checks.push(Check {
@@ -157,20 +160,8 @@ pub fn engagement_checks(
 /// Checks of the neighbours input.
 pub fn neighbour_checks(query_type: &DataType, neighbour_type: &DataType) -> Vec<Check> {
     vec![
-        Check {
-            id: "query_null_or_empty",
-            column: "query",
-            severity: Severity::Fail,
-            violation: null_or_empty("query", query_type),
-            expected: "a non-empty query string in every row",
-        },
-        Check {
-            id: "neighbour_null_or_empty",
-            column: "neighbour",
-            severity: Severity::Fail,
-            violation: null_or_empty("neighbour", neighbour_type),
-            expected: "a non-empty neighbour query string in every row",
-        },
+        key_check("query", query_type),
+        key_check("neighbour", neighbour_type),
         Check {
             id: "score_null_nan_inf_or_negative",
             column: "score",

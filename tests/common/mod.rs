@@ -8,7 +8,8 @@ use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
-use q2q_prior::reference::FeatureRow;
+use q2q_prior::pipeline::inputs::OUTPUT_COLUMNS;
+use q2q_prior::reference::{EngagementRow, FeatureRow, NeighbourRow};
 
 pub fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_q2q-prior"));
@@ -27,6 +28,54 @@ pub fn root() -> PathBuf {
 
 pub fn run(args: &[&str]) -> Output {
     bin().args(args).output().expect("run q2q-prior")
+}
+
+/// `q2q-prior run` on two inputs and an output (paths or URLs), plus extra flags.
+pub fn run_job(engagement: &str, neighbours: &str, output: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        "--engagement",
+        engagement,
+        "--neighbours",
+        neighbours,
+        "--output",
+        output,
+    ];
+    args.extend(extra);
+    run(&args)
+}
+
+/// Parses a small engagement CSV (no quoting) with the columns in the input's order.
+pub fn parse_engagement(text: &str) -> Vec<EngagementRow> {
+    text.lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            EngagementRow {
+                query: f[0].into(),
+                product_id: f[1].into(),
+                impressions: f[2].parse().unwrap(),
+                clicks: f[3].parse().unwrap(),
+                adds: f[4].parse().unwrap(),
+                purchases: f[5].parse().unwrap(),
+            }
+        })
+        .collect()
+}
+
+/// Parses a small neighbours CSV (no quoting).
+pub fn parse_neighbours(text: &str) -> Vec<NeighbourRow> {
+    text.lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            NeighbourRow {
+                query: f[0].into(),
+                neighbour: f[1].into(),
+                score: f[2].parse().unwrap(),
+            }
+        })
+        .collect()
 }
 
 pub fn stderr(out: &Output) -> String {
@@ -112,18 +161,8 @@ fn rows_of(batch: &RecordBatch) -> Vec<FeatureRow> {
         .map(|f| f.name().clone())
         .collect();
     assert_eq!(
-        names[..9],
-        [
-            "query",
-            "product_id",
-            "h",
-            "prior",
-            "alpha",
-            "f",
-            "impressions",
-            "n_neighbours",
-            "n_contributing"
-        ],
+        names[..OUTPUT_COLUMNS.len()],
+        OUTPUT_COLUMNS,
         "output schema"
     );
     let (q, p) = (strings(batch, "query"), strings(batch, "product_id"));
