@@ -49,6 +49,11 @@ impl Error {
         }
     }
 
+    /// The engine hit its memory limit (as opposed to a bug or bad input).
+    pub fn is_resources_exhausted(&self) -> bool {
+        matches!(self, Error::DataFusion(e) if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)))
+    }
+
     pub fn config(message: impl Into<String>) -> Self {
         Error::Config(message.into())
     }

@@ -26,6 +26,12 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
+            if e.is_resources_exhausted() {
+                eprintln!(
+                    "hint: the query engine ran out of its memory budget; raise --memory-limit \
+                     (execution.memory_limit) or lower --target-partitions"
+                );
+            }
             ExitCode::from(e.exit_code() as u8)
         }
     }

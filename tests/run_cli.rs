@@ -860,3 +860,96 @@ fn bad_rows_found_while_scanning_name_the_input() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn memory_limit_is_accepted_and_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("f.csv");
+    let mut args = tiny_args(&out);
+    args.extend(["--memory-limit", "256MiB", "--target-partitions", "1"].map(String::from));
+    let result = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert_same_features(
+        &read_features(&out),
+        &read_features(&root().join("fixtures/tiny/expected.csv")),
+    );
+
+    let mut args = tiny_args(&out);
+    args.extend(["--memory-limit", "1MiB"].map(String::from));
+    let result = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(result.status.code(), Some(2));
+    assert!(
+        stderr(&result).contains("memory_limit"),
+        "{}",
+        stderr(&result)
+    );
+}
+
+#[test]
+fn a_memory_limit_too_small_for_the_job_fails_with_a_hint_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let synth = run(&[
+        "synth",
+        "--queries",
+        "20000",
+        "--seed",
+        "5",
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    assert!(synth.status.success(), "{}", stderr(&synth));
+    let out = dir.path().join("out").join("f.parquet");
+    let result = run_job(
+        data.join("engagement.parquet").to_str().unwrap(),
+        data.join("neighbours.parquet").to_str().unwrap(),
+        out.to_str().unwrap(),
+        &["--memory-limit", "64MiB"],
+    );
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(1), "{err}");
+    assert!(err.contains("--memory-limit"), "{err}");
+    assert!(
+        !out.exists() && !out.parent().unwrap().exists(),
+        "nothing at the destination"
+    );
+}
+
+#[test]
+fn synth_files_are_identical_for_a_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    for out in [&a, &b] {
+        let result = run(&[
+            "synth",
+            "--queries",
+            "3000",
+            "--seed",
+            "11",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(result.status.success(), "{}", stderr(&result));
+    }
+    for name in ["engagement.parquet", "neighbours.parquet"] {
+        assert_eq!(
+            std::fs::read(a.join(name)).unwrap(),
+            std::fs::read(b.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    let c = dir.path().join("c");
+    run(&[
+        "synth",
+        "--queries",
+        "3000",
+        "--seed",
+        "12",
+        "--out",
+        c.to_str().unwrap(),
+    ]);
+    assert_ne!(
+        std::fs::read(a.join("neighbours.parquet")).unwrap(),
+        std::fs::read(c.join("neighbours.parquet")).unwrap()
+    );
+}
