@@ -953,3 +953,48 @@ fn synth_files_are_identical_for_a_seed() {
         std::fs::read(c.join("neighbours.parquet")).unwrap()
     );
 }
+
+#[test]
+fn every_input_and_execution_key_has_a_flag() {
+    // the same daily folders as above, configured by flags alone
+    let dir = tempfile::tempdir().unwrap();
+    let e = dir.path().join("engagement");
+    for (day, text) in [
+        (
+            "2026-01-01",
+            "query,product_id,impressions,clicks,adds,purchases\na,P1,60,6,1,0\n",
+        ),
+        (
+            "2026-01-02",
+            "query,product_id,impressions,clicks,adds,purchases\na,P1,40,4,1,1\nb,P1,5,1,0,0\n",
+        ),
+    ] {
+        std::fs::create_dir_all(e.join(format!("dt={day}"))).unwrap();
+        write(&e.join(format!("dt={day}")), "part-0.csv", text);
+    }
+    let n = write(dir.path(), "n.txt", NEIGHBOURS);
+    let out = dir.path().join("f.csv");
+    let result = run_job(
+        &format!("{}/", e.display()),
+        n.to_str().unwrap(),
+        out.to_str().unwrap(),
+        &[
+            "--engagement-format",
+            "csv",
+            "--engagement-partitioned",
+            "false",
+            "--neighbours-format",
+            "csv",
+            "--on-duplicate",
+            "sum",
+            "--sort-output",
+            "false",
+        ],
+    );
+    assert!(result.status.success(), "{}", stderr(&result));
+    let a = read_features(&out)
+        .into_iter()
+        .find(|r| r.query == "a" && r.product_id == "P1")
+        .unwrap();
+    assert_eq!(a.impressions, 100);
+}

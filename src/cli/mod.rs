@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{DuplicatePolicy, InputSpec, JobConfig, OutputFormat, PriorWeighting};
+use crate::config::{
+    DuplicatePolicy, InputFormat, InputSpec, JobConfig, OutputFormat, PriorWeighting,
+};
 use crate::error::Result;
 
 #[derive(Debug, Parser)]
@@ -100,6 +102,21 @@ pub struct JobArgs {
     /// Plan parallelism [execution.target_partitions; default: number of cores].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub target_partitions: Option<u64>,
+    /// Sort the output by (partition columns, query, product_id) [execution.sort_output; default true].
+    #[arg(long, value_name = "BOOL")]
+    pub sort_output: Option<bool>,
+    /// Format of the engagement files [engagement.format; default: from the extension].
+    #[arg(long, value_enum)]
+    pub engagement_format: Option<InputFormat>,
+    /// Format of the neighbours files [neighbours.format; default: from the extension].
+    #[arg(long, value_enum)]
+    pub neighbours_format: Option<InputFormat>,
+    /// Read key=value folders of engagement as partition columns [engagement.partitioned; default true].
+    #[arg(long, value_name = "BOOL")]
+    pub engagement_partitioned: Option<bool>,
+    /// Read key=value folders of neighbours as partition columns [neighbours.partitioned; default true].
+    #[arg(long, value_name = "BOOL")]
+    pub neighbours_partitioned: Option<bool>,
 }
 
 impl JobArgs {
@@ -110,15 +127,35 @@ impl JobArgs {
             None => JobConfig::default(),
         };
         // A flag replaces an input's location only; its other keys (format, partitioned) stay.
-        for (slot, uri) in [
-            (&mut config.engagement, &self.engagement),
-            (&mut config.neighbours, &self.neighbours),
+        for (slot, uri, format, partitioned) in [
+            (
+                &mut config.engagement,
+                &self.engagement,
+                self.engagement_format,
+                self.engagement_partitioned,
+            ),
+            (
+                &mut config.neighbours,
+                &self.neighbours,
+                self.neighbours_format,
+                self.neighbours_partitioned,
+            ),
         ] {
             if let Some(uri) = uri {
                 match slot {
                     Some(spec) => spec.uri = uri.clone(),
                     None => *slot = Some(InputSpec::new(uri.clone())),
                 }
+            }
+            if let Some(spec) = slot {
+                if format.is_some() {
+                    spec.format = format;
+                }
+                set(&mut spec.partitioned, partitioned);
+            } else if format.is_some() || partitioned.is_some() {
+                return Err(crate::Error::config(
+                    "--*-format / --*-partitioned need the input's location (flag or config file)",
+                ));
             }
         }
         if let Some(output) = &self.output {
@@ -144,6 +181,7 @@ impl JobArgs {
         if let Some(n) = self.target_partitions {
             config.execution.target_partitions = Some(n as usize);
         }
+        set(&mut config.execution.sort_output, self.sort_output);
         config.validate()?;
         Ok(config)
     }
