@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod formula;
 pub mod job;
+pub mod normalize;
 pub mod pipeline;
 pub mod reference;
 pub mod session;
