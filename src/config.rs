@@ -167,6 +167,10 @@ pub struct InputSpec {
     /// `false` the folders are only paths: e.g. daily `dt=` folders read as one window.
     #[serde(default = "yes")]
     pub partitioned: bool,
+    /// Replace query keys (and neighbour keys) by their normalized form (`normalize_query`) before
+    /// anything else; engagement rows that collapse onto one key are summed.
+    #[serde(default)]
+    pub normalize: bool,
 }
 
 fn yes() -> bool {
@@ -179,6 +183,7 @@ impl InputSpec {
             uri: uri.into(),
             format: None,
             partitioned: true,
+            normalize: false,
         }
     }
 }
@@ -356,6 +361,7 @@ mod tests {
                 uri: "n.txt".into(),
                 format: Some(InputFormat::Csv),
                 partitioned: true,
+                normalize: false,
             })
         );
     }

@@ -6,20 +6,23 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, StringArray};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::common::{Result, exec_err};
 use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility,
 };
 
-use crate::formula;
+use crate::{formula, normalize};
 
 /// Every UDF the engine defines, in registration order.
 pub fn all() -> Vec<ScalarUDF> {
     vec![
         ScalarUDF::from(AlphaUdf::new()),
         ScalarUDF::from(BlendUdf::new()),
+        normalize_query_udf(),
     ]
 }
 
@@ -146,5 +149,84 @@ fn map_f64<const N: usize>(
         ))
     } else {
         Ok(ColumnarValue::Array(out))
+    }
+}
+
+/// `normalize_query(text [, lang]) -> string`: the query key of [`crate::normalize`].
+pub fn normalize_query_udf() -> ScalarUDF {
+    ScalarUDF::from(NormalizeQueryUdf::new())
+}
+
+/// `normalize_query(text [, lang])`; `lang` is a language or marketplace code per row (`en`, `ja`,
+/// `hi`, `JP`, ...); NULL or an unknown code means "detect from the script".
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct NormalizeQueryUdf {
+    signature: Signature,
+}
+
+impl NormalizeQueryUdf {
+    pub fn new() -> Self {
+        Self {
+            signature: Signature::one_of(
+                vec![TypeSignature::String(1), TypeSignature::String(2)],
+                Volatility::Immutable,
+            ),
+        }
+    }
+}
+
+impl Default for NormalizeQueryUdf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ScalarUDFImpl for NormalizeQueryUdf {
+    fn name(&self) -> &str {
+        "normalize_query"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    /// A plain string column, whatever string flavour came in.
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    /// NULL text gives NULL; the language argument may be NULL per row.
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let all_scalar = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let texts = cast(&arrays[0], &DataType::Utf8)?;
+        let texts = texts.as_string::<i32>();
+        let langs = arrays
+            .get(1)
+            .map(|a| cast(a, &DataType::Utf8))
+            .transpose()?;
+        let langs = langs.as_ref().map(|a| a.as_string::<i32>());
+        let out: StringArray = (0..texts.len())
+            .map(|row| {
+                if texts.is_null(row) {
+                    return None;
+                }
+                let lang = langs
+                    .filter(|l| !l.is_null(row))
+                    .and_then(|l| normalize::Lang::from_code(l.value(row)));
+                Some(normalize::normalize_query(texts.value(row), lang))
+            })
+            .collect();
+        let out: ArrayRef = Arc::new(out);
+        if all_scalar {
+            Ok(ColumnarValue::Scalar(
+                datafusion::common::ScalarValue::try_from_array(&out, 0)?,
+            ))
+        } else {
+            Ok(ColumnarValue::Array(out))
+        }
     }
 }

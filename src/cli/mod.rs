@@ -117,6 +117,12 @@ pub struct JobArgs {
     /// Read key=value folders of neighbours as partition columns [neighbours.partitioned; default true].
     #[arg(long, value_name = "BOOL")]
     pub neighbours_partitioned: Option<bool>,
+    /// Normalize engagement query keys, summing rows that collapse [engagement.normalize; default false].
+    #[arg(long, value_name = "BOOL")]
+    pub engagement_normalize: Option<bool>,
+    /// Normalize neighbour query keys [neighbours.normalize; default false].
+    #[arg(long, value_name = "BOOL")]
+    pub neighbours_normalize: Option<bool>,
 }
 
 impl JobArgs {
@@ -127,18 +133,20 @@ impl JobArgs {
             None => JobConfig::default(),
         };
         // A flag replaces an input's location only; its other keys (format, partitioned) stay.
-        for (slot, uri, format, partitioned) in [
+        for (slot, uri, format, partitioned, normalize) in [
             (
                 &mut config.engagement,
                 &self.engagement,
                 self.engagement_format,
                 self.engagement_partitioned,
+                self.engagement_normalize,
             ),
             (
                 &mut config.neighbours,
                 &self.neighbours,
                 self.neighbours_format,
                 self.neighbours_partitioned,
+                self.neighbours_normalize,
             ),
         ] {
             if let Some(uri) = uri {
@@ -152,9 +160,10 @@ impl JobArgs {
                     spec.format = format;
                 }
                 set(&mut spec.partitioned, partitioned);
-            } else if format.is_some() || partitioned.is_some() {
+                set(&mut spec.normalize, normalize);
+            } else if format.is_some() || partitioned.is_some() || normalize.is_some() {
                 return Err(crate::Error::config(
-                    "--*-format / --*-partitioned need the input's location (flag or config file)",
+                    "--*-format, --*-partitioned and --*-normalize need the input's location (flag or config file)",
                 ));
             }
         }

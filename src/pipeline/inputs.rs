@@ -67,6 +67,8 @@ pub struct Input {
     pub typed: DataFrame,
     pub checks: Vec<checks::Check>,
     pub partitions: Partitions,
+    /// Query keys go through `normalize_query` (see [`crate::normalize`]).
+    pub normalize: bool,
 }
 
 /// Hive-style partition folders (`market=US/dt=2026-01-01/…`) of an input: their column names, in
@@ -394,6 +396,7 @@ async fn open(ctx: &SessionContext, role: &'static str, spec: &InputSpec) -> Res
         raw,
         checks: Vec::new(),
         partitions,
+        normalize: spec.normalize,
     })
 }
 
@@ -606,14 +609,16 @@ fn type_engagement(mut input: Input, params: &FeatureParams) -> Result<Input> {
             }
         }
     }
-    if has_h && params.on_duplicate == DuplicatePolicy::Sum {
+    // Rows are summed when duplicates are allowed and when normalization merges variants.
+    let summed = params.on_duplicate == DuplicatePolicy::Sum || input.normalize;
+    if has_h && summed {
         return Err(BadInput::new(
             input.role,
             &input.uri,
-            "a precomputed `h` cannot be summed over duplicate rows",
+            "a precomputed `h` cannot be summed over duplicate or normalized rows",
         )
         .column("h")
-        .expected("features.on_duplicate = \"error\" with a precomputed h, or counts instead of h")
+        .expected("counts instead of h, or features.on_duplicate = \"error\" and normalize = false")
         .into());
     }
     input.checks = checks::engagement_checks(&query, &product, &present, has_h);
@@ -642,7 +647,7 @@ fn type_engagement(mut input: Input, params: &FeatureParams) -> Result<Input> {
             .iter()
             .cloned()
             .chain([
-                as_string("query", &query),
+                query_key(&input, "query", &query),
                 as_string("product_id", &product),
                 count_or_zero("impressions"),
                 count_or_zero("clicks"),
@@ -652,9 +657,9 @@ fn type_engagement(mut input: Input, params: &FeatureParams) -> Result<Input> {
             ])
             .collect::<Vec<Expr>>(),
     )?;
-    input.typed = match params.on_duplicate {
-        DuplicatePolicy::Error => typed,
-        DuplicatePolicy::Sum => typed.aggregate(
+    input.typed = match summed {
+        false => typed,
+        true => typed.aggregate(
             partition_columns
                 .into_iter()
                 .chain([col("query"), col("product_id")])
@@ -667,6 +672,24 @@ fn type_engagement(mut input: Input, params: &FeatureParams) -> Result<Input> {
         )?,
     };
     Ok(input)
+}
+
+/// A query-valued column as it goes into a typed view: normalized when the input asks for it,
+/// with the row's `lang` (or `marketplace`) column as the language when the input has one.
+fn query_key(input: &Input, name: &str, data_type: &DataType) -> Expr {
+    if !input.normalize {
+        return as_string(name, data_type);
+    }
+    let schema = input.raw.schema();
+    let mut args = vec![col(name)];
+    if let Some(lang) = ["lang", "marketplace"].into_iter().find(|c| {
+        schema
+            .qualified_field_with_unqualified_name(c)
+            .is_ok_and(|(_, f)| checks::is_string(f.data_type()))
+    }) {
+        args.push(col(lang));
+    }
+    crate::udf::normalize_query_udf().call(args).alias(name)
 }
 
 /// A key column as it goes into a typed view: dictionary-encoded strings (pandas categoricals) are
@@ -694,8 +717,8 @@ fn type_neighbours(mut input: Input) -> Result<Input> {
             .iter()
             .map(|c| ident(c.as_str()))
             .chain([
-                as_string("query", &query),
-                as_string("neighbour", &neighbour),
+                query_key(&input, "query", &query),
+                query_key(&input, "neighbour", &neighbour),
                 cast(col("score"), DataType::Float64).alias("score"),
             ])
             .collect::<Vec<Expr>>(),
