@@ -88,6 +88,10 @@ pub fn normalize_query(text: &str, lang: Option<Lang>) -> String {
 
 /// NFKC and Unicode default case folding, the common first step of every language.
 fn fold(text: &str) -> String {
+    if text.is_ascii() {
+        // NFKC is the identity on ASCII and case folding is lowercasing: skip both passes
+        return text.to_ascii_lowercase();
+    }
     let nfkc: String = text.nfkc().collect();
     caseless::default_case_fold_str(&nfkc).nfkc().collect()
 }

@@ -209,15 +209,25 @@ impl ScalarUDFImpl for NormalizeQueryUdf {
             .map(|a| cast(a, &DataType::Utf8))
             .transpose()?;
         let langs = langs.as_ref().map(|a| a.as_string::<i32>());
+        // Engagement rows come grouped by query: reuse the previous row's key when nothing changed.
+        let mut previous: Option<(&str, Option<normalize::Lang>, String)> = None;
         let out: StringArray = (0..texts.len())
             .map(|row| {
                 if texts.is_null(row) {
                     return None;
                 }
+                let text = texts.value(row);
                 let lang = langs
                     .filter(|l| !l.is_null(row))
                     .and_then(|l| normalize::Lang::from_code(l.value(row)));
-                Some(normalize::normalize_query(texts.value(row), lang))
+                match &previous {
+                    Some((t, l, key)) if *t == text && *l == lang => Some(key.clone()),
+                    _ => {
+                        let key = normalize::normalize_query(text, lang);
+                        previous = Some((text, lang, key.clone()));
+                        Some(key)
+                    }
+                }
             })
             .collect();
         let out: ArrayRef = Arc::new(out);
