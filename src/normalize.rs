@@ -155,6 +155,11 @@ fn english_token(word: &str) -> Option<String> {
         }
         stem = next;
     }
+    // "mens" stems to "men": map irregular plurals once more after stemming
+    let stem = IRREGULAR
+        .iter()
+        .find(|(plural, _)| *plural == stem)
+        .map_or(stem.clone(), |(_, s)| s.to_string());
     (!STOP_WORDS.contains(&stem.as_str())).then_some(stem)
 }
 
@@ -226,7 +231,8 @@ mod tests {
             ("running shoe", "run shoe"),
             ("shoes running", "run shoe"),
             ("men's running shoes", "man run shoe"),
-            ("Mens Running Shoes", "men run shoe"),
+            ("Mens Running Shoes", "man run shoe"),
+            ("womens sunglasses", "sunglass woman"),
             ("kids' toys", "kid toy"),
             ("the lady fingers for tiramisu", "finger ladi tiramisu"),
             ("lady finger tiramisu", "finger ladi tiramisu"),
