@@ -272,6 +272,15 @@ impl JobConfig {
             )));
         }
         self.output_format()?;
+        if let (Some(e), Some(n)) = (&self.engagement, &self.neighbours)
+            && e.normalize != n.normalize
+        {
+            return Err(Error::config(
+                "normalize is set on one input only: neighbour keys would not match engagement keys; \
+                 set engagement.normalize and neighbours.normalize (--engagement-normalize, \
+                 --neighbours-normalize) alike",
+            ));
+        }
         if self.execution.target_partitions == Some(0) {
             return Err(Error::config(
                 "execution.target_partitions (--target-partitions) must be >= 1",

@@ -52,8 +52,10 @@ impl Lang {
     }
 }
 
+/// A Devanagari letter (not a sign, digit or danda: those also appear in Latin text and must not
+/// switch a query to the Hindi rules).
 fn is_devanagari(c: char) -> bool {
-    ('\u{0900}'..='\u{097F}').contains(&c) || ('\u{A8E0}'..='\u{A8FF}').contains(&c)
+    matches!(c, '\u{0904}'..='\u{0939}' | '\u{0958}'..='\u{0961}' | '\u{0972}'..='\u{097F}')
 }
 
 fn is_japanese(c: char) -> bool {
@@ -68,8 +70,23 @@ fn is_japanese(c: char) -> bool {
 
 /// Normalizes a query; `lang` overrides script detection.
 pub fn normalize_query(text: &str, lang: Option<Lang>) -> String {
+    // Each step is designed to be idempotent; iterating to a fixed point makes that a guarantee
+    // (for a given `lang`) even where rules interact, at the cost of one extra pass per query.
+    let mut key = normalize_once(text, lang);
+    for _ in 0..4 {
+        let again = normalize_once(&key, lang);
+        if again == key {
+            break;
+        }
+        key = again;
+    }
+    key
+}
+
+fn normalize_once(text: &str, lang: Option<Lang>) -> String {
     let folded = fold(text);
-    let key = match lang.unwrap_or_else(|| Lang::detect(text)) {
+    // detection looks at the folded text, which is what a second pass would see
+    let key = match lang.unwrap_or_else(|| Lang::detect(&folded)) {
         Lang::English => english(&folded),
         Lang::Japanese => japanese(&folded),
         Lang::Hindi => hindi(&folded),
@@ -141,25 +158,21 @@ fn english_token(word: &str) -> Option<String> {
     if word.is_empty() || STOP_WORDS.contains(&word.as_str()) {
         return None;
     }
-    let word = IRREGULAR
-        .iter()
-        .find(|(plural, _)| *plural == word)
-        .map_or(word.as_str(), |(_, s)| s);
-    // Snowball is not always idempotent ("coffee" -> "coffe" -> "coff"); stem to a fixed point so
-    // normalizing twice changes nothing. Every variant reaches the same fixed point.
-    let mut stem = word.to_string();
-    for _ in 0..4 {
-        let next = STEMMER.stem(&stem).into_owned();
+    // Irregular plurals, then Snowball, to a common fixed point: Snowball alone is not idempotent
+    // ("coffee" -> "coffe" -> "coff"), and a mapped singular may stem further ("mice" -> "mouse"
+    // -> "mous"). Every variant of a word reaches the same fixed point.
+    let mut stem = word;
+    for _ in 0..16 {
+        let singular = IRREGULAR
+            .iter()
+            .find(|(plural, _)| *plural == stem)
+            .map_or(stem.as_str(), |(_, s)| s);
+        let next = STEMMER.stem(singular).into_owned();
         if next == stem {
             break;
         }
         stem = next;
     }
-    // "mens" stems to "men": map irregular plurals once more after stemming
-    let stem = IRREGULAR
-        .iter()
-        .find(|(plural, _)| *plural == stem)
-        .map_or(stem.clone(), |(_, s)| s.to_string());
     (!STOP_WORDS.contains(&stem.as_str())).then_some(stem)
 }
 
@@ -178,10 +191,12 @@ fn is_hindi_separator(c: char) -> bool {
 }
 
 fn hindi(folded: &str) -> String {
+    // decompose first: letters such as U+0929 carry their nukta inside one code point
     let mapped: String = folded
-        .chars()
+        .nfd()
         .filter(|&c| c != '\u{093C}') // nukta
         .map(|c| if c == '\u{0901}' { '\u{0902}' } else { c }) // chandrabindu -> anusvara
+        .nfc()
         .collect();
     sorted_unique(
         mapped
@@ -305,6 +320,23 @@ mod tests {
         for (query, key) in cases {
             assert_eq!(n(query), key, "{query}");
         }
+    }
+
+    #[test]
+    fn cases_found_in_review_are_stable() {
+        // a danda or a nukta sign in Latin text does not make it Hindi
+        assert_eq!(n("Running Shoes।"), "run shoe");
+        assert_eq!(n("shoes\u{093C}"), "shoe");
+        // half-width middle dot folds into the katakana block: detection sees the folded text
+        let dot = n("\u{FF65} for");
+        assert_eq!(n(&dot), dot);
+        // irregular plurals and stemming reach one fixed point
+        assert_eq!(n("mices"), n("mice"));
+        assert_eq!(n("mouse"), n("mice"));
+        assert_eq!(n(&n("mices")), n("mices"));
+        // a nukta inside a precomposed letter (U+0929) is removed like a separate one
+        assert_eq!(n("\u{0929}या"), n("\u{0928}\u{093C}या"));
+        assert_eq!(n("\u{0929}या"), "नया");
     }
 
     #[test]

@@ -86,13 +86,22 @@ fn a_lang_column_chooses_the_rules_per_row() {
          running shoes,P1,10,1,0,0,en\n\
          running shoes,P2,10,1,0,0,ja\n",
     );
-    let n = write(dir.path(), "n.csv", "query,neighbour,score\nx,y,0.5\n");
+    let n = write(
+        dir.path(),
+        "n.csv",
+        "query,neighbour,score,lang\nx,y,0.5,en\n",
+    );
     let out = dir.path().join("f.parquet");
     let result = run_job(
         e.to_str().unwrap(),
         n.to_str().unwrap(),
         out.to_str().unwrap(),
-        &["--engagement-normalize", "true"],
+        &[
+            "--engagement-normalize",
+            "true",
+            "--neighbours-normalize",
+            "true",
+        ],
     );
     assert!(result.status.success(), "{}", stderr(&result));
     let keys: Vec<(String, String)> = read_features(&out)
@@ -149,7 +158,12 @@ fn bad_precomputed_h_cannot_be_normalized() {
         e.to_str().unwrap(),
         n.to_str().unwrap(),
         out.to_str().unwrap(),
-        &["--engagement-normalize", "true"],
+        &[
+            "--engagement-normalize",
+            "true",
+            "--neighbours-normalize",
+            "true",
+        ],
     );
     assert_eq!(result.status.code(), Some(2), "{}", stderr(&result));
     assert!(
@@ -157,4 +171,53 @@ fn bad_precomputed_h_cannot_be_normalized() {
         "{}",
         stderr(&result)
     );
+}
+
+#[test]
+fn bad_normalizing_one_input_only_or_with_different_language_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = write(
+        dir.path(),
+        "e.csv",
+        "query,product_id,impressions,clicks,adds,purchases,lang\nrunning shoes,P1,10,1,0,0,ja\n",
+    );
+    let n = write(
+        dir.path(),
+        "n.csv",
+        "query,neighbour,score\nrunning shoe,running shoes,0.5\n",
+    );
+    let out = dir.path().join("o").join("f.parquet");
+    let result = run_job(
+        e.to_str().unwrap(),
+        n.to_str().unwrap(),
+        out.to_str().unwrap(),
+        &["--engagement-normalize", "true"],
+    );
+    assert_eq!(result.status.code(), Some(2), "{}", stderr(&result));
+    assert!(
+        stderr(&result).contains("normalize is set on one input only"),
+        "{}",
+        stderr(&result)
+    );
+
+    let result = run_job(
+        e.to_str().unwrap(),
+        n.to_str().unwrap(),
+        out.to_str().unwrap(),
+        &[
+            "--engagement-normalize",
+            "true",
+            "--neighbours-normalize",
+            "true",
+        ],
+    );
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("'neighbours'")
+            && err.contains("column 'lang'")
+            && err.contains("from column 'lang'"),
+        "{err}"
+    );
+    assert!(!out.parent().unwrap().exists());
 }

@@ -125,6 +125,22 @@ pub async fn register(ctx: &SessionContext, config: &JobConfig) -> Result<Inputs
         .expected("neighbour partition folders that the engagement input has too, or `partitioned = false` on neighbours")
         .into());
     }
+    // Both sides of the neighbour join must be keyed the same way.
+    if engagement.normalize && lang_column(&engagement) != lang_column(&neighbours) {
+        let describe = |c: Option<&str>| c.map_or("none".to_string(), |c| format!("'{c}'"));
+        return Err(BadInput::new(
+            NEIGHBOURS,
+            &neighbours.uri,
+            format!(
+                "normalized keys would differ from engagement's: engagement takes the language from column {}, neighbours from {}",
+                describe(lang_column(&engagement)),
+                describe(lang_column(&neighbours))
+            ),
+        )
+        .column(lang_column(&engagement).or(lang_column(&neighbours)).unwrap_or("lang"))
+        .expected(format!("the same language column ({}) in both inputs, or in neither", LANG_COLUMNS.join(", ")))
+        .into());
+    }
     ctx.register_table(ENGAGEMENT, engagement.typed.clone().into_view())?;
     ctx.register_table(NEIGHBOURS, neighbours.typed.clone().into_view())?;
     Ok(Inputs {
@@ -164,6 +180,10 @@ pub async fn check(inputs: &Inputs, params: &FeatureParams) -> Result<InputRepor
     report.engagement_pairs = duplicate_check(&inputs.engagement, params.on_duplicate)
         .await
         .map_err(|e| unreadable_rows(&inputs.engagement, e))?;
+    if inputs.engagement.normalize {
+        // variants merged: history has one row per normalized key, not per raw key
+        report.engagement_pairs = inputs.engagement.typed.clone().count().await? as u64;
+    }
     Ok(report)
 }
 
@@ -680,16 +700,24 @@ fn query_key(input: &Input, name: &str, data_type: &DataType) -> Expr {
     if !input.normalize {
         return as_string(name, data_type);
     }
-    let schema = input.raw.schema();
     let mut args = vec![col(name)];
-    if let Some(lang) = ["lang", "marketplace"].into_iter().find(|c| {
+    if let Some(lang) = lang_column(input) {
+        args.push(ident(lang));
+    }
+    crate::udf::normalize_query_udf().call(args).alias(name)
+}
+
+/// The column that gives a row's language for normalization: the first text column among these
+/// names (partition folders such as `market=JP/` count).
+const LANG_COLUMNS: [&str; 4] = ["lang", "language", "marketplace", "market"];
+
+fn lang_column(input: &Input) -> Option<&'static str> {
+    let schema = input.raw.schema();
+    LANG_COLUMNS.into_iter().find(|c| {
         schema
             .qualified_field_with_unqualified_name(c)
             .is_ok_and(|(_, f)| checks::is_string(f.data_type()))
-    }) {
-        args.push(col(lang));
-    }
-    crate::udf::normalize_query_udf().call(args).alias(name)
+    })
 }
 
 /// A key column as it goes into a typed view: dictionary-encoded strings (pandas categoricals) are
