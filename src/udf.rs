@@ -142,14 +142,7 @@ fn map_f64<const N: usize>(
             Some(f(values))
         })
         .collect();
-    let out: ArrayRef = Arc::new(out);
-    if all_scalar {
-        Ok(ColumnarValue::Scalar(
-            datafusion::common::ScalarValue::try_from_array(&out, 0)?,
-        ))
-    } else {
-        Ok(ColumnarValue::Array(out))
-    }
+    columnar(Arc::new(out), all_scalar)
 }
 
 /// `normalize_query(text [, lang]) -> string`: the query key of [`crate::normalize`].
@@ -230,13 +223,17 @@ impl ScalarUDFImpl for NormalizeQueryUdf {
                 }
             })
             .collect();
-        let out: ArrayRef = Arc::new(out);
-        if all_scalar {
-            Ok(ColumnarValue::Scalar(
-                datafusion::common::ScalarValue::try_from_array(&out, 0)?,
-            ))
-        } else {
-            Ok(ColumnarValue::Array(out))
-        }
+        columnar(Arc::new(out), all_scalar)
+    }
+}
+
+/// DataFusion expects a scalar result when every argument was a scalar, an array otherwise.
+fn columnar(out: ArrayRef, all_scalar: bool) -> Result<ColumnarValue> {
+    if all_scalar {
+        Ok(ColumnarValue::Scalar(
+            datafusion::common::ScalarValue::try_from_array(&out, 0)?,
+        ))
+    } else {
+        Ok(ColumnarValue::Array(out))
     }
 }
