@@ -6,22 +6,13 @@
 //! output. Prints the median, min and max wall time and throughput. Figures go to
 //! docs/BENCHMARKS.md with date, machine and command.
 
+mod common;
+
+use common::arg;
 use std::time::{Duration, Instant};
 
 use q2q_prior::config::{InputSpec, JobConfig, OutputFormat};
 use q2q_prior::synth::{self, SynthSpec};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} takes a number"))
-        })
-        .unwrap_or(default)
-}
 
 fn main() {
     // cargo passes --bench; anything we do not know is ignored.

@@ -6,6 +6,9 @@
 //! engagement row's query and (b) the SQL path, `SELECT count(DISTINCT normalize_query(query))`,
 //! through DataFusion from Parquet. Prints rows/s and how many distinct keys normalization leaves.
 
+mod common;
+
+use common::arg;
 use std::collections::HashSet;
 use std::time::Instant;
 
@@ -16,18 +19,6 @@ use datafusion::prelude::ParquetReadOptions;
 use q2q_prior::config::OutputFormat;
 use q2q_prior::normalize::normalize_query;
 use q2q_prior::synth::{self, SynthSpec};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} takes a number"))
-        })
-        .unwrap_or(default)
-}
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);

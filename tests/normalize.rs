@@ -7,6 +7,14 @@ mod common;
 use common::*;
 use q2q_prior::formula::{self, HistoryWeights};
 
+/// Both inputs normalized, as the job requires.
+const NORMALIZE_BOTH: &[&str] = &[
+    "--engagement-normalize",
+    "true",
+    "--neighbours-normalize",
+    "true",
+];
+
 const WEIGHTS: HistoryWeights = HistoryWeights {
     click: 1.0,
     add: 2.0,
@@ -37,12 +45,7 @@ fn variant_queries_merge_their_engagement() {
         e.to_str().unwrap(),
         n.to_str().unwrap(),
         out.to_str().unwrap(),
-        &[
-            "--engagement-normalize",
-            "true",
-            "--neighbours-normalize",
-            "true",
-        ],
+        NORMALIZE_BOTH,
     );
     assert!(result.status.success(), "{}", stderr(&result));
     let rows = read_features(&out);
@@ -96,12 +99,7 @@ fn a_lang_column_chooses_the_rules_per_row() {
         e.to_str().unwrap(),
         n.to_str().unwrap(),
         out.to_str().unwrap(),
-        &[
-            "--engagement-normalize",
-            "true",
-            "--neighbours-normalize",
-            "true",
-        ],
+        NORMALIZE_BOTH,
     );
     assert!(result.status.success(), "{}", stderr(&result));
     let keys: Vec<(String, String)> = read_features(&out)
@@ -158,12 +156,7 @@ fn bad_precomputed_h_cannot_be_normalized() {
         e.to_str().unwrap(),
         n.to_str().unwrap(),
         out.to_str().unwrap(),
-        &[
-            "--engagement-normalize",
-            "true",
-            "--neighbours-normalize",
-            "true",
-        ],
+        NORMALIZE_BOTH,
     );
     assert_eq!(result.status.code(), Some(2), "{}", stderr(&result));
     assert!(
@@ -204,12 +197,7 @@ fn bad_normalizing_one_input_only_or_with_different_language_columns() {
         e.to_str().unwrap(),
         n.to_str().unwrap(),
         out.to_str().unwrap(),
-        &[
-            "--engagement-normalize",
-            "true",
-            "--neighbours-normalize",
-            "true",
-        ],
+        NORMALIZE_BOTH,
     );
     let err = stderr(&result);
     assert_eq!(result.status.code(), Some(2), "{err}");

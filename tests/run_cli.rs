@@ -609,20 +609,7 @@ fn bad_inconsistent_partition_folders() {
 #[test]
 fn unpartitioned_reading_sums_daily_folders_into_one_window() {
     let dir = tempfile::tempdir().unwrap();
-    let e = dir.path().join("engagement");
-    for (day, text) in [
-        (
-            "2026-01-01",
-            "query,product_id,impressions,clicks,adds,purchases\na,P1,60,6,1,0\n",
-        ),
-        (
-            "2026-01-02",
-            "query,product_id,impressions,clicks,adds,purchases\na,P1,40,4,1,1\nb,P1,5,1,0,0\n",
-        ),
-    ] {
-        std::fs::create_dir_all(e.join(format!("dt={day}"))).unwrap();
-        write(&e.join(format!("dt={day}")), "part-0.csv", text);
-    }
+    write_daily_folders(dir.path());
     write(dir.path(), "n.csv", NEIGHBOURS);
     let config = write(
         dir.path(),
@@ -958,20 +945,7 @@ fn synth_files_are_identical_for_a_seed() {
 fn every_input_and_execution_key_has_a_flag() {
     // the same daily folders as above, configured by flags alone
     let dir = tempfile::tempdir().unwrap();
-    let e = dir.path().join("engagement");
-    for (day, text) in [
-        (
-            "2026-01-01",
-            "query,product_id,impressions,clicks,adds,purchases\na,P1,60,6,1,0\n",
-        ),
-        (
-            "2026-01-02",
-            "query,product_id,impressions,clicks,adds,purchases\na,P1,40,4,1,1\nb,P1,5,1,0,0\n",
-        ),
-    ] {
-        std::fs::create_dir_all(e.join(format!("dt={day}"))).unwrap();
-        write(&e.join(format!("dt={day}")), "part-0.csv", text);
-    }
+    let e = write_daily_folders(dir.path());
     let n = write(dir.path(), "n.txt", NEIGHBOURS);
     let out = dir.path().join("f.csv");
     let result = run_job(
@@ -997,4 +971,24 @@ fn every_input_and_execution_key_has_a_flag() {
         .find(|r| r.query == "a" && r.product_id == "P1")
         .unwrap();
     assert_eq!(a.impressions, 100);
+}
+
+/// Two daily engagement folders (`dt=2026-01-01/`, `dt=2026-01-02/`) under `dir/engagement`;
+/// (a, P1) appears on both days.
+fn write_daily_folders(dir: &Path) -> std::path::PathBuf {
+    let e = dir.join("engagement");
+    for (day, text) in [
+        (
+            "2026-01-01",
+            "query,product_id,impressions,clicks,adds,purchases\na,P1,60,6,1,0\n",
+        ),
+        (
+            "2026-01-02",
+            "query,product_id,impressions,clicks,adds,purchases\na,P1,40,4,1,1\nb,P1,5,1,0,0\n",
+        ),
+    ] {
+        std::fs::create_dir_all(e.join(format!("dt={day}"))).unwrap();
+        write(&e.join(format!("dt={day}")), "part-0.csv", text);
+    }
+    e
 }

@@ -1,0 +1,15 @@
+//! Shared by the bench binaries.
+
+/// The value of `--name N` on the command line, or `default`. Cargo's own `--bench` flag and
+/// anything unknown are ignored.
+pub fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} takes a number"))
+        })
+        .unwrap_or(default)
+}
