@@ -130,6 +130,16 @@ pub enum InputFormat {
     Json,
 }
 
+impl fmt::Display for InputFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            InputFormat::Parquet => "parquet",
+            InputFormat::Csv => "csv",
+            InputFormat::Json => "json",
+        })
+    }
+}
+
 /// How the job runs on this machine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -19,6 +19,10 @@ pub enum Error {
     #[error("{0}")]
     BadInput(Box<BadInput>),
 
+    /// `validate` found failing checks (already reported on stdout).
+    #[error("{0} check(s) failed")]
+    ChecksFailed(usize),
+
     /// The run was interrupted (Ctrl-C / SIGTERM) and cleaned up after itself.
     #[error("interrupted; nothing was written to the destination")]
     Interrupted,
@@ -43,7 +47,7 @@ impl Error {
     /// Exit code for the binary: 2 for anything the user can fix in their input or config.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config(_) | Error::BadInput(_) => 2,
+            Error::Config(_) | Error::BadInput(_) | Error::ChecksFailed(_) => 2,
             Error::Interrupted => 130,
             _ => 1,
         }

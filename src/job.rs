@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use datafusion::logical_expr::{SortExpr, col};
-use datafusion::prelude::{DataFrame, ident, lit};
+use datafusion::prelude::{ident, lit};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::JobConfig;
@@ -156,48 +156,44 @@ pub async fn run(config: &JobConfig, cancel: &CancellationToken) -> Result<JobSu
     progress.set_message("computing neighbour sets");
     tracing::info!("computing neighbour sets");
     let ns_start = Instant::now();
-    let slices = pipeline::slices(&ctx, &inputs, &config.execution)?;
-    let mut features: Option<DataFrame> = None;
-    for slice in &slices {
-        let timings = cancellable(
-            cancel,
-            pipeline::register_stages(
-                &slice.ctx,
-                &config.features,
-                &[pipeline::neighbour_sets::STAGE.name],
-            ),
-        )
-        .await?;
-        summary.neighbour_set_rows += timings
-            .materialized
-            .iter()
-            .map(|(_, rows, _)| rows)
-            .sum::<u64>();
-        summary.queries_with_prior += slice
-            .ctx
+    let timings = cancellable(
+        cancel,
+        pipeline::register_job_views(
+            &ctx,
+            &inputs,
+            &config.execution,
+            &config.features,
+            &[pipeline::neighbour_sets::STAGE.name],
+        ),
+    )
+    .await?;
+    summary.neighbour_set_rows = timings
+        .materialized
+        .iter()
+        .map(|(_, rows, _)| rows)
+        .sum::<u64>();
+    summary.queries_with_prior = cancellable(cancel, async {
+        Ok(ctx
             .table(pipeline::neighbour_sets::STAGE.name)
             .await?
             .filter(col("rank").eq(lit(1i64)))?
             .count()
-            .await? as u64;
-        let slice_features =
-            slice.with_partition_columns(slice.ctx.table(pipeline::blend::STAGE.name).await?)?;
-        features = Some(match features {
-            None => slice_features,
-            Some(all) => all.union(slice_features)?,
-        });
-    }
+            .await? as u64)
+    })
+    .await?;
     summary.neighbour_sets_time = ns_start.elapsed();
-    let mut features = features.expect("at least one slice");
+    let mut features = ctx.table(pipeline::blend::STAGE.name).await?;
 
     progress.set_message("computing prior and features, writing");
     tracing::info!("computing prior and features, writing {output}");
     let features_start = Instant::now();
     if config.execution.sort_output {
-        let mut order: Vec<SortExpr> = slices[0]
-            .partition
+        let mut order: Vec<SortExpr> = inputs
+            .engagement
+            .partitions
+            .columns
             .iter()
-            .map(|(k, _)| ident(k.as_str()).sort(true, false))
+            .map(|k| ident(k.as_str()).sort(true, false))
             .collect();
         order.extend([
             col("query").sort(true, false),

@@ -5,6 +5,7 @@
 //! [`pipeline::prior`] -> [`pipeline::blend`] (alpha, F) -> [`sink`].
 //! [`session`] is the one place a DataFusion session is prepared; [`formula`] holds the paper's
 //! formulas once; [`reference`] is a plain in-memory oracle used by the property tests.
+//! [`validate`] reports the job's input checks; [`shell`] is the SQL shell over the job's views.
 
 pub mod cli;
 pub mod config;
@@ -19,5 +20,6 @@ pub mod sink;
 pub mod storage;
 pub mod synth;
 pub mod udf;
+pub mod validate;
 
 pub use error::{Error, Result};

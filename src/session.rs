@@ -15,7 +15,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use crate::config::{ExecutionConfig, JobConfig};
 use crate::error::Result;
 use crate::pipeline::inputs::{self, Inputs};
-use crate::udf;
+use crate::{storage, udf};
 
 /// Registers every UDF of the project on a function registry (a session state, or the registry a
 /// Ballista executor decodes plans with).
@@ -35,10 +35,12 @@ pub fn session_config(execution: &ExecutionConfig) -> SessionConfig {
     config
 }
 
-/// The runtime: a spill-capable memory pool when a limit is set, and an OS temp folder for spills.
+/// The runtime: a spill-capable memory pool when a limit is set, an OS temp folder for spills, and
+/// object stores resolved from each provider's environment on first use.
 pub fn runtime_env(execution: &ExecutionConfig) -> Result<Arc<RuntimeEnv>> {
     // The default disk manager spills to the OS temp folder.
-    let mut builder = RuntimeEnvBuilder::new();
+    let mut builder = RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(storage::EnvStoreRegistry::default()));
     if let Some(limit) = execution.memory_limit {
         builder = builder.with_memory_pool(Arc::new(FairSpillPool::new(limit.as_u64() as usize)));
     }

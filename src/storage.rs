@@ -8,7 +8,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use datafusion::datasource::listing::ListingTableUrl;
-use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::error::{DataFusionError, Result as DataFusionResult};
+use datafusion::execution::object_store::{
+    DefaultObjectStoreRegistry, ObjectStoreRegistry, ObjectStoreUrl,
+};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
@@ -38,8 +41,46 @@ pub fn table_url(uri: &str) -> Result<ListingTableUrl> {
     parsed.map_err(|e| Error::config(format!("'{uri}' is not a valid path or URL: {e}")))
 }
 
+/// The sessions' object-store registry: local files as DataFusion serves them, and an `s3://`,
+/// `gs://` or `az://` bucket built from its provider's environment the first time a URL in it is
+/// used, whoever uses it (input listing, the sink, `COPY ... TO` or a table URL in the SQL shell).
+#[derive(Debug, Default)]
+pub struct EnvStoreRegistry {
+    inner: DefaultObjectStoreRegistry,
+}
+
+impl ObjectStoreRegistry for EnvStoreRegistry {
+    fn register_store(
+        &self,
+        url: &Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        self.inner.register_store(url, store)
+    }
+
+    fn deregister_store(&self, url: &Url) -> DataFusionResult<Arc<dyn ObjectStore>> {
+        self.inner.deregister_store(url)
+    }
+
+    fn get_store(&self, url: &Url) -> DataFusionResult<Arc<dyn ObjectStore>> {
+        if let Ok(store) = self.inner.get_store(url) {
+            return Ok(store);
+        }
+        match build_store(url) {
+            Ok(Some(store)) => {
+                // two threads may race here; both build an equivalent store and the last one stays
+                self.inner.register_store(url, Arc::clone(&store));
+                Ok(store)
+            }
+            Ok(None) => self.inner.get_store(url),
+            Err(e) => Err(DataFusionError::Configuration(e.to_string())),
+        }
+    }
+}
+
 /// Makes the object store that serves `url` known to the runtime (a no-op for local files, which
-/// DataFusion serves by default). Idempotent: the same bucket registered twice is one store.
+/// DataFusion serves by default), so that a bad URL or missing credentials fail here with a clear
+/// message rather than in the middle of a plan. Idempotent.
 pub fn register_store(runtime: &RuntimeEnv, url: &Url) -> Result<()> {
     if let Some(store) = build_store(url)? {
         let base = ObjectStoreUrl::parse(&url[..url::Position::BeforePath])?;
@@ -158,6 +199,20 @@ mod tests {
         let runtime = RuntimeEnv::default();
         let err = register_store(&runtime, &url).unwrap_err();
         assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn the_registry_builds_cloud_stores_on_first_use() {
+        let registry = EnvStoreRegistry::default();
+        let local = Url::parse("file:///tmp/x").unwrap();
+        assert!(registry.get_store(&local).is_ok());
+        let s3 = Url::parse("s3://some-bucket/a/b.parquet").unwrap();
+        let first = registry.get_store(&s3).unwrap();
+        let again = registry.get_store(&s3).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "one store per bucket");
+        let ftp = Url::parse("ftp://host/x").unwrap();
+        let err = registry.get_store(&ftp).unwrap_err().to_string();
+        assert!(err.contains("unsupported URL scheme"), "{err}");
     }
 
     #[test]

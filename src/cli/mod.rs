@@ -3,6 +3,7 @@
 
 pub mod run;
 pub mod synth;
+pub mod validate;
 
 use std::path::PathBuf;
 
@@ -34,6 +35,8 @@ pub struct Cli {
 pub enum Command {
     /// Compute the feature table from engagement and neighbour lists.
     Run(Box<run::RunArgs>),
+    /// Check the inputs (PASS/WARN/FAIL per check) without computing features.
+    Validate(validate::ValidateArgs),
     /// Generate a synthetic marketplace (engagement + neighbour lists) for trials and benchmarks.
     Synth(synth::SynthArgs),
 }
@@ -43,6 +46,7 @@ impl Cli {
         match self.command {
             Command::Run(args) => run::run(*args).await,
             Command::Synth(args) => synth::run(args).await,
+            Command::Validate(args) => validate::run(args).await,
         }
     }
 }
@@ -60,12 +64,6 @@ pub struct JobArgs {
     /// Neighbour lists input: file, folder, glob or URL.
     #[arg(long, env = "Q2Q_NEIGHBOURS", value_name = "URI")]
     pub neighbours: Option<String>,
-    /// Output file (path or URL), written atomically.
-    #[arg(long, short = 'o', env = "Q2Q_OUTPUT", value_name = "URI")]
-    pub output: Option<String>,
-    /// Output format [config: format; default parquet].
-    #[arg(long, value_enum)]
-    pub format: Option<OutputFormat>,
     /// k: neighbours kept per query [config: features.top_k; default 3].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub top_k: Option<u32>,
@@ -125,9 +123,25 @@ pub struct JobArgs {
     pub neighbours_normalize: Option<bool>,
 }
 
+/// Where `run` writes the feature table (commands that only read the inputs do not take these).
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// Output file (path or URL), written atomically.
+    #[arg(long, short = 'o', env = "Q2Q_OUTPUT", value_name = "URI")]
+    pub output: Option<String>,
+    /// Output format [config: format; default parquet].
+    #[arg(long, value_enum)]
+    pub format: Option<OutputFormat>,
+}
+
 impl JobArgs {
     /// Builds the job config: the file (if any), then every flag given on top.
     pub fn load(&self) -> Result<JobConfig> {
+        self.load_with(None)
+    }
+
+    /// Like [`JobArgs::load`], with the output flags of commands that write the feature table.
+    pub fn load_with(&self, output: Option<&OutputArgs>) -> Result<JobConfig> {
         let mut config = match &self.config {
             Some(path) => JobConfig::from_toml_file(path)?,
             None => JobConfig::default(),
@@ -167,11 +181,13 @@ impl JobArgs {
                 ));
             }
         }
-        if let Some(output) = &self.output {
-            config.output = Some(output.clone());
-        }
-        if let Some(format) = self.format {
-            config.format = Some(format);
+        if let Some(flags) = output {
+            if let Some(output) = &flags.output {
+                config.output = Some(output.clone());
+            }
+            if let Some(format) = flags.format {
+                config.format = Some(format);
+            }
         }
         let f = &mut config.features;
         set(&mut f.top_k, self.top_k);

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use super::JobArgs;
+use super::{JobArgs, OutputArgs};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
@@ -19,10 +19,12 @@ use crate::job;
 pub struct RunArgs {
     #[command(flatten)]
     pub job: JobArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
-    let config = args.job.load()?;
+    let config = args.job.load_with(Some(&args.output))?;
     let cancel = CancellationToken::new();
     let listener = tokio::spawn({
         let cancel = cancel.clone();

@@ -100,11 +100,43 @@ pub struct InputReport {
 /// views on `ctx`. Reads file metadata only.
 pub async fn register(ctx: &SessionContext, config: &JobConfig) -> Result<Inputs> {
     let (engagement_spec, neighbours_spec, _) = config.job_paths()?;
-    let engagement = type_engagement(
-        open(ctx, ENGAGEMENT, engagement_spec).await?,
-        &config.features,
-    )?;
-    let neighbours = type_neighbours(open(ctx, NEIGHBOURS, neighbours_spec).await?)?;
+    let engagement = open_engagement(ctx, engagement_spec, &config.features).await?;
+    let neighbours = open_neighbours(ctx, neighbours_spec).await?;
+    check_compatible(&engagement, &neighbours)?;
+    let inputs = Inputs {
+        engagement,
+        neighbours,
+    };
+    inputs.register_views(ctx)?;
+    Ok(inputs)
+}
+
+impl Inputs {
+    /// Registers the typed views under their names (`engagement`, `neighbours`).
+    pub fn register_views(&self, ctx: &SessionContext) -> Result<()> {
+        for input in [&self.engagement, &self.neighbours] {
+            ctx.register_table(input.role, input.typed.clone().into_view())?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens the engagement input and checks its schema (file metadata only).
+pub async fn open_engagement(
+    ctx: &SessionContext,
+    spec: &InputSpec,
+    params: &FeatureParams,
+) -> Result<Input> {
+    type_engagement(open(ctx, ENGAGEMENT, spec).await?, params)
+}
+
+/// Opens the neighbours input and checks its schema (file metadata only).
+pub async fn open_neighbours(ctx: &SessionContext, spec: &InputSpec) -> Result<Input> {
+    type_neighbours(open(ctx, NEIGHBOURS, spec).await?)
+}
+
+/// What must hold between the two inputs for the job to join them.
+pub fn check_compatible(engagement: &Input, neighbours: &Input) -> Result<()> {
     // Neighbour lists split by a column the engagement is not split by (e.g. market) would be
     // mixed together; refuse rather than guess.
     if let Some(extra) = neighbours
@@ -126,65 +158,76 @@ pub async fn register(ctx: &SessionContext, config: &JobConfig) -> Result<Inputs
         .into());
     }
     // Both sides of the neighbour join must be keyed the same way.
-    if engagement.normalize && lang_column(&engagement) != lang_column(&neighbours) {
+    if engagement.normalize && lang_column(engagement) != lang_column(neighbours) {
         let describe = |c: Option<&str>| c.map_or("none".to_string(), |c| format!("'{c}'"));
         return Err(BadInput::new(
             NEIGHBOURS,
             &neighbours.uri,
             format!(
                 "normalized keys would differ from engagement's: engagement takes the language from column {}, neighbours from {}",
-                describe(lang_column(&engagement)),
-                describe(lang_column(&neighbours))
+                describe(lang_column(engagement)),
+                describe(lang_column(neighbours))
             ),
         )
-        .column(lang_column(&engagement).or(lang_column(&neighbours)).unwrap_or("lang"))
+        .column(lang_column(engagement).or(lang_column(neighbours)).unwrap_or("lang"))
         .expected(format!("the same language column ({}) in both inputs, or in neither", LANG_COLUMNS.join(", ")))
         .into());
     }
-    ctx.register_table(ENGAGEMENT, engagement.typed.clone().into_view())?;
-    ctx.register_table(NEIGHBOURS, neighbours.typed.clone().into_view())?;
-    Ok(Inputs {
-        engagement,
-        neighbours,
-    })
+    Ok(())
 }
 
 /// Scans both inputs once each for every row check (plus one aggregation for duplicate keys when
 /// duplicates are an error). The first FAIL becomes a [`BadInput`] naming the input, column and an
-/// example row; WARNs are returned.
+/// example row; WARNs are returned. `validate` reports the same checks without stopping.
 pub async fn check(inputs: &Inputs, params: &FeatureParams) -> Result<InputReport> {
     let mut report = InputReport::default();
     for input in [&inputs.engagement, &inputs.neighbours] {
-        let (rows, results) = checks::evaluate(&input.raw, &input.checks)
-            .await
-            .map_err(|e| unreadable_rows(input, e))?;
-        if rows == 0 {
-            return Err(
-                BadInput::new(input.role, &input.uri, "the input has no rows")
-                    .expected("at least one row")
-                    .into(),
-            );
+        let scan = scan_checks(input).await?;
+        if scan.rows == 0 {
+            return Err(no_rows(input).into());
         }
-        for result in results.into_iter().filter(|r| r.violations > 0) {
+        for result in scan.results.into_iter().filter(|r| r.violations > 0) {
             match result.check.severity {
                 Severity::Fail => return Err(result.to_bad_input(input.role, &input.uri).into()),
                 Severity::Warn => report.warnings.push((input.role.to_string(), result)),
             }
         }
         if input.role == ENGAGEMENT {
-            report.engagement_rows = rows;
+            report.engagement_rows = scan.rows;
         } else {
-            report.neighbour_rows = rows;
+            report.neighbour_rows = scan.rows;
         }
     }
-    report.engagement_pairs = duplicate_check(&inputs.engagement, params.on_duplicate)
-        .await
-        .map_err(|e| unreadable_rows(&inputs.engagement, e))?;
+    let duplicates = duplicate_keys(&inputs.engagement).await?;
+    if duplicates.duplicated > 0 && params.on_duplicate == DuplicatePolicy::Error {
+        return Err(duplicates.to_bad_input(&inputs.engagement).into());
+    }
+    report.engagement_pairs = duplicates.keys;
     if inputs.engagement.normalize {
         // variants merged: history has one row per normalized key, not per raw key
         report.engagement_pairs = inputs.engagement.typed.clone().count().await? as u64;
     }
     Ok(report)
+}
+
+/// The row checks of one input, counted in one scan.
+#[derive(Debug, Clone)]
+pub struct CheckScan {
+    pub rows: u64,
+    pub results: Vec<CheckResult>,
+}
+
+/// Runs an input's row checks ([`Input::checks`]) in one scan.
+pub async fn scan_checks(input: &Input) -> Result<CheckScan> {
+    let (rows, results) = checks::evaluate(&input.raw, &input.checks)
+        .await
+        .map_err(|e| unreadable_rows(input, e))?;
+    Ok(CheckScan { rows, results })
+}
+
+/// The error for an input without rows.
+pub fn no_rows(input: &Input) -> BadInput {
+    BadInput::new(input.role, &input.uri, "the input has no rows").expected("at least one row")
 }
 
 /// Scanning is where unparseable rows, ragged CSV lines, corrupt Parquet or unreachable objects
@@ -215,15 +258,50 @@ fn unreadable_rows(input: &Input, e: Error) -> Error {
     }
 }
 
-/// Counts distinct (partition, query, product_id) keys; with [`DuplicatePolicy::Error`] a repeated
-/// key fails, naming it.
-async fn duplicate_check(input: &Input, policy: DuplicatePolicy) -> Result<u64> {
+/// Repeated keys of an input: (partition, query, product_id) for engagement, (partition, query,
+/// neighbour) for neighbours.
+#[derive(Debug, Clone, Default)]
+pub struct DuplicateKeys {
+    /// The key columns, e.g. `query, product_id`.
+    pub columns: String,
+    /// Distinct keys.
+    pub keys: u64,
+    /// Keys with more than one row.
+    pub duplicated: u64,
+    /// The first duplicated key (by key order) with its row count `n`.
+    pub example: Option<String>,
+}
+
+impl DuplicateKeys {
+    /// The job's error for duplicated engagement keys under `on_duplicate = "error"`.
+    pub fn to_bad_input(&self, input: &Input) -> BadInput {
+        let mut bad = BadInput::new(
+            input.role,
+            &input.uri,
+            format!("{} ({}) key(s) have more than one row", self.duplicated, self.columns),
+        )
+        .column(self.columns.clone())
+        .expected("one row per (query, product_id); set features.on_duplicate = \"sum\" (--on-duplicate sum) to add them up");
+        if let Some(example) = &self.example {
+            bad = bad.example(example.clone());
+        }
+        bad
+    }
+}
+
+/// Counts distinct keys of an input (see [`DuplicateKeys`]) and finds an example of a repeated one.
+pub async fn duplicate_keys(input: &Input) -> Result<DuplicateKeys> {
+    let second = if input.role == ENGAGEMENT {
+        "product_id"
+    } else {
+        "neighbour"
+    };
     let key: Vec<Expr> = input
         .partitions
         .columns
         .iter()
         .map(|c| ident(c.as_str()))
-        .chain([col("query"), col("product_id")])
+        .chain([col("query"), col(second)])
         .collect();
     let keys = input
         .raw
@@ -243,32 +321,29 @@ async fn duplicate_check(input: &Input, policy: DuplicatePolicy) -> Result<u64> 
             ],
         )?
         .collect()
-        .await?;
-    let pairs = scalar_u64(&summary, 0);
-    let duplicated = scalar_u64(&summary, 1);
-    if duplicated > 0 && policy == DuplicatePolicy::Error {
+        .await
+        .map_err(|e| unreadable_rows(input, e.into()))?;
+    let mut found = DuplicateKeys {
+        columns: format!("query, {second}"),
+        keys: scalar_u64(&summary, 0),
+        duplicated: scalar_u64(&summary, 1),
+        example: None,
+    };
+    if found.duplicated > 0 {
         let example = keys
             .filter(col("n").gt(lit(1i64)))?
             .sort(vec![
                 col("query").sort(true, true),
-                col("product_id").sort(true, true),
+                col(second).sort(true, true),
             ])?
             .limit(0, Some(1))?
             .collect()
             .await?;
-        let mut bad = BadInput::new(
-            input.role,
-            &input.uri,
-            format!("{duplicated} (query, product_id) key(s) have more than one row"),
-        )
-        .column("query, product_id")
-        .expected("one row per (query, product_id); set features.on_duplicate = \"sum\" (--on-duplicate sum) to add them up");
         if let Some(batch) = example.iter().find(|b| b.num_rows() > 0) {
-            bad = bad.example(checks::render_row(batch, 0)?);
+            found.example = Some(checks::render_row(batch, 0)?);
         }
-        return Err(bad.into());
     }
-    Ok(pairs)
+    Ok(found)
 }
 
 fn scalar_u64(batches: &[datafusion::arrow::array::RecordBatch], column: usize) -> u64 {

@@ -92,6 +92,43 @@ pub async fn register_stages(
     Ok(timings)
 }
 
+/// Registers every stage as a view on `ctx` (which has the inputs registered) for the whole job,
+/// as `run` computes it: directly when the engagement input is not partitioned; otherwise each
+/// slice ([`slices`]) gets its own stages and the view on `ctx` is their union, with the
+/// partition columns appended. Nothing is computed except the stages named in `materialize`.
+pub async fn register_job_views(
+    ctx: &SessionContext,
+    inputs: &Inputs,
+    execution: &ExecutionConfig,
+    params: &FeatureParams,
+    materialize: &[&str],
+) -> Result<StageTimings> {
+    let slices = slices(ctx, inputs, execution)?;
+    if let [only] = slices.as_slice()
+        && only.partition.is_empty()
+    {
+        return register_stages(ctx, params, materialize).await;
+    }
+    let mut timings = StageTimings::default();
+    for slice in &slices {
+        let slice_timings = register_stages(&slice.ctx, params, materialize).await?;
+        timings.materialized.extend(slice_timings.materialized);
+    }
+    for stage in &STAGES {
+        let mut union: Option<DataFrame> = None;
+        for slice in &slices {
+            let part = slice.with_partition_columns(slice.ctx.table(stage.name).await?)?;
+            union = Some(match union {
+                None => part,
+                Some(all) => all.union(part)?,
+            });
+        }
+        let union = union.expect("a partitioned input has at least one partition");
+        ctx.register_table(stage.name, union.into_view())?;
+    }
+    Ok(timings)
+}
+
 /// One independent part of the job: a session whose `engagement` and `neighbours` views hold one
 /// combination of the engagement input's partition values (`partition`), or everything when the
 /// input is not partitioned. The stages run in it unchanged; their SQL never sees partitions.
