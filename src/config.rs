@@ -110,6 +110,8 @@ pub enum OutputFormat {
     Parquet,
     /// CSV with a header row.
     Csv,
+    /// Newline-delimited JSON, one object per row (`.json`, `.ndjson`, `.jsonl`).
+    Json,
 }
 
 impl fmt::Display for OutputFormat {
@@ -117,6 +119,7 @@ impl fmt::Display for OutputFormat {
         f.write_str(match self {
             OutputFormat::Parquet => "parquet",
             OutputFormat::Csv => "csv",
+            OutputFormat::Json => "json",
         })
     }
 }
@@ -315,6 +318,11 @@ impl JobConfig {
                 Some(OutputFormat::Parquet)
             } else if lower.ends_with(".csv") {
                 Some(OutputFormat::Csv)
+            } else if [".json", ".ndjson", ".jsonl"]
+                .iter()
+                .any(|e| lower.ends_with(e))
+            {
+                Some(OutputFormat::Json)
             } else {
                 None
             }
@@ -329,14 +337,20 @@ impl JobConfig {
         }
     }
 
-    /// Validates and returns the inputs and output a feature job needs.
-    pub fn job_paths(&self) -> Result<(&InputSpec, &InputSpec, &str)> {
+    /// The two inputs, or an error naming the one that is not configured.
+    pub fn input_specs(&self) -> Result<(&InputSpec, &InputSpec)> {
         let engagement = self.engagement.as_ref().ok_or_else(|| {
             Error::config("no engagement input: set `engagement` or --engagement")
         })?;
         let neighbours = self.neighbours.as_ref().ok_or_else(|| {
             Error::config("no neighbours input: set `neighbours` or --neighbours")
         })?;
+        Ok((engagement, neighbours))
+    }
+
+    /// Validates and returns the inputs and output a feature job needs.
+    pub fn job_paths(&self) -> Result<(&InputSpec, &InputSpec, &str)> {
+        let (engagement, neighbours) = self.input_specs()?;
         let output = self
             .output
             .as_deref()

@@ -19,6 +19,10 @@ pub enum Error {
     #[error("{0}")]
     BadInput(Box<BadInput>),
 
+    /// A SQL statement or shell command the user can fix (syntax, unknown table, types).
+    #[error("{0}")]
+    Statement(String),
+
     /// `validate` found failing checks (already reported on stdout).
     #[error("{0} check(s) failed")]
     ChecksFailed(usize),
@@ -47,7 +51,7 @@ impl Error {
     /// Exit code for the binary: 2 for anything the user can fix in their input or config.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config(_) | Error::BadInput(_) | Error::ChecksFailed(_) => 2,
+            Error::Config(_) | Error::BadInput(_) | Error::Statement(_) | Error::ChecksFailed(_) => 2,
             Error::Interrupted => 130,
             _ => 1,
         }
@@ -56,6 +60,14 @@ impl Error {
     /// The engine hit its memory limit (as opposed to a bug or bad input).
     pub fn is_resources_exhausted(&self) -> bool {
         matches!(self, Error::DataFusion(e) if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)))
+    }
+
+    /// Advice printed under the error, if there is any.
+    pub fn hint(&self) -> Option<&'static str> {
+        self.is_resources_exhausted().then_some(
+            "the query engine ran out of its memory budget; raise --memory-limit \
+             (execution.memory_limit) or lower --target-partitions",
+        )
     }
 
     pub fn config(message: impl Into<String>) -> Self {

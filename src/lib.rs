@@ -16,6 +16,7 @@ pub mod normalize;
 pub mod pipeline;
 pub mod reference;
 pub mod session;
+pub mod shell;
 pub mod sink;
 pub mod storage;
 pub mod synth;

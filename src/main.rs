@@ -26,11 +26,8 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            if e.is_resources_exhausted() {
-                eprintln!(
-                    "hint: the query engine ran out of its memory budget; raise --memory-limit \
-                     (execution.memory_limit) or lower --target-partitions"
-                );
+            if let Some(hint) = e.hint() {
+                eprintln!("hint: {hint}");
             }
             ExitCode::from(e.exit_code() as u8)
         }

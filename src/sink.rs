@@ -1,4 +1,4 @@
-//! The last stage, sink: streams a DataFrame into one Parquet or CSV object, atomically.
+//! The last stage, sink: streams a DataFrame into one Parquet, CSV or NDJSON object, atomically.
 //!
 //! Batches are written to a staging object beside the destination (`_q2q_staging.*.partial`, which
 //! table readers skip) and only a complete file is renamed onto the destination. On the local
@@ -127,7 +127,7 @@ async fn write_to(
             }
             writer.close().await?;
         }
-        OutputFormat::Csv => {
+        OutputFormat::Csv | OutputFormat::Json => {
             let mut upload = upload;
             let mut header = true;
             loop {
@@ -141,10 +141,14 @@ async fn write_to(
                 };
                 on_batch(&batch);
                 stats.rows += batch.num_rows() as u64;
-                upload.write_all(&csv_bytes(&batch, header)?).await?;
+                let bytes = match format {
+                    OutputFormat::Json => ndjson_bytes(&batch)?,
+                    _ => csv_bytes(&batch, header)?,
+                };
+                upload.write_all(&bytes).await?;
                 header = false;
             }
-            if header {
+            if header && format == OutputFormat::Csv {
                 // No rows: still a valid CSV with its header.
                 upload
                     .write_all(&csv_bytes(&RecordBatch::new_empty(schema), true)?)
@@ -163,6 +167,18 @@ fn csv_bytes(batch: &RecordBatch, header: bool) -> Result<Vec<u8>> {
         .with_header(header)
         .build(&mut buffer)
         .write(batch)?;
+    Ok(buffer)
+}
+
+/// One JSON object per row and line; NULLs are written as `null` rather than left out.
+pub fn ndjson_bytes(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let mut buffer = Vec::with_capacity(batch.get_array_memory_size());
+    let mut writer = datafusion::arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, datafusion::arrow::json::writer::LineDelimited>(&mut buffer);
+    writer.write(batch)?;
+    writer.finish()?;
+    drop(writer);
     Ok(buffer)
 }
 

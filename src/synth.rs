@@ -287,6 +287,7 @@ struct TableWriter {
 enum FileWriter {
     Parquet(datafusion::parquet::arrow::ArrowWriter<File>),
     Csv(datafusion::arrow::csv::Writer<File>),
+    Json(datafusion::arrow::json::LineDelimitedWriter<File>),
 }
 
 impl TableWriter {
@@ -305,6 +306,9 @@ impl TableWriter {
                     .with_header(true)
                     .build(file),
             ),
+            OutputFormat::Json => {
+                FileWriter::Json(datafusion::arrow::json::LineDelimitedWriter::new(file))
+            }
         };
         Ok(TableWriter {
             schema,
@@ -319,6 +323,7 @@ impl TableWriter {
         match &mut self.writer {
             FileWriter::Parquet(w) => w.write(&batch)?,
             FileWriter::Csv(w) => w.write(&batch)?,
+            FileWriter::Json(w) => w.write(&batch)?,
         }
         Ok(())
     }
@@ -329,6 +334,7 @@ impl TableWriter {
                 w.close()?;
             }
             FileWriter::Csv(w) => drop(w.into_inner()),
+            FileWriter::Json(mut w) => w.finish()?,
         }
         Ok(self.rows)
     }
@@ -475,6 +481,7 @@ pub fn generate(spec: &SynthSpec, dir: &Path) -> Result<SynthOutput> {
     let ext = match spec.format {
         OutputFormat::Parquet => "parquet",
         OutputFormat::Csv => "csv",
+        OutputFormat::Json => "ndjson",
     };
 
     let engagement_path = dir.join(format!("engagement.{ext}"));

@@ -168,14 +168,7 @@ impl Default for Options {
 /// Runs every check on the inputs of `config` and returns the report; an `Err` only for
 /// configuration errors and internal failures, never for bad data.
 pub async fn validate(config: &JobConfig, options: Options) -> Result<Report> {
-    let engagement_spec = config
-        .engagement
-        .as_ref()
-        .ok_or_else(|| Error::config("no engagement input: set `engagement` or --engagement"))?;
-    let neighbours_spec = config
-        .neighbours
-        .as_ref()
-        .ok_or_else(|| Error::config("no neighbours input: set `neighbours` or --neighbours"))?;
+    let (engagement_spec, neighbours_spec) = config.input_specs()?;
     let ctx = session::new_context(&config.execution)?;
     let mut report = Report::default();
 

@@ -2,6 +2,7 @@
 //! [`JobArgs`] (a job file plus flags overriding any key) is shared by every command that runs a job.
 
 pub mod run;
+pub mod sql;
 pub mod synth;
 pub mod validate;
 
@@ -35,6 +36,8 @@ pub struct Cli {
 pub enum Command {
     /// Compute the feature table from engagement and neighbour lists.
     Run(Box<run::RunArgs>),
+    /// SQL shell over the inputs, the pipeline's stage views and the UDFs.
+    Sql(Box<sql::SqlArgs>),
     /// Check the inputs (PASS/WARN/FAIL per check) without computing features.
     Validate(validate::ValidateArgs),
     /// Generate a synthetic marketplace (engagement + neighbour lists) for trials and benchmarks.
@@ -47,6 +50,7 @@ impl Cli {
             Command::Run(args) => run::run(*args).await,
             Command::Synth(args) => synth::run(args).await,
             Command::Validate(args) => validate::run(args).await,
+            Command::Sql(args) => sql::run(*args).await,
         }
     }
 }
@@ -56,7 +60,7 @@ impl Cli {
 #[derive(Debug, Clone, Args)]
 pub struct JobArgs {
     /// TOML job file; relative paths inside it are relative to the file.
-    #[arg(long, short = 'c', env = "Q2Q_CONFIG", value_name = "FILE")]
+    #[arg(long, env = "Q2Q_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Engagement input: file, folder, glob or URL (s3://, gs://, az://, file://).
     #[arg(long, env = "Q2Q_ENGAGEMENT", value_name = "URI")]

@@ -99,7 +99,7 @@ pub struct InputReport {
 /// Opens both inputs, checks their schemas and registers the typed `engagement` and `neighbours`
 /// views on `ctx`. Reads file metadata only.
 pub async fn register(ctx: &SessionContext, config: &JobConfig) -> Result<Inputs> {
-    let (engagement_spec, neighbours_spec, _) = config.job_paths()?;
+    let (engagement_spec, neighbours_spec) = config.input_specs()?;
     let engagement = open_engagement(ctx, engagement_spec, &config.features).await?;
     let neighbours = open_neighbours(ctx, neighbours_spec).await?;
     check_compatible(&engagement, &neighbours)?;

@@ -1,0 +1,386 @@
+//! `q2q-prior sql` driven as a user drives it: one-shot (-c, -f) with exact output per format,
+//! a script on piped stdin, and the interactive REPL through a pseudo-terminal.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn tiny_config() -> String {
+    root()
+        .join("fixtures/tiny/job.toml")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `sql --config tiny` with extra arguments.
+fn sql(extra: &[&str]) -> Output {
+    let config = tiny_config();
+    let mut args = vec!["sql", "--config", config.as_str()];
+    args.extend(extra);
+    run(&args)
+}
+
+/// `sql --config tiny` reading `script` from a pipe.
+fn sql_piped(script: &str, extra: &[&str]) -> Output {
+    let config = tiny_config();
+    let mut child = bin()
+        .args(["sql", "--config", config.as_str()])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Two history rows of the hand-worked fixture (H from fixtures/README.md) and a NULL.
+const QUERY: &str = "SELECT query, product_id, h, NULLIF(impressions, 500) AS imp \
+    FROM history WHERE query = 'red shoes' ORDER BY product_id";
+
+#[test]
+fn one_shot_output_in_every_format() {
+    let expected = [
+        (
+            "csv",
+            "query,product_id,h,imp\n\
+             red shoes,P1,0.08992506244796003,12000\n\
+             red shoes,P2,0.14901960784313725,\n",
+        ),
+        (
+            "tsv",
+            "query\tproduct_id\th\timp\n\
+             red shoes\tP1\t0.08992506244796003\t12000\n\
+             red shoes\tP2\t0.14901960784313725\t\n",
+        ),
+        (
+            "json",
+            "[{\"query\":\"red shoes\",\"product_id\":\"P1\",\"h\":0.08992506244796003,\"imp\":12000},\
+             {\"query\":\"red shoes\",\"product_id\":\"P2\",\"h\":0.14901960784313725,\"imp\":null}]\n",
+        ),
+        (
+            "ndjson",
+            "{\"query\":\"red shoes\",\"product_id\":\"P1\",\"h\":0.08992506244796003,\"imp\":12000}\n\
+             {\"query\":\"red shoes\",\"product_id\":\"P2\",\"h\":0.14901960784313725,\"imp\":null}\n",
+        ),
+        (
+            "table",
+            "+-----------+------------+---------------------+-------+\n\
+             | query     | product_id | h                   | imp   |\n\
+             +-----------+------------+---------------------+-------+\n\
+             | red shoes | P1         | 0.08992506244796003 | 12000 |\n\
+             | red shoes | P2         | 0.14901960784313725 |       |\n\
+             +-----------+------------+---------------------+-------+\n",
+        ),
+    ];
+    for (format, want) in expected {
+        let out = sql(&["--format", format, "-c", QUERY]);
+        assert!(out.status.success(), "{format}: {}", stderr(&out));
+        assert_eq!(stdout(&out), want, "format {format}");
+        assert_eq!(stderr(&out), "", "status lines only on a terminal");
+    }
+    // not a terminal: CSV by default
+    assert_eq!(stdout(&sql(&["-c", QUERY])), expected[0].1);
+    // empty results keep their header / shape
+    let none = "SELECT query, h FROM history WHERE false";
+    assert_eq!(stdout(&sql(&["--format", "csv", "-c", none])), "query,h\n");
+    assert_eq!(stdout(&sql(&["--format", "json", "-c", none])), "[]\n");
+    assert_eq!(stdout(&sql(&["--format", "ndjson", "-c", none])), "");
+}
+
+#[test]
+fn maxrows_limits_what_is_printed_and_says_so() {
+    let out = sql(&[
+        "--maxrows",
+        "1",
+        "-c",
+        "SELECT product_id FROM history ORDER BY query, product_id",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "product_id\nP1\n");
+    assert!(stderr(&out).contains("8 row(s), 1 shown"), "{}", stderr(&out));
+    // -q silences it
+    let out = sql(&["-q", "--maxrows", "1", "-c", "SELECT 1 AS a UNION ALL SELECT 2"]);
+    assert_eq!(stderr(&out), "");
+}
+
+#[test]
+fn recomputing_f_from_history_prior_and_the_udfs_matches_the_features_view() {
+    // gamma and beta as fixtures/tiny/job.toml leaves them (defaults 10000 and 1)
+    let recompute = "
+        WITH pairs AS (
+            SELECT COALESCE(h.query, p.query) AS query,
+                   COALESCE(h.product_id, p.product_id) AS product_id,
+                   COALESCE(h.h, 0.0) AS h, COALESCE(p.prior, 0.0) AS prior,
+                   COALESCE(h.impressions, 0) AS impressions
+            FROM history h FULL JOIN prior p
+              ON h.query = p.query AND h.product_id = p.product_id),
+        max_impressions AS (SELECT query, MAX(impressions) AS m FROM history GROUP BY query),
+        recomputed AS (
+            SELECT pairs.query, pairs.product_id,
+                   q2q_blend(pairs.h, pairs.prior,
+                             q2q_alpha(pairs.impressions, COALESCE(mi.m, 0), 10000), 1.0) AS f
+            FROM pairs LEFT JOIN max_impressions mi ON mi.query = pairs.query)
+        SELECT COUNT(*) AS pairs,
+               SUM(CASE WHEN r.f = x.f THEN 1 ELSE 0 END) AS identical,
+               (SELECT COUNT(*) FROM features) AS features
+        FROM recomputed r FULL JOIN features x
+          ON r.query = x.query AND r.product_id = x.product_id";
+    for config in ["fixtures/tiny/job.toml", "fixtures/demo/job.toml"] {
+        let config = root().join(config);
+        let out = run(&["sql", "--config", config.to_str().unwrap(), "-c", recompute]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        let row: Vec<u64> = text.lines().nth(1).unwrap().split(',').map(|v| v.parse().unwrap()).collect();
+        assert!(row[0] > 0, "{text}");
+        assert_eq!(row[0], row[1], "every recomputed f is identical: {text}");
+        assert_eq!(row[0], row[2], "and covers the features view: {text}");
+    }
+    // the features view is what `run` writes
+    let out = sql(&["-c", "SELECT * FROM features ORDER BY query, product_id"]);
+    let dir = tempfile::tempdir().unwrap();
+    let shown = dir.path().join("shown.csv");
+    std::fs::write(&shown, &out.stdout).unwrap();
+    assert_same_features(
+        &read_features(&shown),
+        &read_features(&root().join("fixtures/tiny/expected.csv")),
+    );
+}
+
+#[test]
+fn meta_commands_list_describe_and_show_stage_sql() {
+    let out = sql(&["-c", "\\d"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let names: Vec<String> = stdout(&out)
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').take(2).collect::<Vec<_>>().join(","))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "engagement,input",
+            "features,stage",
+            "history,stage",
+            "neighbour_sets,stage",
+            "neighbours,input",
+            "prior,stage"
+        ]
+    );
+
+    let out = sql(&["-c", "\\d prior"]);
+    assert_eq!(
+        stdout(&out),
+        "column,type,nullable\nquery,Utf8,YES\nproduct_id,Utf8,YES\nprior,Float64,YES\nn_contributing,Int64,NO\n"
+    );
+
+    let out = sql(&["-c", "\\sql features"]);
+    let text = stdout(&out);
+    let file = std::fs::read_to_string(root().join("sql/features.sql")).unwrap();
+    assert!(text.starts_with("-- sql/features.sql, view `features`\n-- parameters: $gamma = 10000, $beta = 1\n"), "{text}");
+    assert!(text.ends_with(&file), "prints the file the job runs");
+
+    // views made in the session are listed too, and help is there
+    let out = sql(&["-c", "CREATE VIEW tail AS SELECT * FROM features WHERE impressions < 20; \\d"]);
+    assert!(stdout(&out).contains("tail,view,created in this session"), "{}", stdout(&out));
+    assert!(stdout(&sql(&["-c", "\\?"])).contains("\\sql NAME"));
+
+    for (bad, message) in [
+        ("\\d nope", "no table or view named 'nope'"),
+        ("\\sql engagement", "'engagement' is an input"),
+        ("\\x", "unknown command"),
+    ] {
+        let out = sql(&["-c", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(stderr(&out).contains(message), "{bad}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn explain_and_explain_analyze() {
+    let out = sql(&["-c", "EXPLAIN SELECT * FROM prior"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("logical_plan"));
+    assert!(stdout(&out).contains("AggregateExec"));
+    let out = sql(&["-c", "EXPLAIN ANALYZE SELECT COUNT(*) FROM features"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("output_rows"), "{}", stdout(&out));
+}
+
+#[test]
+fn one_shot_errors_exit_non_zero_and_stop() {
+    for (statement, message) in [
+        ("SELEC 1", "SQL error"),
+        ("SELECT * FROM nope", "table 'datafusion.public.nope' not found"),
+        ("SELECT q2q_alpha('x', 1, 2, 3)", "q2q_alpha"),
+    ] {
+        let out = sql(&["-c", statement, "-c", "SELECT 'not reached' AS x"]);
+        assert_eq!(out.status.code(), Some(2), "{statement}: {}", stderr(&out));
+        assert!(stderr(&out).contains(message), "{statement}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "", "stops at the first error");
+    }
+    // -f: same rules, and a missing file is named
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("s.sql");
+    std::fs::write(&script, "SELECT 1 AS a;\n-- comment\nSELECT 2 AS b\n").unwrap();
+    let out = sql(&["-f", script.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "a\n1\nb\n2\n");
+    let out = sql(&["-f", "/no/such.sql"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("/no/such.sql"));
+}
+
+#[test]
+fn out_of_memory_is_reported_with_a_hint() {
+    // a hash join's build side (2M rows of 64-byte strings) cannot spill
+    let join = "SELECT COUNT(*) AS n \
+        FROM (SELECT value AS v, repeat('x', 64) AS s FROM generate_series(1, 2000000)) a \
+        JOIN (SELECT value AS v, repeat('y', 64) AS s FROM generate_series(1, 2000000)) b \
+          ON a.v = b.v AND a.s <> b.s";
+    let out = sql(&["--memory-limit", "64MiB", "--target-partitions", "1", "-c", join]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("hint:"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--memory-limit"), "{}", stderr(&out));
+    // in a piped session the next statement still runs
+    let out = sql_piped(
+        &format!("{join};\nSELECT 'still here' AS s;\n"),
+        &["--memory-limit", "64MiB", "--target-partitions", "1"],
+    );
+    assert_eq!(stdout(&out), "s\nstill here\n");
+    assert!(stderr(&out).contains("hint:"), "{}", stderr(&out));
+}
+
+#[test]
+fn output_file_by_extension_written_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let query = "SELECT * FROM features ORDER BY query, product_id";
+    for name in ["f.parquet", "f.csv", "f.json"] {
+        let path = dir.path().join("out").join(name);
+        let out = sql(&["-c", query, "-o", path.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stdout(&out), "", "the result goes to the file");
+        assert!(stderr(&out).contains("wrote 16 row(s)"), "{}", stderr(&out));
+        // read it back through the shell itself
+        let back = run(&[
+            "sql",
+            "-c",
+            &format!("SELECT COUNT(*) AS n, SUM(f) AS f FROM '{}'", path.display()),
+        ]);
+        assert!(back.status.success(), "{name}: {}", stderr(&back));
+        assert!(stdout(&back).starts_with("n,f\n16,"), "{name}: {}", stdout(&back));
+    }
+    let names: Vec<_> = std::fs::read_dir(dir.path().join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 3, "no staging files left: {names:?}");
+    // a failing query leaves nothing
+    let failed = dir.path().join("none/f.parquet");
+    let out = sql(&["-c", "SELECT 1/0 AS x", "-o", failed.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(!failed.parent().unwrap().exists());
+    // COPY TO writes where it says
+    let copied = dir.path().join("copy.parquet");
+    let out = sql(&["-c", &format!("COPY (SELECT * FROM prior) TO '{}'", copied.display())]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(copied.exists());
+}
+
+#[test]
+fn piped_stdin_runs_every_statement_and_reports_failures() {
+    let script = "SELECT 1 AS a;\n\
+                  \\format ndjson\n\
+                  SELECT query\n  FROM neighbour_sets\n  WHERE rank = 1\n  ORDER BY query;\n\
+                  SELECT * FROM missing_table;\n\
+                  CREATE VIEW short AS SELECT query FROM history WHERE impressions < 50;\n\
+                  SELECT COUNT(*) AS n FROM short; \\q\n\
+                  SELECT 'after quit' AS x;\n";
+    let out = sql_piped(script, &[]);
+    assert_eq!(out.status.code(), Some(2), "one statement failed");
+    assert_eq!(
+        stdout(&out),
+        "a\n1\n{\"query\":\"crimson shoes\"}\n{\"query\":\"red shoes\"}\n{\"query\":\"red shoez\"}\n{\"query\":\"ruby shoes\"}\n{\"n\":3}\n"
+    );
+    assert!(
+        stderr(&out).contains("missing_table"),
+        "{}",
+        stderr(&out)
+    );
+    // without failures: exit 0; without a config: the UDFs alone
+    let out = bin()
+        .args(["sql"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(b"SELECT q2q_alpha(5, 10, 10000) AS a, normalize_query('Red Shoes') AS k;")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("a,k\n{},red shoe\n", (0.5f64).tanh()));
+}
+
+#[test]
+fn interactive_repl_in_a_terminal() {
+    use rexpect::session::spawn_command;
+    let dir = tempfile::tempdir().unwrap();
+    let history = dir.path().join("history");
+    let mut cmd = bin();
+    cmd.args(["sql", "--config", &tiny_config()])
+        .env("Q2Q_HISTORY", &history)
+        .env("TERM", "dumb");
+    let mut p = spawn_command(cmd, Some(30_000)).unwrap();
+    p.exp_string("\\? for help").unwrap();
+    p.exp_string("q2q> ").unwrap();
+    // a statement over two lines
+    p.send_line("SELECT 40 + 2").unwrap();
+    p.exp_string("  -> ").unwrap();
+    p.send_line("  AS answer;").unwrap();
+    p.exp_string("| 42 ").unwrap();
+    p.exp_string("1 row(s) in").unwrap();
+    p.exp_string("q2q> ").unwrap();
+    // an error does not end the session
+    p.send_line("SELECT * FROM nope;").unwrap();
+    p.exp_string("not found").unwrap();
+    p.exp_string("q2q> ").unwrap();
+    // Ctrl-C cancels a long query, not the shell
+    p.send_line("SELECT COUNT(*) FROM generate_series(1, 1000000000000);")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    p.send_control('c').unwrap();
+    p.exp_string("cancelled").unwrap();
+    p.exp_string("q2q> ").unwrap();
+    p.send_line("\\d features").unwrap();
+    p.exp_string("n_contributing").unwrap();
+    p.exp_string("q2q> ").unwrap();
+    // Ctrl-D leaves with exit code 0 and saves the history
+    p.send_control('d').unwrap();
+    p.exp_eof().unwrap();
+    match p.process_mut().wait().unwrap() {
+        rexpect::process::WaitStatus::Exited(_, code) => assert_eq!(code, 0),
+        other => panic!("unexpected end: {other:?}"),
+    }
+    let saved = std::fs::read_to_string(&history).unwrap();
+    assert!(saved.contains("SELECT 40 + 2"), "{saved}");
+    assert!(saved.contains("\\d features"), "{saved}");
+}
