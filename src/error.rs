@@ -51,7 +51,10 @@ impl Error {
     /// Exit code for the binary: 2 for anything the user can fix in their input or config.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config(_) | Error::BadInput(_) | Error::Statement(_) | Error::ChecksFailed(_) => 2,
+            Error::Config(_)
+            | Error::BadInput(_)
+            | Error::Statement(_)
+            | Error::ChecksFailed(_) => 2,
             Error::Interrupted => 130,
             _ => 1,
         }

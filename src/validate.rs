@@ -325,9 +325,7 @@ async fn row_checks(report: &mut Report, input: &Input, config: &JobConfig) -> R
     line.column = Some(duplicates.columns.clone());
     line.expected = Some(if input.role == ENGAGEMENT {
         match config.features.on_duplicate {
-            DuplicatePolicy::Error => {
-                "one row per key; features.on_duplicate = \"sum\" adds them up".to_string()
-            }
+            DuplicatePolicy::Error => inputs::DUPLICATES_EXPECTED.to_string(),
             DuplicatePolicy::Sum => {
                 "one row per key (on_duplicate = \"sum\": they are added up)".to_string()
             }

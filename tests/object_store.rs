@@ -200,3 +200,60 @@ fn feature_job_on_s3() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("'engagement'"), "{}", stderr(&out));
 }
+
+#[test]
+fn sql_shell_reads_and_writes_s3() {
+    let moto = start_moto();
+    moto.boto("s3.create_bucket(Bucket='q2q')");
+    let tiny = root().join("fixtures/tiny");
+    moto.put("in/engagement.csv", &tiny.join("engagement.csv"));
+    moto.put("in/neighbours.csv", &tiny.join("neighbours.csv"));
+    let shell = |sql: &str, extra: &[&str]| {
+        moto.q2q()
+            .args([
+                "sql",
+                "--engagement",
+                "s3://q2q/in/engagement.csv",
+                "--neighbours",
+                "s3://q2q/in/neighbours.csv",
+                "--min-score",
+                "0.1",
+                "-c",
+                sql,
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // COPY ... TO an s3:// URL, then read that object back as a table by its URL
+    let out = shell(
+        "COPY (SELECT * FROM features ORDER BY query, product_id) TO 's3://q2q/copy/features.parquet'",
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(moto.keys("copy/"), vec!["copy/features.parquet"]);
+    let out = shell(
+        "SELECT COUNT(*) AS n FROM 's3://q2q/copy/features.parquet'",
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "n\n16\n");
+
+    // -o to s3: atomic, and the same rows as the run's expected table
+    let out = shell(
+        "SELECT * FROM features ORDER BY query, product_id",
+        &["-o", "s3://q2q/out/features.csv"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(moto.keys("out/"), vec!["out/features.csv"]);
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("features.csv");
+    moto.boto(&format!(
+        "s3.download_file('q2q', 'out/features.csv', {:?})",
+        local.to_str().unwrap()
+    ));
+    assert_same_features(
+        &read_features(&local),
+        &read_features(&tiny.join("expected.csv")),
+    );
+}

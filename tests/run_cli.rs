@@ -264,6 +264,60 @@ fn assert_rejected(case: &BadCase<'_>) {
         !out.parent().unwrap().exists(),
         "not even the output folder is created"
     );
+    assert_validate_fails_alike(case, &e, &n);
+}
+
+/// `validate` runs the checks `run` runs: on the same input it exits 2 with FAIL lines that carry
+/// the same check, column, expectation and example.
+fn assert_validate_fails_alike(case: &BadCase<'_>, e: &Path, n: &Path) {
+    let mut args = vec![
+        "validate",
+        "--engagement",
+        e.to_str().unwrap(),
+        "--neighbours",
+        n.to_str().unwrap(),
+    ];
+    args.extend(case.extra);
+    let result = run(&args);
+    let report = String::from_utf8_lossy(&result.stdout).into_owned();
+    assert_eq!(
+        result.status.code(),
+        Some(2),
+        "validate exit code:\n{report}"
+    );
+    if report.is_empty() {
+        // refused before any check, like run, for the same reason (flags about the output
+        // file are not validate's)
+        let err = stderr(&result);
+        if !case.extra.contains(&"--format") {
+            for fragment in case.expect {
+                assert!(
+                    err.contains(fragment),
+                    "validate lacks {fragment:?}:\n{err}"
+                );
+            }
+        }
+        return;
+    }
+    let failed: Vec<&str> = report.lines().filter(|l| l.starts_with("FAIL")).collect();
+    for fragment in case.expect {
+        // the run's error sentence around a fact vs the report's columns
+        let fact = fragment
+            .strip_prefix("example row: ")
+            .unwrap_or(fragment)
+            .trim_matches('\'');
+        let fact = match fact.split_once(" fail check '") {
+            Some((_, id)) => id.trim_end_matches('\''),
+            None => fact,
+        };
+        let fact = fact
+            .strip_suffix(" key(s) have more than one row")
+            .map_or(fact, |n| n.split_once(' ').map_or(n, |(_, rest)| rest));
+        assert!(
+            failed.iter().any(|l| l.contains(fact)),
+            "no FAIL line of validate contains {fact:?}:\n{report}"
+        );
+    }
 }
 
 #[test]

@@ -112,9 +112,19 @@ fn maxrows_limits_what_is_printed_and_says_so() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "product_id\nP1\n");
-    assert!(stderr(&out).contains("8 row(s), 1 shown"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("8 row(s), 1 shown"),
+        "{}",
+        stderr(&out)
+    );
     // -q silences it
-    let out = sql(&["-q", "--maxrows", "1", "-c", "SELECT 1 AS a UNION ALL SELECT 2"]);
+    let out = sql(&[
+        "-q",
+        "--maxrows",
+        "1",
+        "-c",
+        "SELECT 1 AS a UNION ALL SELECT 2",
+    ]);
     assert_eq!(stderr(&out), "");
 }
 
@@ -145,7 +155,13 @@ fn recomputing_f_from_history_prior_and_the_udfs_matches_the_features_view() {
         let out = run(&["sql", "--config", config.to_str().unwrap(), "-c", recompute]);
         assert!(out.status.success(), "{}", stderr(&out));
         let text = stdout(&out);
-        let row: Vec<u64> = text.lines().nth(1).unwrap().split(',').map(|v| v.parse().unwrap()).collect();
+        let row: Vec<u64> = text
+            .lines()
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .map(|v| v.parse().unwrap())
+            .collect();
         assert!(row[0] > 0, "{text}");
         assert_eq!(row[0], row[1], "every recomputed f is identical: {text}");
         assert_eq!(row[0], row[2], "and covers the features view: {text}");
@@ -191,12 +207,24 @@ fn meta_commands_list_describe_and_show_stage_sql() {
     let out = sql(&["-c", "\\sql features"]);
     let text = stdout(&out);
     let file = std::fs::read_to_string(root().join("sql/features.sql")).unwrap();
-    assert!(text.starts_with("-- sql/features.sql, view `features`\n-- parameters: $gamma = 10000, $beta = 1\n"), "{text}");
+    assert!(
+        text.starts_with(
+            "-- sql/features.sql, view `features`\n-- parameters: $gamma = 10000, $beta = 1\n"
+        ),
+        "{text}"
+    );
     assert!(text.ends_with(&file), "prints the file the job runs");
 
     // views made in the session are listed too, and help is there
-    let out = sql(&["-c", "CREATE VIEW tail AS SELECT * FROM features WHERE impressions < 20; \\d"]);
-    assert!(stdout(&out).contains("tail,view,created in this session"), "{}", stdout(&out));
+    let out = sql(&[
+        "-c",
+        "CREATE VIEW tail AS SELECT * FROM features WHERE impressions < 20; \\d",
+    ]);
+    assert!(
+        stdout(&out).contains("tail,view,created in this session"),
+        "{}",
+        stdout(&out)
+    );
     assert!(stdout(&sql(&["-c", "\\?"])).contains("\\sql NAME"));
 
     for (bad, message) in [
@@ -225,12 +253,19 @@ fn explain_and_explain_analyze() {
 fn one_shot_errors_exit_non_zero_and_stop() {
     for (statement, message) in [
         ("SELEC 1", "SQL error"),
-        ("SELECT * FROM nope", "table 'datafusion.public.nope' not found"),
+        (
+            "SELECT * FROM nope",
+            "table 'datafusion.public.nope' not found",
+        ),
         ("SELECT q2q_alpha('x', 1, 2, 3)", "q2q_alpha"),
     ] {
         let out = sql(&["-c", statement, "-c", "SELECT 'not reached' AS x"]);
         assert_eq!(out.status.code(), Some(2), "{statement}: {}", stderr(&out));
-        assert!(stderr(&out).contains(message), "{statement}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(message),
+            "{statement}: {}",
+            stderr(&out)
+        );
         assert_eq!(stdout(&out), "", "stops at the first error");
     }
     // -f: same rules, and a missing file is named
@@ -252,7 +287,14 @@ fn out_of_memory_is_reported_with_a_hint() {
         FROM (SELECT value AS v, repeat('x', 64) AS s FROM generate_series(1, 2000000)) a \
         JOIN (SELECT value AS v, repeat('y', 64) AS s FROM generate_series(1, 2000000)) b \
           ON a.v = b.v AND a.s <> b.s";
-    let out = sql(&["--memory-limit", "64MiB", "--target-partitions", "1", "-c", join]);
+    let out = sql(&[
+        "--memory-limit",
+        "64MiB",
+        "--target-partitions",
+        "1",
+        "-c",
+        join,
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("hint:"), "{}", stderr(&out));
     assert!(stderr(&out).contains("--memory-limit"), "{}", stderr(&out));
@@ -279,10 +321,17 @@ fn output_file_by_extension_written_atomically() {
         let back = run(&[
             "sql",
             "-c",
-            &format!("SELECT COUNT(*) AS n, SUM(f) AS f FROM '{}'", path.display()),
+            &format!(
+                "SELECT COUNT(*) AS n, SUM(f) AS f FROM '{}'",
+                path.display()
+            ),
         ]);
         assert!(back.status.success(), "{name}: {}", stderr(&back));
-        assert!(stdout(&back).starts_with("n,f\n16,"), "{name}: {}", stdout(&back));
+        assert!(
+            stdout(&back).starts_with("n,f\n16,"),
+            "{name}: {}",
+            stdout(&back)
+        );
     }
     let names: Vec<_> = std::fs::read_dir(dir.path().join("out"))
         .unwrap()
@@ -296,7 +345,10 @@ fn output_file_by_extension_written_atomically() {
     assert!(!failed.parent().unwrap().exists());
     // COPY TO writes where it says
     let copied = dir.path().join("copy.parquet");
-    let out = sql(&["-c", &format!("COPY (SELECT * FROM prior) TO '{}'", copied.display())]);
+    let out = sql(&[
+        "-c",
+        &format!("COPY (SELECT * FROM prior) TO '{}'", copied.display()),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(copied.exists());
 }
@@ -316,11 +368,7 @@ fn piped_stdin_runs_every_statement_and_reports_failures() {
         stdout(&out),
         "a\n1\n{\"query\":\"crimson shoes\"}\n{\"query\":\"red shoes\"}\n{\"query\":\"red shoez\"}\n{\"query\":\"ruby shoes\"}\n{\"n\":3}\n"
     );
-    assert!(
-        stderr(&out).contains("missing_table"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("missing_table"), "{}", stderr(&out));
     // without failures: exit 0; without a config: the UDFs alone
     let out = bin()
         .args(["sql"])
@@ -329,10 +377,9 @@ fn piped_stdin_runs_every_statement_and_reports_failures() {
         .stderr(Stdio::piped())
         .spawn()
         .and_then(|mut c| {
-            c.stdin
-                .take()
-                .unwrap()
-                .write_all(b"SELECT q2q_alpha(5, 10, 10000) AS a, normalize_query('Red Shoes') AS k;")?;
+            c.stdin.take().unwrap().write_all(
+                b"SELECT q2q_alpha(5, 10, 10000) AS a, normalize_query('Red Shoes') AS k;",
+            )?;
             c.wait_with_output()
         })
         .unwrap();

@@ -16,14 +16,16 @@ use crate::sink;
 use crate::storage::OutputLocation;
 
 #[derive(Debug, Args)]
-#[command(long_about = "Open a SQL shell over the job's tables: the inputs `engagement` and \
+#[command(
+    long_about = "Open a SQL shell over the job's tables: the inputs `engagement` and \
     `neighbours`, every pipeline stage as a view (`history`, `neighbour_sets`, `prior`, `features`) \
     built from the same sql/ files and parameters as `run`, and the UDFs q2q_alpha, q2q_blend and \
     normalize_query. Nothing is computed until a statement reads it.\n\n\
     Without -c/-f it reads statements from stdin: a REPL on a terminal (history, multi-line \
     statements ending in ';', Ctrl-C cancels the running statement, Ctrl-D exits), a script when \
     piped (every statement runs; the exit code is 2 if any failed). With -c/-f the first error stops \
-    and sets the exit code. \\? lists the meta-commands. Results go to stdout, status lines to stderr.")]
+    and sets the exit code. \\? lists the meta-commands. Results go to stdout, status lines to stderr."
+)]
 pub struct SqlArgs {
     #[command(flatten)]
     pub job: JobArgs,
@@ -68,9 +70,8 @@ pub async fn run(args: SqlArgs) -> Result<()> {
     // read the script before opening the inputs, so a missing file fails first
     let mut items = Vec::new();
     for file in &args.files {
-        let text = std::fs::read_to_string(file).map_err(|e| {
-            Error::config(format!("cannot read SQL file {}: {e}", file.display()))
-        })?;
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| Error::config(format!("cannot read SQL file {}: {e}", file.display())))?;
         items.extend(statements::split(&text));
     }
     for command in &args.commands {
@@ -187,7 +188,11 @@ async fn repl(shell: &mut Shell, status: Status) -> Result<()> {
     let mut splitter = Splitter::default();
     let mut entry = String::new();
     loop {
-        let prompt = if splitter.is_empty() { "q2q> " } else { "  -> " };
+        let prompt = if splitter.is_empty() {
+            "q2q> "
+        } else {
+            "  -> "
+        };
         let line = tokio::task::block_in_place(|| editor.readline(prompt));
         let line = match line {
             Ok(line) => line,

@@ -258,6 +258,9 @@ fn unreadable_rows(input: &Input, e: Error) -> Error {
     }
 }
 
+/// What `on_duplicate = "error"` expects of engagement keys.
+pub const DUPLICATES_EXPECTED: &str = "one row per (query, product_id); set features.on_duplicate = \"sum\" (--on-duplicate sum) to add them up";
+
 /// Repeated keys of an input: (partition, query, product_id) for engagement, (partition, query,
 /// neighbour) for neighbours.
 #[derive(Debug, Clone, Default)]
@@ -278,10 +281,13 @@ impl DuplicateKeys {
         let mut bad = BadInput::new(
             input.role,
             &input.uri,
-            format!("{} ({}) key(s) have more than one row", self.duplicated, self.columns),
+            format!(
+                "{} ({}) key(s) have more than one row",
+                self.duplicated, self.columns
+            ),
         )
         .column(self.columns.clone())
-        .expected("one row per (query, product_id); set features.on_duplicate = \"sum\" (--on-duplicate sum) to add them up");
+        .expected(DUPLICATES_EXPECTED);
         if let Some(example) = &self.example {
             bad = bad.example(example.clone());
         }

@@ -198,7 +198,9 @@ impl Shell {
                 })?;
             }
             ("\\sql" | "\\format" | "\\pset", None) => {
-                return Err(Error::Statement(format!("{command} needs an argument; \\? for help")));
+                return Err(Error::Statement(format!(
+                    "{command} needs an argument; \\? for help"
+                )));
             }
             _ => {
                 return Err(Error::Statement(format!(
@@ -253,7 +255,10 @@ impl Shell {
         let fields = df.schema().fields();
         let batch = string_batch(&[
             ("column", fields.iter().map(|f| f.name().clone()).collect()),
-            ("type", fields.iter().map(|f| f.data_type().to_string()).collect()),
+            (
+                "type",
+                fields.iter().map(|f| f.data_type().to_string()).collect(),
+            ),
             (
                 "nullable",
                 fields

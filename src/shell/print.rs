@@ -68,11 +68,7 @@ pub async fn print_stream(
     match writer {
         Some(writer) => writer.finish(&schema)?,
         None => {
-            writeln!(
-                out,
-                "{}",
-                pretty_format_batches_with_schema(schema, &kept)?
-            )?;
+            writeln!(out, "{}", pretty_format_batches_with_schema(schema, &kept)?)?;
         }
     }
     Ok(printed)
@@ -86,7 +82,12 @@ enum TextWriter<'a> {
         header: bool,
     },
     Json(datafusion::arrow::json::ArrayWriter<&'a mut dyn Write>),
-    Ndjson(datafusion::arrow::json::Writer<&'a mut dyn Write, datafusion::arrow::json::writer::LineDelimited>),
+    Ndjson(
+        datafusion::arrow::json::Writer<
+            &'a mut dyn Write,
+            datafusion::arrow::json::writer::LineDelimited,
+        >,
+    ),
 }
 
 impl<'a> TextWriter<'a> {
@@ -96,7 +97,11 @@ impl<'a> TextWriter<'a> {
             DisplayFormat::Table => return None,
             DisplayFormat::Csv | DisplayFormat::Tsv => TextWriter::Csv {
                 out,
-                delimiter: if format == DisplayFormat::Tsv { b'\t' } else { b',' },
+                delimiter: if format == DisplayFormat::Tsv {
+                    b'\t'
+                } else {
+                    b','
+                },
                 header: true,
             },
             DisplayFormat::Json => TextWriter::Json(json.build(out)),
