@@ -453,13 +453,13 @@ async fn diagnostics(
         Status::Pass
     };
     let mut line = Line::new(status, NEIGHBOURS, "score_distribution").detail(format!(
-        "min {} / median {} / max {} / mean {}; {below} of {total} rows below min_score {}{}",
+        "min {} / median {} / max {} / mean {}; {below} of {total}{} rows below min_score {}",
         float(&batches, 0),
         float(&batches, 1),
         float(&batches, 2),
         float(&batches, 3),
+        percent(below, total),
         params.min_score,
-        percent(below, total)
     ));
     line.column = Some("score".into());
     line.count = Some(below);

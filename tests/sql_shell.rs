@@ -431,3 +431,44 @@ fn interactive_repl_in_a_terminal() {
     assert!(saved.contains("SELECT 40 + 2"), "{saved}");
     assert!(saved.contains("\\d features"), "{saved}");
 }
+
+#[test]
+fn opening_the_shell_computes_nothing() {
+    // rows that would fail the job's checks, and past the rows schema inference samples, a value
+    // that cannot be parsed: the shell opens and answers anything that does not read those rows
+    let dir = tempfile::tempdir().unwrap();
+    let mut engagement =
+        String::from("query,product_id,impressions,clicks,adds,purchases\na,P1,1,5,0,0\n");
+    for i in 0..1500 {
+        engagement.push_str(&format!("q{i},P1,10,1,0,0\n"));
+    }
+    engagement.push_str("late,P1,oops,0,0,0\n");
+    let e = write(dir.path(), "engagement.csv", &engagement);
+    let n = write(
+        dir.path(),
+        "neighbours.csv",
+        "query,neighbour,score\na,b,NaN\n",
+    );
+    let args = |statement: &str| {
+        run(&[
+            "sql",
+            "--engagement",
+            e.to_str().unwrap(),
+            "--neighbours",
+            n.to_str().unwrap(),
+            "-c",
+            statement,
+        ])
+    };
+    let out = args("SELECT q2q_blend(0.5, 0.25, 0.5, 1.0) AS f; \\d features");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("f\n0.375\ncolumn,type,nullable\nquery,"),
+        "{}",
+        stdout(&out)
+    );
+    // reading the rows is what fails, naming the value
+    let out = args("SELECT SUM(f) FROM features");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("oops"), "{}", stderr(&out));
+}
