@@ -39,7 +39,7 @@ pub enum Command {
     /// SQL shell over the inputs, the pipeline's stage views and the UDFs.
     Sql(Box<sql::SqlArgs>),
     /// Check the inputs (PASS/WARN/FAIL per check) without computing features.
-    Validate(validate::ValidateArgs),
+    Validate(Box<validate::ValidateArgs>),
     /// Generate a synthetic marketplace (engagement + neighbour lists) for trials and benchmarks.
     Synth(synth::SynthArgs),
 }
@@ -49,7 +49,7 @@ impl Cli {
         match self.command {
             Command::Run(args) => run::run(*args).await,
             Command::Synth(args) => synth::run(args).await,
-            Command::Validate(args) => validate::run(args).await,
+            Command::Validate(args) => validate::run(*args).await,
             Command::Sql(args) => sql::run(*args).await,
         }
     }
