@@ -27,6 +27,7 @@ fn main() {
             queries: queries as usize,
             seed,
             format: OutputFormat::Parquet,
+            later_period: false,
         },
         dir.path(),
     )

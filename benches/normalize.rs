@@ -34,6 +34,7 @@ fn main() {
             queries: queries as usize,
             seed: 42,
             format: OutputFormat::Parquet,
+            later_period: false,
         },
         dir.path(),
     )

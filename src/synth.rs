@@ -129,6 +129,9 @@ pub struct SynthSpec {
     pub queries: usize,
     pub seed: u64,
     pub format: OutputFormat,
+    /// Also write `engagement_later.<ext>`: a second period of the same traffic and relevance with
+    /// independent randomness, as held-out outcomes for `evaluate features` and labels for export.
+    pub later_period: bool,
 }
 
 /// Where it went and how much.
@@ -139,6 +142,8 @@ pub struct SynthOutput {
     pub queries: usize,
     pub engagement_rows: u64,
     pub neighbour_rows: u64,
+    /// The later period's engagement file and row count, when asked for.
+    pub later: Option<(PathBuf, u64)>,
     /// Queries by search volume: head (>= 1000 searches), torso (20 to 999), tail (< 20).
     pub head_queries: u64,
     pub torso_queries: u64,
@@ -473,6 +478,46 @@ fn neighbours_of(qi: usize, cat: &Catalogue, rng: &mut ChaCha8Rng, out: &mut Vec
     }
 }
 
+/// Seed offset of the later period's random stream.
+const LATER_PERIOD_STREAM: u64 = 0x1A7E_0000_5EED;
+
+/// Writes one period of engagement for every query; returns its rows and the number of head,
+/// torso and tail queries (by searches in the period).
+fn write_engagement(
+    catalogue: &Catalogue,
+    rng: &mut ChaCha8Rng,
+    path: &Path,
+    format: OutputFormat,
+) -> Result<(u64, [u64; 3])> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("query", DataType::Utf8, false),
+        Field::new("product_id", DataType::Utf8, false),
+        Field::new("impressions", DataType::Int64, false),
+        Field::new("clicks", DataType::Int64, false),
+        Field::new("adds", DataType::Int64, false),
+        Field::new("purchases", DataType::Int64, false),
+    ]));
+    let mut writer = TableWriter::create(path, schema, format)?;
+    let mut buffers = EngagementBuffers::new();
+    let mut rows = Vec::new();
+    let mut segments = [0u64; 3];
+    for q in &catalogue.queries {
+        match engagement_of(q, rng, &mut rows) {
+            s if s >= 1000 => segments[0] += 1,
+            s if s >= 20 => segments[1] += 1,
+            _ => segments[2] += 1,
+        }
+        for (product, counts) in &rows {
+            buffers.push(&q.text, product, *counts);
+        }
+        if buffers.len >= BATCH_ROWS {
+            buffers.flush(&mut writer)?;
+        }
+    }
+    buffers.flush(&mut writer)?;
+    Ok((writer.finish()?, segments))
+}
+
 /// Generates the marketplace into `dir` (created if missing).
 pub fn generate(spec: &SynthSpec, dir: &Path) -> Result<SynthOutput> {
     std::fs::create_dir_all(dir)?;
@@ -485,33 +530,8 @@ pub fn generate(spec: &SynthSpec, dir: &Path) -> Result<SynthOutput> {
     };
 
     let engagement_path = dir.join(format!("engagement.{ext}"));
-    let engagement_schema = Arc::new(Schema::new(vec![
-        Field::new("query", DataType::Utf8, false),
-        Field::new("product_id", DataType::Utf8, false),
-        Field::new("impressions", DataType::Int64, false),
-        Field::new("clicks", DataType::Int64, false),
-        Field::new("adds", DataType::Int64, false),
-        Field::new("purchases", DataType::Int64, false),
-    ]));
-    let mut writer = TableWriter::create(&engagement_path, engagement_schema, spec.format)?;
-    let mut buffers = EngagementBuffers::new();
-    let mut rows = Vec::new();
-    let (mut head_queries, mut torso_queries, mut tail_queries) = (0, 0, 0);
-    for q in &catalogue.queries {
-        match engagement_of(q, &mut rng, &mut rows) {
-            s if s >= 1000 => head_queries += 1,
-            s if s >= 20 => torso_queries += 1,
-            _ => tail_queries += 1,
-        }
-        for (product, counts) in &rows {
-            buffers.push(&q.text, product, *counts);
-        }
-        if buffers.len >= BATCH_ROWS {
-            buffers.flush(&mut writer)?;
-        }
-    }
-    buffers.flush(&mut writer)?;
-    let engagement_rows = writer.finish()?;
+    let (engagement_rows, [head_queries, torso_queries, tail_queries]) =
+        write_engagement(&catalogue, &mut rng, &engagement_path, spec.format)?;
 
     let neighbours_path = dir.join(format!("neighbours.{ext}"));
     let neighbour_schema = Arc::new(Schema::new(vec![
@@ -547,12 +567,23 @@ pub fn generate(spec: &SynthSpec, dir: &Path) -> Result<SynthOutput> {
     }
     let neighbour_rows = writer.finish()?;
 
+    let later = if spec.later_period {
+        // its own stream, so the first period is the same with or without it
+        let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ LATER_PERIOD_STREAM);
+        let path = dir.join(format!("engagement_later.{ext}"));
+        let (rows, _) = write_engagement(&catalogue, &mut rng, &path, spec.format)?;
+        Some((path, rows))
+    } else {
+        None
+    };
+
     Ok(SynthOutput {
         engagement: engagement_path,
         neighbours: neighbours_path,
         queries: catalogue.queries.len(),
         engagement_rows,
         neighbour_rows,
+        later,
         head_queries,
         torso_queries,
         tail_queries,
@@ -576,6 +607,7 @@ mod tests {
             queries: 5_000,
             seed: 7,
             format: OutputFormat::Parquet,
+            later_period: false,
         };
         let a = build_catalogue(&spec, &mut ChaCha8Rng::seed_from_u64(7));
         let b = build_catalogue(&spec, &mut ChaCha8Rng::seed_from_u64(7));

@@ -30,6 +30,10 @@ pub struct SynthArgs {
     /// File format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Parquet)]
     pub format: OutputFormat,
+    /// Also write engagement_later.<fmt>: a second period of the same traffic and relevance, for
+    /// `evaluate features` (held-out outcomes) and `export lightgbm` (labels).
+    #[arg(long)]
+    pub later_period: bool,
 }
 
 pub async fn run(args: SynthArgs) -> Result<()> {
@@ -38,6 +42,7 @@ pub async fn run(args: SynthArgs) -> Result<()> {
         queries: args.queries as usize,
         seed: args.seed,
         format: args.format,
+        later_period: args.later_period,
     };
     let out = tokio::task::spawn_blocking(move || synth::generate(&spec, &args.out))
         .await
@@ -55,5 +60,11 @@ pub async fn run(args: SynthArgs) -> Result<()> {
         out.neighbours.display(),
         start.elapsed().as_secs_f64()
     );
+    if let Some((path, rows)) = &out.later {
+        eprintln!(
+            "synth: later period: {rows} engagement rows -> {}",
+            path.display()
+        );
+    }
     Ok(())
 }
