@@ -10,8 +10,11 @@
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod export;
+pub mod feature_table;
 pub mod formula;
 pub mod job;
+pub mod labels;
 pub mod normalize;
 pub mod pipeline;
 pub mod reference;

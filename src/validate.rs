@@ -23,6 +23,8 @@ use crate::session;
 #[serde(rename_all = "UPPERCASE")]
 pub enum Status {
     Pass,
+    /// Not evaluated because a check it depends on failed.
+    Skip,
     Warn,
     Fail,
 }
@@ -31,6 +33,7 @@ impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Status::Pass => "PASS",
+            Status::Skip => "SKIP",
             Status::Warn => "WARN",
             Status::Fail => "FAIL",
         })
@@ -100,6 +103,7 @@ fn percent(count: u64, total: u64) -> String {
 pub struct Report {
     pub status: Option<Status>,
     pub pass: usize,
+    pub skip: usize,
     pub warn: usize,
     pub fail: usize,
     pub checks: Vec<Line>,
@@ -109,6 +113,7 @@ impl Report {
     fn push(&mut self, line: Line) {
         match line.status {
             Status::Pass => self.pass += 1,
+            Status::Skip => self.skip += 1,
             Status::Warn => self.warn += 1,
             Status::Fail => self.fail += 1,
         }
@@ -147,7 +152,11 @@ impl fmt::Display for Report {
             f,
             "validate: {} PASS, {} WARN, {} FAIL",
             self.pass, self.warn, self.fail
-        )
+        )?;
+        if self.skip > 0 {
+            write!(f, ", {} SKIP", self.skip)?;
+        }
+        Ok(())
     }
 }
 
@@ -218,17 +227,36 @@ pub async fn validate(config: &JobConfig, options: Options) -> Result<Report> {
         }
     }
 
-    let (Some(engagement), Some(neighbours)) = (engagement, neighbours) else {
-        return Ok(report);
-    };
-    if compatible && readable == [true, true] {
-        let inputs = Inputs {
-            engagement,
-            neighbours,
-        };
-        inputs.register_views(&ctx)?;
-        diagnostics(&mut report, &ctx, &inputs, config, options).await?;
+    match (engagement, neighbours) {
+        (Some(engagement), Some(neighbours)) if compatible && readable == [true, true] => {
+            let inputs = Inputs {
+                engagement,
+                neighbours,
+            };
+            inputs.register_views(&ctx)?;
+            joint_diagnostics(&mut report, &ctx, &inputs, config, options).await?;
+        }
+        (_, neighbours) => {
+            for check in ["neighbours_without_history", "queries_below_top_k"] {
+                report.push(Line::new(Status::Skip, NEIGHBOURS, check).detail(
+                    "not computed: needs both inputs readable and compatible (see the FAIL lines)",
+                ));
+            }
+            match neighbours {
+                Some(neighbours) if readable[1] => {
+                    ctx.register_table(NEIGHBOURS, neighbours.typed.clone().into_view())?;
+                }
+                _ => {
+                    report.push(
+                        Line::new(Status::Skip, NEIGHBOURS, "score_distribution")
+                            .detail("not computed: the neighbours input cannot be read"),
+                    );
+                    return Ok(report);
+                }
+            }
+        }
     }
+    score_distribution(&mut report, &ctx, config).await?;
     Ok(report)
 }
 
@@ -361,12 +389,14 @@ FROM (SELECT DISTINCT query FROM neighbours) AS q
 LEFT JOIN (SELECT query, MAX(n_neighbours) AS n FROM neighbour_sets GROUP BY query) AS s
   ON q.query = s.query";
 
+/// Over finite scores only: NaN and infinities are the score check's FAIL, not a distribution.
 const SCORE_DISTRIBUTION: &str = "
 SELECT MIN(score), MEDIAN(score), MAX(score), AVG(score),
        SUM(CASE WHEN score < $min_score THEN 1 ELSE 0 END), COUNT(*)
-FROM neighbours";
+FROM neighbours
+WHERE score >= -1.7976931348623157e308 AND score <= 1.7976931348623157e308";
 
-async fn diagnostics(
+async fn joint_diagnostics(
     report: &mut Report,
     ctx: &SessionContext,
     inputs: &Inputs,
@@ -383,7 +413,17 @@ async fn diagnostics(
         }
     };
     let (mut rows, mut missing, mut queries, mut short, mut empty) = (0, 0, 0, 0, 0);
-    for slice in pipeline::slices(ctx, inputs, &config.execution)? {
+    let slices = pipeline::slices(ctx, inputs, &config.execution)?;
+    // with engagement partitions the job uses the neighbour lists once per partition: so do these
+    let per_partition = if slices.len() > 1 {
+        format!(
+            "; counted per engagement partition ({} partitions), as the job uses them",
+            slices.len()
+        )
+    } else {
+        String::new()
+    };
+    for slice in slices {
         pipeline::register_stages(&slice.ctx, params, &[]).await?;
         let batches = slice
             .ctx
@@ -414,6 +454,7 @@ async fn diagnostics(
         rows,
         "neighbour rows name a query without engagement (they cannot contribute to a prior)",
     );
+    line.detail.push_str(&per_partition);
     line.column = Some("neighbour".into());
     line.expected = Some(format!(
         "at most {:.0}% (--warn-share)",
@@ -431,15 +472,25 @@ async fn diagnostics(
         queries,
         &format!("queries have fewer than k={k} usable neighbours"),
     );
-    line.detail
-        .push_str(&format!("; {empty} have none (no prior at all)"));
+    line.detail.push_str(&format!(
+        "; {empty} have none (no prior at all){per_partition}"
+    ));
     line.column = Some("query".into());
     line.expected = Some(format!(
         "at most {:.0}% (--warn-share); usable = not the query itself, score >= min_score, with engagement",
         100.0 * options.warn_share
     ));
     report.push(line);
+    Ok(())
+}
 
+/// min / median / max / mean of the finite scores, and how many fall below min_score.
+async fn score_distribution(
+    report: &mut Report,
+    ctx: &SessionContext,
+    config: &JobConfig,
+) -> Result<()> {
+    let params = &config.features;
     let batches = ctx
         .sql(SCORE_DISTRIBUTION)
         .await?
@@ -453,7 +504,7 @@ async fn diagnostics(
         Status::Pass
     };
     let mut line = Line::new(status, NEIGHBOURS, "score_distribution").detail(format!(
-        "min {} / median {} / max {} / mean {}; {below} of {total}{} rows below min_score {}",
+        "min {} / median {} / max {} / mean {} of {total} finite scores; {below} of {total}{} below min_score {}",
         float(&batches, 0),
         float(&batches, 1),
         float(&batches, 2),

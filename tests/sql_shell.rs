@@ -239,6 +239,23 @@ fn meta_commands_list_describe_and_show_stage_sql() {
 }
 
 #[test]
+fn nested_values_print_in_every_format() {
+    let query = "SELECT make_array(1, 2) AS a, named_struct('x', 1) AS s";
+    assert_eq!(
+        stdout(&sql(&["--format", "csv", "-c", query])),
+        "a,s\n\"[1, 2]\",{x: 1}\n"
+    );
+    assert_eq!(
+        stdout(&sql(&["--format", "ndjson", "-c", query])),
+        "{\"a\":[1,2],\"s\":{\"x\":1}}\n"
+    );
+    // SHOW FUNCTIONS (whose parameter lists are lists) finds the project's UDFs
+    let out = sql(&["-c", "SHOW FUNCTIONS LIKE 'q2q%'"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("q2q_alpha") && stdout(&out).contains("q2q_blend"));
+}
+
+#[test]
 fn explain_and_explain_analyze() {
     let out = sql(&["-c", "EXPLAIN SELECT * FROM prior"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -258,6 +275,8 @@ fn one_shot_errors_exit_non_zero_and_stop() {
             "table 'datafusion.public.nope' not found",
         ),
         ("SELECT q2q_alpha('x', 1, 2, 3)", "q2q_alpha"),
+        ("SELECT 1/0", "Divide by zero"),
+        ("SELECT CAST('a' AS INT)", "Cannot cast"),
     ] {
         let out = sql(&["-c", statement, "-c", "SELECT 'not reached' AS x"]);
         assert_eq!(out.status.code(), Some(2), "{statement}: {}", stderr(&out));
@@ -343,6 +362,24 @@ fn output_file_by_extension_written_atomically() {
     let out = sql(&["-c", "SELECT 1/0 AS x", "-o", failed.to_str().unwrap()]);
     assert_ne!(out.status.code(), Some(0));
     assert!(!failed.parent().unwrap().exists());
+    // -o takes its format from a known extension and needs a query last
+    let out = sql(&[
+        "-c",
+        query,
+        "-o",
+        dir.path().join("f.txt").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains(".parquet, .csv"), "{}", stderr(&out));
+    let out = sql(&[
+        "-c",
+        "CREATE VIEW v AS SELECT 1 AS x",
+        "-o",
+        dir.path().join("v.csv").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("returns no rows"), "{}", stderr(&out));
+    assert!(!dir.path().join("v.csv").exists() && !dir.path().join("f.txt").exists());
     // COPY TO writes where it says
     let copied = dir.path().join("copy.parquet");
     let out = sql(&[
@@ -355,7 +392,8 @@ fn output_file_by_extension_written_atomically() {
 
 #[test]
 fn piped_stdin_runs_every_statement_and_reports_failures() {
-    let script = "SELECT 1 AS a;\n\
+    let script = "-- a script's header comment\n\\format csv\n\
+                  SELECT 1 AS a;\n\
                   \\format ndjson\n\
                   SELECT query\n  FROM neighbour_sets\n  WHERE rank = 1\n  ORDER BY query;\n\
                   SELECT * FROM missing_table;\n\
@@ -387,18 +425,27 @@ fn piped_stdin_runs_every_statement_and_reports_failures() {
     assert_eq!(stdout(&out), format!("a,k\n{},red shoe\n", (0.5f64).tanh()));
 }
 
-#[test]
-fn interactive_repl_in_a_terminal() {
-    use rexpect::session::spawn_command;
+/// The REPL in a pseudo-terminal: `term` is what the line editor sees (xterm: raw mode, Ctrl-C
+/// is a key; dumb: cooked mode, Ctrl-C is a signal).
+fn interactive_repl(term: &str) {
+    use rexpect::session::{Options, spawn_with_options};
     let dir = tempfile::tempdir().unwrap();
     let history = dir.path().join("history");
     let mut cmd = bin();
     cmd.args(["sql", "--config", &tiny_config()])
         .env("Q2Q_HISTORY", &history)
-        .env("TERM", "dumb");
-    let mut p = spawn_command(cmd, Some(30_000)).unwrap();
+        .env("TERM", term);
+    let options = Options::new()
+        .timeout_ms(Some(30_000))
+        .strip_ansi_escape_codes(true);
+    let mut p = spawn_with_options(cmd, options).unwrap();
     p.exp_string("\\? for help").unwrap();
     p.exp_string("q2q> ").unwrap();
+    // Ctrl-C at the prompt drops a half-typed statement and keeps the shell
+    p.send_line("SELECT 'dropped'").unwrap();
+    p.exp_string("  -> ").unwrap();
+    p.send_control('c').unwrap();
+    std::thread::sleep(Duration::from_millis(300));
     // a statement over two lines
     p.send_line("SELECT 40 + 2").unwrap();
     p.exp_string("  -> ").unwrap();
@@ -422,7 +469,11 @@ fn interactive_repl_in_a_terminal() {
     p.exp_string("q2q> ").unwrap();
     // Ctrl-D leaves with exit code 0 and saves the history
     p.send_control('d').unwrap();
-    p.exp_eof().unwrap();
+    let rest = p.exp_eof().unwrap();
+    assert!(
+        !rest.contains("dropped"),
+        "the dropped statement never ran: {rest}"
+    );
     match p.process_mut().wait().unwrap() {
         rexpect::process::WaitStatus::Exited(_, code) => assert_eq!(code, 0),
         other => panic!("unexpected end: {other:?}"),
@@ -430,6 +481,17 @@ fn interactive_repl_in_a_terminal() {
     let saved = std::fs::read_to_string(&history).unwrap();
     assert!(saved.contains("SELECT 40 + 2"), "{saved}");
     assert!(saved.contains("\\d features"), "{saved}");
+    assert!(!saved.contains("dropped"), "{saved}");
+}
+
+#[test]
+fn interactive_repl_in_a_terminal() {
+    interactive_repl("xterm");
+}
+
+#[test]
+fn interactive_repl_in_a_dumb_terminal() {
+    interactive_repl("dumb");
 }
 
 #[test]

@@ -282,6 +282,12 @@ fn every_failure_is_reported_at_once_and_warnings_do_not_fail() {
         "FAIL"
     );
     assert_eq!(status("neighbours", "self_pairs"), "WARN");
+    // the distribution leaves the NaN out (the score check FAILs on it)
+    let distribution = &line(&all, "neighbours", "score_distribution").3;
+    assert!(
+        distribution.contains("min 0.5 / median 0.75 / max 1 / mean 0.75 of 2 finite scores"),
+        "{distribution}"
+    );
     let clicks = &line(&all, "engagement", "clicks_above_impressions").3;
     // b,P1 counts too: 0 clicks > -4 impressions
     assert!(clicks.contains("2 of 4 (50.00%) rows"), "{clicks}");
@@ -350,6 +356,14 @@ fn a_broken_input_does_not_hide_the_other_ones_report() {
         !report.contains("engagement  rows"),
         "row checks of a broken input are skipped"
     );
+    // what needs both inputs says it was skipped; what needs neighbours only still runs
+    assert_eq!(
+        line(&all, "neighbours", "neighbours_without_history").0,
+        "SKIP"
+    );
+    assert_eq!(line(&all, "neighbours", "queries_below_top_k").0, "SKIP");
+    assert_eq!(line(&all, "neighbours", "score_distribution").0, "PASS");
+    assert!(report.ends_with(", 1 FAIL, 2 SKIP\n"), "{report}");
 
     // a missing path
     let out = run(&[
@@ -441,6 +455,10 @@ fn partitioned_inputs_are_checked_per_partition() {
     // the neighbour lists serve both markets: in DE, `b` has no engagement
     let missing = &line(&all, "neighbours", "neighbours_without_history").3;
     assert!(missing.contains("1 of 4 (25.00%)"), "{missing}");
+    assert!(
+        missing.contains("counted per engagement partition (2 partitions)"),
+        "{missing}"
+    );
 
     // neighbours split by a column engagement lacks
     let folder = dir.path().join("n/day=1");

@@ -1,6 +1,7 @@
 //! Command-line interface: one file per subcommand, each with its arguments and one `run`.
 //! [`JobArgs`] (a job file plus flags overriding any key) is shared by every command that runs a job.
 
+pub mod export;
 pub mod run;
 pub mod sql;
 pub mod synth;
@@ -40,6 +41,9 @@ pub enum Command {
     Sql(Box<sql::SqlArgs>),
     /// Check the inputs (PASS/WARN/FAIL per check) without computing features.
     Validate(Box<validate::ValidateArgs>),
+    /// Training files for downstream rankers (LightGBM).
+    #[command(subcommand)]
+    Export(export::ExportCommand),
     /// Generate a synthetic marketplace (engagement + neighbour lists) for trials and benchmarks.
     Synth(synth::SynthArgs),
 }
@@ -51,6 +55,7 @@ impl Cli {
             Command::Synth(args) => synth::run(args).await,
             Command::Validate(args) => validate::run(*args).await,
             Command::Sql(args) => sql::run(*args).await,
+            Command::Export(command) => export::run(command).await,
         }
     }
 }

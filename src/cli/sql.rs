@@ -1,13 +1,16 @@
 //! `q2q-prior sql`: an interactive SQL shell (or a script runner) over the job's inputs, its
 //! stage views and the project's UDFs, shaped like datafusion-cli.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::JobArgs;
+use crate::config::OutputFormat;
 use crate::error::{Error, Result};
 use crate::shell::print::DisplayFormat;
 use crate::shell::statements::{self, Item, Splitter};
@@ -98,9 +101,12 @@ pub async fn run(args: SqlArgs) -> Result<()> {
     if interactive {
         return repl(&mut shell, status).await;
     }
+    if !scripted && args.output.is_none() {
+        return run_piped(&mut shell, status).await;
+    }
     if !scripted {
         let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text)?;
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
         items = statements::split(&text);
     }
     if let Some(output) = &args.output {
@@ -136,6 +142,39 @@ async fn run_items(
             }
         }
     }
+    summary(failed)
+}
+
+/// Piped stdin: each statement runs as soon as its `;` arrives; every statement runs and the exit
+/// code says whether any failed.
+async fn run_piped(shell: &mut Shell, status: Status) -> Result<()> {
+    let mut splitter = Splitter::default();
+    let mut failed = 0usize;
+    let mut lines = std::io::stdin().lock().lines();
+    loop {
+        let line = tokio::task::block_in_place(|| lines.next()).transpose()?;
+        let items = match &line {
+            Some(line) => splitter.push_line(line),
+            None => splitter.finish().into_iter().collect(),
+        };
+        for item in items {
+            match run_item(shell, &item, status).await {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Quit) => return summary(failed),
+                Err(Error::Interrupted) => return Err(Error::Interrupted),
+                Err(e) => {
+                    report_error(&e);
+                    failed += 1;
+                }
+            }
+        }
+        if line.is_none() {
+            return summary(failed);
+        }
+    }
+}
+
+fn summary(failed: usize) -> Result<()> {
     if failed > 0 {
         return Err(Error::Statement(format!("{failed} statement(s) failed")));
     }
@@ -172,7 +211,6 @@ fn report_error(e: &Error) {
 
 /// The interactive loop: errors are printed and the shell goes on.
 async fn repl(shell: &mut Shell, status: Status) -> Result<()> {
-    use rustyline::error::ReadlineError;
     let mut editor = rustyline::DefaultEditor::new()
         .map_err(|e| Error::config(format!("cannot start the line editor: {e}")))?;
     let history = history_path();
@@ -185,6 +223,31 @@ async fn repl(shell: &mut Shell, status: Status) -> Result<()> {
         env!("CARGO_PKG_VERSION"),
         shell.banner()
     );
+    // Ctrl-C is a key while the line editor is in raw mode, and a signal otherwise (a terminal it
+    // cannot drive, e.g. TERM=dumb, or while a statement runs). Counting the signals from here on
+    // keeps one from ending the shell and lets the prompt tell that one arrived while reading.
+    let interrupts = Arc::new(AtomicU64::new(0));
+    let counter = tokio::spawn({
+        let interrupts = Arc::clone(&interrupts);
+        async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                interrupts.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    let result = read_eval_print(shell, status, &mut editor, &interrupts).await;
+    counter.abort();
+    save_history(&mut editor, history.as_ref());
+    result
+}
+
+async fn read_eval_print(
+    shell: &mut Shell,
+    status: Status,
+    editor: &mut rustyline::DefaultEditor,
+    interrupts: &AtomicU64,
+) -> Result<()> {
+    use rustyline::error::ReadlineError;
     let mut splitter = Splitter::default();
     let mut entry = String::new();
     loop {
@@ -193,16 +256,22 @@ async fn repl(shell: &mut Shell, status: Status) -> Result<()> {
         } else {
             "  -> "
         };
+        let before = interrupts.load(Ordering::SeqCst);
         let line = tokio::task::block_in_place(|| editor.readline(prompt));
+        if interrupts.load(Ordering::SeqCst) != before {
+            // Ctrl-C (as a signal) while reading: what was typed before it is dropped
+            splitter.clear();
+            entry.clear();
+        }
         let line = match line {
             Ok(line) => line,
             Err(ReadlineError::Interrupted) => {
-                // Ctrl-C at the prompt drops the statement being typed
-                splitter = Splitter::default();
+                // Ctrl-C (as a key) at the prompt drops the statement being typed
+                splitter.clear();
                 entry.clear();
                 continue;
             }
-            Err(ReadlineError::Eof) => break,
+            Err(ReadlineError::Eof) => return Ok(()),
             Err(e) => return Err(Error::config(format!("cannot read input: {e}"))),
         };
         if !entry.is_empty() {
@@ -217,17 +286,12 @@ async fn repl(shell: &mut Shell, status: Status) -> Result<()> {
         for item in items {
             match run_item(shell, &item, status).await {
                 Ok(Flow::Continue) => {}
-                Ok(Flow::Quit) => {
-                    save_history(&mut editor, history.as_ref());
-                    return Ok(());
-                }
+                Ok(Flow::Quit) => return Ok(()),
                 Err(Error::Interrupted) => eprintln!("cancelled"),
                 Err(e) => report_error(&e),
             }
         }
     }
-    save_history(&mut editor, history.as_ref());
-    Ok(())
 }
 
 fn save_history(editor: &mut rustyline::DefaultEditor, path: Option<&PathBuf>) {
@@ -240,13 +304,28 @@ fn save_history(editor: &mut rustyline::DefaultEditor, path: Option<&PathBuf>) {
 
 /// `-o`: the last statement's result written atomically to a file or object-store URL.
 async fn write_output(shell: &Shell, sql: &str, output: &str, status: Status) -> Result<()> {
-    let df = shell.plan(sql).await?;
+    let lower = output.to_ascii_lowercase();
+    let format = if lower.ends_with(".parquet") {
+        OutputFormat::Parquet
+    } else if lower.ends_with(".csv") {
+        OutputFormat::Csv
+    } else if [".json", ".ndjson", ".jsonl"]
+        .iter()
+        .any(|e| lower.ends_with(e))
+    {
+        OutputFormat::Json
+    } else {
+        return Err(Error::config(format!(
+            "-o {output}: the extension picks the format; use .parquet, .csv, .json, .ndjson or .jsonl"
+        )));
+    };
     let location = OutputLocation::resolve(shell.context().runtime_env().as_ref(), output)?;
-    let format = crate::config::JobConfig {
-        output: Some(output.to_string()),
-        ..Default::default()
+    let df = shell.plan(sql).await?;
+    if df.schema().fields().is_empty() {
+        return Err(Error::Statement(format!(
+            "-o {output}: the last statement returns no rows to write (it is DDL or SET): end with a query"
+        )));
     }
-    .output_format()?;
     let cancel = CancellationToken::new();
     let listener = tokio::spawn({
         let cancel = cancel.clone();

@@ -60,7 +60,7 @@ impl CheckResult {
     }
 }
 
-fn null_or_empty(column: &str, data_type: &DataType) -> Expr {
+pub fn null_or_empty(column: &str, data_type: &DataType) -> Expr {
     let c = col(column);
     if is_string(data_type) {
         c.clone().is_null().or(c.eq(lit("")))
@@ -69,7 +69,7 @@ fn null_or_empty(column: &str, data_type: &DataType) -> Expr {
     }
 }
 
-fn not_finite(column: &str) -> Expr {
+pub fn not_finite(column: &str) -> Expr {
     let c = col(column);
     isnan(c.clone())
         .or(c.clone().eq(lit(f64::INFINITY)))
@@ -85,7 +85,7 @@ pub fn is_string(data_type: &DataType) -> bool {
 }
 
 /// A key column must hold a non-empty value in every row.
-fn key_check(column: &'static str, data_type: &DataType) -> Check {
+pub fn key_check(column: &'static str, data_type: &DataType) -> Check {
     Check {
         id: match column {
             "query" => "query_null_or_empty",

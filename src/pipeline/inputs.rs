@@ -127,12 +127,12 @@ pub async fn open_engagement(
     spec: &InputSpec,
     params: &FeatureParams,
 ) -> Result<Input> {
-    type_engagement(open(ctx, ENGAGEMENT, spec).await?, params)
+    type_engagement(open_table(ctx, ENGAGEMENT, spec).await?, params)
 }
 
 /// Opens the neighbours input and checks its schema (file metadata only).
 pub async fn open_neighbours(ctx: &SessionContext, spec: &InputSpec) -> Result<Input> {
-    type_neighbours(open(ctx, NEIGHBOURS, spec).await?)
+    type_neighbours(open_table(ctx, NEIGHBOURS, spec).await?)
 }
 
 /// What must hold between the two inputs for the job to join them.
@@ -297,10 +297,10 @@ impl DuplicateKeys {
 
 /// Counts distinct keys of an input (see [`DuplicateKeys`]) and finds an example of a repeated one.
 pub async fn duplicate_keys(input: &Input) -> Result<DuplicateKeys> {
-    let second = if input.role == ENGAGEMENT {
-        "product_id"
-    } else {
+    let second = if input.role == NEIGHBOURS {
         "neighbour"
+    } else {
+        "product_id"
     };
     let key: Vec<Expr> = input
         .partitions
@@ -366,8 +366,13 @@ fn scalar_u64(batches: &[datafusion::arrow::array::RecordBatch], column: usize) 
 }
 
 /// Lists, detects the format of, and infers the schema of one input, mapping every failure to a
-/// [`BadInput`] that names the input.
-async fn open(ctx: &SessionContext, role: &'static str, spec: &InputSpec) -> Result<Input> {
+/// [`BadInput`] that names the input. Used for the job's inputs and for every other table a
+/// command reads (feature tables, labels); `typed` starts as the raw rows.
+pub async fn open_table(
+    ctx: &SessionContext,
+    role: &'static str,
+    spec: &InputSpec,
+) -> Result<Input> {
     let uri = spec.uri.as_str();
     let location = |e: Error| -> Error {
         let problem = match e {
@@ -628,11 +633,11 @@ async fn detect_from_listing(
     })
 }
 
-fn is_integer(t: &DataType) -> bool {
+pub fn is_integer(t: &DataType) -> bool {
     t.is_integer()
 }
 
-fn is_number(t: &DataType) -> bool {
+pub fn is_number(t: &DataType) -> bool {
     t.is_integer() || t.is_floating()
 }
 
@@ -659,6 +664,28 @@ fn column_type(
     Ok(Some(field.data_type().clone()))
 }
 
+impl Input {
+    /// The type of column `name` if the input has it; a [`BadInput`] when it has another type.
+    pub fn column_type(
+        &self,
+        name: &str,
+        accept: fn(&DataType) -> bool,
+        expected: &str,
+    ) -> Result<Option<DataType>> {
+        column_type(self, name, accept, expected)
+    }
+
+    /// Like [`Input::column_type`], and a [`BadInput`] listing the columns when it is missing.
+    pub fn require(
+        &self,
+        name: &str,
+        accept: fn(&DataType) -> bool,
+        expected: &str,
+    ) -> Result<DataType> {
+        column_type(self, name, accept, expected)?.ok_or_else(|| missing(self, name, expected))
+    }
+}
+
 fn missing(input: &Input, name: &str, expected: &str) -> Error {
     let have: Vec<String> = input
         .raw
@@ -677,10 +704,10 @@ fn missing(input: &Input, name: &str, expected: &str) -> Error {
     .into()
 }
 
-const STRING: &str = "a string column (Utf8)";
-const KEY: &str = "a string or integer column";
-const COUNT: &str = "an integer count column";
-const FLOAT: &str = "a numeric (float) column";
+pub const STRING: &str = "a string column (Utf8)";
+pub const KEY: &str = "a string or integer column";
+pub const COUNT: &str = "an integer count column";
+pub const FLOAT: &str = "a numeric (float) column";
 
 /// Checks engagement's schema and builds its typed view.
 fn type_engagement(mut input: Input, params: &FeatureParams) -> Result<Input> {

@@ -80,8 +80,25 @@ impl Shell {
             detail: format!("{} {}", input.format, input.uri),
         };
         match (&config.engagement, &config.neighbours) {
-            (Some(_), Some(_)) => {
-                let inputs = inputs::register(&ctx, &config).await?;
+            (Some(e), Some(n)) => {
+                let inputs = inputs::Inputs {
+                    engagement: inputs::open_engagement(&ctx, e, &config.features).await?,
+                    neighbours: inputs::open_neighbours(&ctx, n).await?,
+                };
+                inputs.register_views(&ctx)?;
+                sources.push(describe(&inputs.engagement));
+                sources.push(describe(&inputs.neighbours));
+                if let Err(e) = inputs::check_compatible(&inputs.engagement, &inputs.neighbours) {
+                    // the inputs stay queryable, to look into why
+                    eprintln!("warning: stage views not registered: {e}");
+                    return Ok(Shell {
+                        ctx,
+                        config,
+                        sources,
+                        format: DisplayFormat::Table,
+                        maxrows: None,
+                    });
+                }
                 pipeline::register_job_views(
                     &ctx,
                     &inputs,
@@ -90,8 +107,6 @@ impl Shell {
                     &[],
                 )
                 .await?;
-                sources.push(describe(&inputs.engagement));
-                sources.push(describe(&inputs.neighbours));
                 let partitioned = !inputs.engagement.partitions.columns.is_empty();
                 for stage in &pipeline::STAGES {
                     sources.push(Source {
@@ -163,10 +178,15 @@ impl Shell {
         let stream = df.execute_stream().await.map_err(statement_error)?;
         let printed = if silent {
             // still drive it: some statements act when executed
-            print::print_stream(stream, DisplayFormat::Csv, Some(0), &mut std::io::sink()).await?
+            print::print_stream(stream, DisplayFormat::Csv, Some(0), &mut std::io::sink()).await
         } else {
-            print::print_stream(stream, self.format, self.maxrows, out).await?
-        };
+            print::print_stream(stream, self.format, self.maxrows, out).await
+        }
+        .map_err(|e| match e {
+            Error::DataFusion(e) => statement_error(e),
+            Error::Arrow(e) => statement_error(DataFusionError::ArrowError(Box::new(e), None)),
+            other => other,
+        })?;
         Ok(Outcome {
             printed,
             elapsed: start.elapsed(),
@@ -316,12 +336,30 @@ fn string_batch(columns: &[(&str, Vec<String>)]) -> Result<RecordBatch> {
 /// A statement the user can fix (syntax, unknown table or column, types) is a statement error
 /// (exit 2); running out of memory or I/O failures stay what they are.
 pub fn statement_error(e: DataFusionError) -> Error {
+    use datafusion::arrow::error::ArrowError as A;
     match e.find_root() {
         DataFusionError::SQL(..)
         | DataFusionError::Plan(..)
         | DataFusionError::SchemaError(..)
         | DataFusionError::NotImplemented(..)
-        | DataFusionError::Configuration(..) => Error::Statement(e.to_string()),
+        | DataFusionError::Configuration(..)
+        | DataFusionError::Execution(..) => Error::Statement(e.to_string()),
+        // what the statement computes: 1/0, a failing CAST, a value out of range, text that is not
+        // CSV (nested values)
+        DataFusionError::ArrowError(a, _)
+            if matches!(
+                a.as_ref(),
+                A::DivideByZero
+                    | A::CastError(_)
+                    | A::ParseError(_)
+                    | A::ComputeError(_)
+                    | A::InvalidArgumentError(_)
+                    | A::ArithmeticOverflow(_)
+                    | A::CsvError(_)
+            ) =>
+        {
+            Error::Statement(e.to_string())
+        }
         _ => Error::DataFusion(e),
     }
 }

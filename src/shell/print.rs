@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::util::pretty::pretty_format_batches_with_schema;
 use datafusion::execution::SendableRecordBatchStream;
@@ -120,7 +120,7 @@ impl<'a> TextWriter<'a> {
                     .with_header(*header)
                     .with_delimiter(*delimiter)
                     .build(&mut **out)
-                    .write(batch)?;
+                    .write(&flat(batch)?)?;
                 *header = false;
             }
             TextWriter::Json(w) => w.write(batch)?,
@@ -142,7 +142,7 @@ impl<'a> TextWriter<'a> {
                         .with_header(true)
                         .with_delimiter(delimiter)
                         .build(&mut *out)
-                        .write(&RecordBatch::new_empty(schema.clone()))?;
+                        .write(&flat(&RecordBatch::new_empty(schema.clone()))?)?;
                 }
                 out.flush()?;
             }
@@ -159,4 +159,40 @@ impl<'a> TextWriter<'a> {
         }
         Ok(())
     }
+}
+
+/// CSV has no nested values: lists, structs and maps are written as their display text
+/// (`[1, 2]`, `{a: 1}`), like the table shows them.
+fn flat(batch: &RecordBatch) -> Result<RecordBatch> {
+    use datafusion::arrow::array::{ArrayRef, StringArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    if !batch
+        .schema()
+        .fields()
+        .iter()
+        .any(|f| f.data_type().is_nested())
+    {
+        return Ok(batch.clone());
+    }
+    let options = FormatOptions::default();
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        if field.data_type().is_nested() {
+            let formatter = ArrayFormatter::try_new(column.as_ref(), &options)?;
+            let text: StringArray = (0..column.len())
+                .map(|i| (!column.is_null(i)).then(|| formatter.value(i).to_string()))
+                .collect();
+            fields.push(Field::new(field.name(), text.data_type().clone(), true));
+            columns.push(std::sync::Arc::new(text));
+        } else {
+            fields.push(field.as_ref().clone());
+            columns.push(column.clone());
+        }
+    }
+    Ok(RecordBatch::try_new(
+        std::sync::Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }

@@ -32,9 +32,16 @@ enum State {
 }
 
 impl Splitter {
-    /// True when no statement is in progress (the REPL shows its main prompt).
+    /// True when no statement is in progress (the REPL shows its main prompt); comments alone do
+    /// not start one.
     pub fn is_empty(&self) -> bool {
-        self.buffer.trim().is_empty()
+        self.state == State::Code && is_blank_sql(&self.buffer)
+    }
+
+    /// Drops the statement in progress (Ctrl-C at the prompt).
+    pub fn clear(&mut self) {
+        self.buffer.clear();
+        self.state = State::Code;
     }
 
     /// Feeds one line (without its newline) and returns the items it completed.
@@ -165,6 +172,15 @@ mod tests {
         assert_eq!(s.push_line("; SELECT"), vec![sql("SELECT\n  '\\d' AS x")]);
         assert_eq!(s.finish(), Some(sql("SELECT")));
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_meta_command_may_follow_comment_lines() {
+        let items = split("-- header of a script\n/* more */\n\\d history\nSELECT 1;");
+        assert_eq!(
+            items,
+            vec![Item::Meta("\\d history".into()), sql("SELECT 1")]
+        );
     }
 
     #[test]

@@ -1,0 +1,84 @@
+//! `q2q-prior export ...`: training files for downstream rankers.
+
+use std::path::PathBuf;
+
+use bytesize::ByteSize;
+use clap::{Args, Subcommand};
+
+use crate::config::{ExecutionConfig, InputSpec};
+use crate::error::Result;
+use crate::export::lightgbm::{self, ExportSpec, Split};
+
+#[derive(Debug, Subcommand)]
+pub enum ExportCommand {
+    /// LightGBM lambdarank files (CSV + .query, Parquet with qid, lightgbm.conf) from a feature
+    /// table and labelled pairs.
+    Lightgbm(LightgbmArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Join a feature table (from `run`) onto labelled (query, product_id) pairs and \
+    write LightGBM lambdarank training files, split into train and valid by query.\n\n\
+    Labels: an integer `label` column >= 0 (lambdarank's default label_gain covers 0..30; larger \
+    labels get a label_gain line in lightgbm.conf), or, without one, a grade from engagement counts: \
+    3 purchased, 2 added to cart, 1 clicked, 0 shown only (e.g. `synth --later-period` output). \
+    Pairs missing from the feature table get 0 features and has_prior = 0.\n\n\
+    Writes into --out: train.csv / valid.csv (label,group,<features>), train.csv.query / \
+    valid.csv.query (group sizes), train.parquet / valid.parquet (qid, query, product_id, label, \
+    features), features.txt and lightgbm.conf. Train with: cd OUT && lightgbm config=lightgbm.conf"
+)]
+pub struct LightgbmArgs {
+    /// Feature table written by `run` (file, folder, glob or URL).
+    #[arg(long, value_name = "URI")]
+    pub feature_table: String,
+    /// Labelled pairs: query, product_id and label (or clicks/adds/purchases), plus optional
+    /// numeric feature columns.
+    #[arg(long, value_name = "URI")]
+    pub labels: String,
+    /// Output folder (local), written under a staging name and renamed when complete.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// query-hash=P% (stable per query text) or random=P% (seeded): share of queries in train.
+    #[arg(long, default_value = "query-hash=80%")]
+    pub split: String,
+    /// Seed of --split random=P%.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Feature columns, comma-separated [default: the engine's features, has_prior, and the labels'
+    /// other numeric columns].
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub features: Option<Vec<String>>,
+    /// Replace an existing non-empty --out folder.
+    #[arg(long)]
+    pub force: bool,
+    /// Memory limit for the query engine, e.g. 4GiB.
+    #[arg(long, env = "Q2Q_MEMORY_LIMIT", value_name = "SIZE")]
+    pub memory_limit: Option<ByteSize>,
+    /// Plan parallelism [default: number of cores].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub target_partitions: Option<u64>,
+}
+
+pub async fn run(command: ExportCommand) -> Result<()> {
+    match command {
+        ExportCommand::Lightgbm(args) => {
+            let spec = ExportSpec {
+                feature_table: InputSpec::new(args.feature_table),
+                labels: InputSpec::new(args.labels),
+                out: args.out,
+                split: Split::parse(&args.split, args.seed)?,
+                features: args.features,
+                force: args.force,
+                execution: ExecutionConfig {
+                    memory_limit: args.memory_limit,
+                    target_partitions: args.target_partitions.map(|n| n as usize),
+                    ..Default::default()
+                },
+            };
+            let summary = lightgbm::export(&spec).await?;
+            eprintln!("{summary}");
+            Ok(())
+        }
+    }
+}

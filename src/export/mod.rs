@@ -1,0 +1,3 @@
+//! Exports of the feature table for downstream trainers.
+
+pub mod lightgbm;

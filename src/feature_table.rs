@@ -1,0 +1,80 @@
+//! Reading back a feature table written by `run` (Parquet, CSV or NDJSON, local or object store),
+//! for the commands that consume it: `export lightgbm` and `evaluate features`.
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::logical_expr::{Expr, cast, col};
+use datafusion::prelude::{SessionContext, ident};
+
+use crate::config::InputSpec;
+use crate::error::{BadInput, Result};
+use crate::pipeline::checks;
+use crate::pipeline::inputs::{self, Input};
+
+/// The engine's feature columns, in the order `run` writes them.
+pub const ENGINE_FEATURES: [&str; 7] = [
+    "h",
+    "prior",
+    "alpha",
+    "f",
+    "impressions",
+    "n_neighbours",
+    "n_contributing",
+];
+
+/// An opened feature table: `input.typed` has `query` and `product_id` as strings and every
+/// numeric column (`numeric`) as it is.
+pub struct FeatureTable {
+    pub input: Input,
+    pub numeric: Vec<String>,
+}
+
+/// Opens and checks a feature table: keys present and non-empty, one row per (query, product_id).
+pub async fn open(
+    ctx: &SessionContext,
+    role: &'static str,
+    spec: &InputSpec,
+) -> Result<FeatureTable> {
+    let mut input = inputs::open_table(ctx, role, spec).await?;
+    let query = input.require("query", checks::is_string, inputs::STRING)?;
+    let product = input.require(
+        "product_id",
+        |t| checks::is_string(t) || inputs::is_integer(t),
+        inputs::KEY,
+    )?;
+    let numeric: Vec<String> = input
+        .raw
+        .schema()
+        .fields()
+        .iter()
+        .filter(|f| inputs::is_number(f.data_type()) && f.name() != "product_id")
+        .map(|f| f.name().clone())
+        .collect();
+    input.checks = vec![
+        checks::key_check("query", &query),
+        checks::key_check("product_id", &product),
+    ];
+    let (rows, results) = checks::evaluate(&input.raw, &input.checks).await?;
+    if rows == 0 {
+        return Err(inputs::no_rows(&input).into());
+    }
+    if let Some(failed) = results.iter().find(|r| r.violations > 0) {
+        return Err(failed.to_bad_input(input.role, &input.uri).into());
+    }
+    let duplicates = inputs::duplicate_keys(&input).await?;
+    if duplicates.duplicated > 0 {
+        let mut bad: BadInput = duplicates.to_bad_input(&input);
+        bad.expected = Some(
+            "one row per (query, product_id); a table from a partitioned run has one per partition: \
+             select one partition (e.g. its folder) as the feature table"
+                .into(),
+        );
+        return Err(bad.into());
+    }
+    let mut columns: Vec<Expr> = vec![
+        cast(col("query"), DataType::Utf8).alias("query"),
+        cast(col("product_id"), DataType::Utf8).alias("product_id"),
+    ];
+    columns.extend(numeric.iter().map(|c| ident(c.as_str())));
+    input.typed = input.raw.clone().select(columns)?;
+    Ok(FeatureTable { input, numeric })
+}
