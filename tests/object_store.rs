@@ -24,19 +24,6 @@ impl Drop for Moto {
     }
 }
 
-fn venv_bin(name: &str) -> PathBuf {
-    let venv = std::env::var_os("Q2Q_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".venv"));
-    let path = venv.join("bin").join(name);
-    assert!(
-        path.exists(),
-        "{} not found: run the test suite with .ci/test, which installs moto[server] into .venv",
-        path.display()
-    );
-    path
-}
-
 fn start_moto() -> Moto {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -226,10 +226,20 @@ async fn repl(shell: &mut Shell, status: Status) -> Result<()> {
     // Ctrl-C is a key while the line editor is in raw mode, and a signal otherwise (a terminal it
     // cannot drive, e.g. TERM=dumb, or while a statement runs). Counting the signals from here on
     // keeps one from ending the shell and lets the prompt tell that one arrived while reading.
+    // The handler is installed here, before the first readline: the line editor swaps in its own
+    // SIGINT handler while it reads and puts back whatever was there before.
     let interrupts = Arc::new(AtomicU64::new(0));
+    #[cfg(unix)]
+    let mut sigint =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let counter = tokio::spawn({
         let interrupts = Arc::clone(&interrupts);
         async move {
+            #[cfg(unix)]
+            while sigint.recv().await.is_some() {
+                interrupts.fetch_add(1, Ordering::SeqCst);
+            }
+            #[cfg(not(unix))]
             while tokio::signal::ctrl_c().await.is_ok() {
                 interrupts.fetch_add(1, Ordering::SeqCst);
             }

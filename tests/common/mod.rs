@@ -221,3 +221,35 @@ pub fn assert_same_features(actual: &[FeatureRow], expected: &[FeatureRow]) {
 pub fn close(x: f64, y: f64) -> bool {
     x == y || (x - y).abs() <= 1e-12 * x.abs().max(y.abs())
 }
+
+/// A program of the test venv (`.venv`, or `Q2Q_TEST_VENV`), which `.ci/test` fills from
+/// `.ci/requirements-test.txt`.
+pub fn venv_bin(name: &str) -> PathBuf {
+    let venv = std::env::var_os("Q2Q_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv"));
+    let path = venv.join("bin").join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run the test suite with .ci/test, which installs the Python packages it needs into .venv",
+        path.display()
+    );
+    path
+}
+
+/// Runs a Python snippet in the test venv with `args` as sys.argv[1:]; returns its stdout and
+/// fails the test (with stderr) if it fails.
+pub fn python(code: &str, args: &[&str]) -> String {
+    let out = Command::new(venv_bin("python"))
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "python failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
