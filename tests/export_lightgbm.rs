@@ -51,7 +51,7 @@ fn synth_and_export(dir: &Path, extra: &[&str]) {
 /// Trains from lightgbm.conf (the CLI's keys minus task/data/output, which the Python API takes
 /// as arguments) on the CSV files, and from the Parquet copies with groups from `qid`; checks the
 /// files' consistency; prints a JSON summary.
-const TRAIN: &str = r#"
+const TRAIN: &str = r##"
 import csv, json, sys
 import numpy as np, pyarrow.parquet as pq, lightgbm as lgb
 from sklearn.metrics import ndcg_score
@@ -133,7 +133,7 @@ print(json.dumps({
     "overlap": len(set(tt.column("query").to_pylist()) & set(tv.column("query").to_pylist())),
     "queries": [len(gt), len(gv)],
 }))
-"#;
+"##;
 
 #[test]
 fn lightgbm_trains_on_the_export_of_synth_data() {
@@ -182,8 +182,12 @@ fn lightgbm_trains_on_the_export_of_synth_data() {
         .map(|v| v.as_u64().unwrap())
         .collect();
     let share = queries[0] as f64 / (queries[0] + queries[1]) as f64;
-    assert!((0.75..0.85).contains(&share), "about 80% of queries in train: {share}");
+    assert!(
+        (0.75..0.85).contains(&share),
+        "about 80% of queries in train: {share}"
+    );
 
+    eprintln!("lightgbm: {result}");
     let random = result["random_ndcg10"].as_f64().unwrap();
     for trained in ["csv_ndcg10", "parquet_ndcg10"] {
         let ndcg = result[trained].as_f64().unwrap();
@@ -274,7 +278,10 @@ fn explicit_labels_extra_features_and_missing_pairs() {
     ok(&all);
     let text = String::from_utf8_lossy(&all.stdout).into_owned();
     assert!(text.contains("red shoes,P9,2,0.0,0.0,0,1.0\n"), "{text}");
-    assert!(text.contains("red shoes,P1,31,0.08992506244796003,"), "{text}");
+    assert!(
+        text.contains("red shoes,P1,31,0.08992506244796003,"),
+        "{text}"
+    );
     assert_eq!(text.lines().count(), 6, "{text}");
 
     // an existing folder is replaced only with --force; --features picks and orders columns
@@ -364,5 +371,9 @@ fn bad_labels_and_options_are_refused_and_nothing_is_written() {
         &[],
         &["split has no queries", "--split query-hash=80%"],
     );
-    case(&format!("{header}red shoes,P1,1\n"), &["--split", "half"], &["--split 'half'"]);
+    case(
+        &format!("{header}red shoes,P1,1\n"),
+        &["--split", "half"],
+        &["--split 'half'"],
+    );
 }

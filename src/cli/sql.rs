@@ -230,8 +230,7 @@ async fn repl(shell: &mut Shell, status: Status) -> Result<()> {
     // SIGINT handler while it reads and puts back whatever was there before.
     let interrupts = Arc::new(AtomicU64::new(0));
     #[cfg(unix)]
-    let mut sigint =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let counter = tokio::spawn({
         let interrupts = Arc::clone(&interrupts);
         async move {
