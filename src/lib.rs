@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod evaluate;
 pub mod export;
 pub mod feature_table;
 pub mod formula;

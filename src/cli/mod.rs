@@ -1,6 +1,7 @@
 //! Command-line interface: one file per subcommand, each with its arguments and one `run`.
 //! [`JobArgs`] (a job file plus flags overriding any key) is shared by every command that runs a job.
 
+pub mod evaluate;
 pub mod export;
 pub mod run;
 pub mod sql;
@@ -44,6 +45,9 @@ pub enum Command {
     /// Training files for downstream rankers (LightGBM).
     #[command(subcommand)]
     Export(export::ExportCommand),
+    /// Offline evaluation of feature tables against held-out outcomes.
+    #[command(subcommand)]
+    Evaluate(evaluate::EvaluateCommand),
     /// Generate a synthetic marketplace (engagement + neighbour lists) for trials and benchmarks.
     Synth(synth::SynthArgs),
 }
@@ -56,6 +60,7 @@ impl Cli {
             Command::Validate(args) => validate::run(*args).await,
             Command::Sql(args) => sql::run(*args).await,
             Command::Export(command) => export::run(command).await,
+            Command::Evaluate(command) => evaluate::run(command).await,
         }
     }
 }
