@@ -18,7 +18,7 @@ pub struct Interval {
 /// intervals from `resamples` bootstrap resamples of the rows. All columns share the resamples, so
 /// intervals of differences stored as columns are paired.
 pub fn means(values: &[f64], width: usize, resamples: usize, seed: u64) -> Vec<Interval> {
-    let rows = if width == 0 { 0 } else { values.len() / width };
+    let rows = values.len().checked_div(width).unwrap_or(0);
     let mut sums = vec![0.0; width];
     for row in values.chunks_exact(width.max(1)) {
         for (s, v) in sums.iter_mut().zip(row) {

@@ -111,7 +111,7 @@ fn expected_reciprocal_rank(start: usize, m: usize, r: usize) -> f64 {
     let mut expected = 0.0;
     for j in 0..=(m - r) {
         expected += p / (start + 1 + j) as f64;
-        if j + 1 <= m - r {
+        if j < m - r {
             p *= (m - r - j) as f64 / (m - 1 - j) as f64;
         }
     }
