@@ -28,12 +28,16 @@ pub enum LabelSource {
 pub struct Labels {
     pub input: Input,
     pub source: LabelSource,
-    /// Numeric columns besides the keys, the label and (for engagement) the counts: candidate
-    /// features for `export lightgbm` or scores for `evaluate features`.
+    /// Numeric columns besides the keys, the label and (for engagement) the counts: features
+    /// `export lightgbm --features` may take from the labelled input.
     pub extra: Vec<String>,
     pub max_label: i64,
     pub rows: u64,
 }
+
+/// The largest label: its gain 2^31 - 1 is the largest that LightGBM's label_gain and the
+/// evaluation's exponential gain represent exactly.
+pub const MAX_LABEL: i64 = 31;
 
 /// Engagement columns that define a graded label.
 const COUNT_COLUMNS: [&str; 4] = ["impressions", "clicks", "adds", "purchases"];
@@ -68,6 +72,13 @@ pub async fn open(ctx: &SessionContext, role: &'static str, spec: &InputSpec) ->
                             DataType::Float64,
                         )))),
                 expected: "an integer relevance grade >= 0 (LightGBM's lambdarank needs integer labels)",
+            });
+            row_checks.push(Check {
+                id: "label_above_31",
+                column: "label",
+                severity: Severity::Fail,
+                violation: col("label").gt(lit(MAX_LABEL)),
+                expected: "a grade of at most 31: gains are 2^label - 1 (LightGBM's default label_gain covers 0..30)",
             });
             (LabelSource::Column, cast(col("label"), DataType::Int64))
         }

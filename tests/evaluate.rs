@@ -134,7 +134,7 @@ fn metrics_match_scikit_learn_and_plain_definitions() {
 fn report_counts_bootstrap_seed_and_chart() {
     let dir = tempfile::tempdir().unwrap();
     let (features, outcomes) = fixture(dir.path());
-    let chart = dir.path().join("chart.svg");
+    let chart = dir.path().join("charts/chart.svg");
     let evaluate = |seed: &str, extra: &[&str]| {
         let mut args = vec![
             "evaluate",
@@ -268,6 +268,9 @@ fn bad_options_and_outcomes_are_refused() {
         ),
         (vec!["--segments", "1000,20"], "--segments '1000,20'"),
         (vec!["--chart", "c.png"], "name the file *.svg"),
+        (vec!["--scores", "h,h"], "'h' is listed twice"),
+        (vec!["--compare", "f,f"], "two different scores"),
+        (vec!["--per-query", "x.txt"], "--per-query x.txt"),
     ] {
         let mut args = vec![
             "evaluate",
@@ -282,6 +285,21 @@ fn bad_options_and_outcomes_are_refused() {
         assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
         assert!(stderr(&out).contains(message), "{}", stderr(&out));
     }
+    let big = write(
+        dir.path(),
+        "big.csv",
+        "query,product_id,label\nq1,p1,2000\n",
+    );
+    let out = run(&[
+        "evaluate",
+        "features",
+        "--feature-table",
+        &features,
+        "--outcomes",
+        big.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("label_above_31"), "{}", stderr(&out));
     let bad = write(dir.path(), "bad.csv", "query,product_id,label\nq1,p1,x\n");
     let out = run(&[
         "evaluate",

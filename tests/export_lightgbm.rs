@@ -79,9 +79,10 @@ params["num_threads"] = 1
 # 1. as lightgbm.conf says, from the CSV files (the C++ loader reads header/label/group columns)
 train = lgb.Dataset(f"{out}/{data}", params=params)
 val = lgb.Dataset(f"{out}/{valid}", reference=train, params=params)
-evals = {}
-lgb.train(params, train, valid_sets=[val], callbacks=[lgb.record_evaluation(evals)])
-csv_ndcg10 = max(evals["valid_0"]["ndcg@10"])
+conf_model = lgb.train(params, train, valid_sets=[val])
+# the CSV-trained model sees `group` as its first (ignored) feature: predict rows laid out like the CSV
+valid_csv = np.loadtxt(f"{out}/{valid}", delimiter=",", skiprows=1, ndmin=2)
+conf_pred = conf_model.predict(valid_csv[:, 1:])
 
 # 2. from the Parquet copies, groups from qid
 features = open(f"{out}/features.txt").read().split()
@@ -120,7 +121,7 @@ sizes = [int(x) for x in open(f"{out}/train.csv.query").read().split()]
 vsizes = [int(x) for x in open(f"{out}/valid.csv.query").read().split()]
 numeric = all(float(v) == float(v) for r in rows + vrows for v in r)
 print(json.dumps({
-    "csv_ndcg10": csv_ndcg10,
+    "csv_ndcg10": mean_ndcg(conf_pred),
     "parquet_ndcg10": mean_ndcg(pred),
     "random_ndcg10": random_ndcg,
     "header": header,
@@ -258,9 +259,14 @@ fn explicit_labels_extra_features_and_missing_pairs() {
     ok(&export(&[]));
     let names = std::fs::read_to_string(out.join("features.txt")).unwrap();
     assert_eq!(
-        names,
-        "h\nprior\nalpha\nf\nimpressions\nn_neighbours\nn_contributing\nhas_prior\nprice\n"
+        names, "h\nprior\nalpha\nf\nimpressions\nn_neighbours\nn_contributing\nhas_prior\n",
+        "the labels' own columns only when asked for"
     );
+    ok(&export(&[
+        "--force",
+        "--features",
+        "h,prior,has_prior,price",
+    ]));
     let conf = std::fs::read_to_string(out.join("lightgbm.conf")).unwrap();
     assert!(conf.contains("\nlabel_gain = 0,1,3,7,"), "{conf}");
     assert!(conf.contains(",2147483647\n"), "{conf}");
@@ -376,4 +382,92 @@ fn bad_labels_and_options_are_refused_and_nothing_is_written() {
         &["--split", "half"],
         &["--split 'half'"],
     );
+    case(
+        &format!("{header}red shoes,P1,32\n"),
+        &[],
+        &["label_above_31", "at most 31"],
+    );
+    // a labels column named like an engine feature: fine unless asked for, then ambiguous
+    let clash = "query,product_id,label,impressions\nred shoes,P1,1,7\ncrimson shoes,P1,0,3\n";
+    case(
+        clash,
+        &["--features", "f,impressions"],
+        &["'impressions' is a column of both"],
+    );
+}
+
+#[test]
+fn the_output_must_be_a_folder_of_its_own() {
+    let features = root().join("fixtures/tiny/expected.csv");
+    let out = run(&[
+        "export",
+        "lightgbm",
+        "--feature-table",
+        features.to_str().unwrap(),
+        "--labels",
+        features.to_str().unwrap(),
+        "--out",
+        ".",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("name a folder"), "{}", stderr(&out));
+}
+
+#[test]
+fn an_interrupted_export_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    ok(&run(&[
+        "synth",
+        "--queries",
+        "20000",
+        "--seed",
+        "5",
+        "--later-period",
+        "--out",
+        d,
+    ]));
+    ok(&run(&[
+        "run",
+        "--engagement",
+        &format!("{d}/engagement.parquet"),
+        "--neighbours",
+        &format!("{d}/neighbours.parquet"),
+        "-o",
+        &format!("{d}/features.parquet"),
+    ]));
+    let out = dir.path().join("lgb");
+    let mut child = bin()
+        .args([
+            "export",
+            "lightgbm",
+            "--feature-table",
+            &format!("{d}/features.parquet"),
+            "--labels",
+            &format!("{d}/engagement_later.parquet"),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert!(child.try_wait().unwrap().is_none(), "still exporting");
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(!out.exists());
+    let staging: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('_'))
+        .collect();
+    assert!(staging.is_empty(), "{staging:?}");
 }

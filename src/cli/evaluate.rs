@@ -104,6 +104,23 @@ async fn features_command(args: FeaturesArgs) -> Result<()> {
             chart.display()
         )));
     }
+    for (i, score) in args.scores.iter().enumerate() {
+        if args.scores[..i].contains(score) {
+            return Err(Error::config(format!(
+                "--scores: '{score}' is listed twice"
+            )));
+        }
+    }
+    if let Some((a, b)) = &compare
+        && a == b
+    {
+        return Err(Error::config(format!(
+            "--compare {a},{b}: compare two different scores"
+        )));
+    }
+    if let Some(path) = &args.per_query {
+        features::per_query_format(path)?;
+    }
     let spec = EvaluateSpec {
         feature_table: InputSpec::new(args.feature_table),
         outcomes: InputSpec::new(args.outcomes),
@@ -124,8 +141,19 @@ async fn features_command(args: FeaturesArgs) -> Result<()> {
     if let Some(path) = &args.chart {
         // beside the destination, then renamed: never a half-written chart
         let staging = path.with_extension("svg.partial");
-        std::fs::write(&staging, chart::svg(&evaluation))?;
-        std::fs::rename(&staging, path)?;
+        let written = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&staging, chart::svg(&evaluation)))
+            .and_then(|()| std::fs::rename(&staging, path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&staging);
+            return Err(Error::config(format!(
+                "--chart {}: cannot write it: {e}",
+                path.display()
+            )));
+        }
     }
     let mut out = std::io::stdout().lock();
     if args.json {

@@ -45,8 +45,8 @@ pub struct LightgbmArgs {
     /// Seed of --split random=P%.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Feature columns, comma-separated [default: the engine's features, has_prior, and the labels'
-    /// other numeric columns].
+    /// Feature columns, comma-separated: engine features of the table, has_prior, or numeric
+    /// columns of the labels [default: the engine's features and has_prior].
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub features: Option<Vec<String>>,
     /// Replace an existing non-empty --out folder.
@@ -76,7 +76,12 @@ pub async fn run(command: ExportCommand) -> Result<()> {
                     ..Default::default()
                 },
             };
-            let summary = lightgbm::export(&spec).await?;
+            // Ctrl-C / SIGTERM drops the export, whose staging folder removes itself
+            let summary = tokio::select! {
+                biased;
+                _ = super::run::shutdown_signal() => return Err(crate::Error::Interrupted),
+                summary = lightgbm::export(&spec) => summary?,
+            };
             eprintln!("{summary}");
             Ok(())
         }

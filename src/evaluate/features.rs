@@ -440,25 +440,30 @@ async fn write_per_query(
             Arc::new(Float64Array::from(recall)),
         ],
     )?;
-    let lower = path.to_ascii_lowercase();
-    let format = if lower.ends_with(".csv") {
-        OutputFormat::Csv
-    } else if [".json", ".ndjson", ".jsonl"]
-        .iter()
-        .any(|e| lower.ends_with(e))
-    {
-        OutputFormat::Json
-    } else if lower.ends_with(".parquet") {
-        OutputFormat::Parquet
-    } else {
-        return Err(Error::config(format!(
-            "--per-query {path}: use a .parquet, .csv or .ndjson file"
-        )));
-    };
+    let format = per_query_format(path)?;
     let location = OutputLocation::resolve(ctx.runtime_env().as_ref(), path)?;
     let cancel = tokio_util::sync::CancellationToken::new();
     sink::write_atomic(ctx.read_batch(batch)?, &location, format, &cancel, |_| {}).await?;
     Ok(())
+}
+
+/// The format of the per-query file, from its extension.
+pub fn per_query_format(path: &str) -> Result<OutputFormat> {
+    let lower = path.to_ascii_lowercase();
+    if lower.ends_with(".csv") {
+        Ok(OutputFormat::Csv)
+    } else if [".json", ".ndjson", ".jsonl"]
+        .iter()
+        .any(|e| lower.ends_with(e))
+    {
+        Ok(OutputFormat::Json)
+    } else if lower.ends_with(".parquet") {
+        Ok(OutputFormat::Parquet)
+    } else {
+        Err(Error::config(format!(
+            "--per-query {path}: use a .parquet, .csv or .ndjson file"
+        )))
+    }
 }
 
 fn fmt_interval(i: &Interval, signed: bool) -> String {

@@ -113,8 +113,8 @@ pub struct ExportSpec {
     pub labels: InputSpec,
     pub out: PathBuf,
     pub split: Split,
-    /// Feature columns; `None` = every engine feature of the table, `has_prior`, and the labelled
-    /// input's other numeric columns.
+    /// Feature columns; `None` = every engine feature of the table and `has_prior`. Numeric
+    /// columns of the labelled input come in only when named (they may be outcomes: a leak).
     pub features: Option<Vec<String>>,
     /// Replace an existing, non-empty output folder.
     pub force: bool,
@@ -211,24 +211,44 @@ pub async fn export(spec: &ExportSpec) -> Result<ExportSummary> {
     );
     let joined = ctx.sql(&sql).await?;
 
-    let staging = staging_dir(&spec.out)?;
-    let result = write_splits(joined, &features, spec, &staging).await;
-    let result = match result {
-        Ok(splits) => write_metadata(&staging, &features, labels.max_label).and_then(|()| {
-            publish(&staging, &spec.out)?;
-            Ok(splits)
-        }),
-        Err(e) => Err(e),
-    };
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
+    // removed on every way out but a successful publish, including a cancelled future
+    let staging = Staging(Some(staging_dir(&spec.out)?));
+    let dir = staging.path().to_path_buf();
+    let splits = write_splits(joined, &features, spec, &dir).await?;
+    write_metadata(&dir, &features, labels.max_label)?;
+    staging.publish(&spec.out)?;
     Ok(ExportSummary {
         out: spec.out.clone(),
         features,
-        splits: result?,
+        splits,
         max_label: labels.max_label,
     })
+}
+
+/// The staging folder: deleted when dropped unless published.
+struct Staging(Option<PathBuf>);
+
+impl Staging {
+    fn path(&self) -> &Path {
+        self.0.as_deref().expect("not yet published")
+    }
+
+    fn publish(mut self, out: &Path) -> Result<()> {
+        let dir = self.0.take().expect("not yet published");
+        let published = publish(&dir, out);
+        if published.is_err() {
+            self.0 = Some(dir);
+        }
+        published
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// `"name"` with quotes doubled, for column names in generated SQL.
@@ -254,7 +274,6 @@ fn choose_features(
                 .map(|f| f.to_string())
                 .collect();
             chosen.push(HAS_PRIOR.to_string());
-            chosen.extend(labels.extra.iter().cloned());
             Ok(chosen)
         }
         Some(list) => {
@@ -282,6 +301,13 @@ fn choose_features(
                         "--features: '{name}' is listed twice"
                     )));
                 }
+                let in_table = name == HAS_PRIOR || table.numeric.iter().any(|c| c == name);
+                if in_table && labels.extra.iter().any(|c| c == name) {
+                    return Err(Error::config(format!(
+                        "--features: '{name}' is a column of both the feature table and the labels; \
+                         rename the labels' column"
+                    )));
+                }
                 chosen.push(name.clone());
             }
             Ok(chosen)
@@ -291,6 +317,12 @@ fn choose_features(
 
 /// Refuses to replace a non-empty folder unless `force`.
 fn check_destination(out: &Path, force: bool) -> Result<()> {
+    if out.file_name().is_none() || out == Path::new(".") {
+        return Err(Error::config(format!(
+            "--out {}: name a folder of its own (it is replaced as a whole), e.g. lgb/",
+            out.display()
+        )));
+    }
     if out.is_file() {
         return Err(Error::config(format!(
             "--out {} is a file; it must be a folder (created if missing)",
@@ -337,7 +369,13 @@ fn publish(staging: &Path, out: &Path) -> Result<()> {
             let _ = std::fs::rename(&old, out);
             return Err(e.into());
         }
-        std::fs::remove_dir_all(&old)?;
+        if let Err(e) = std::fs::remove_dir_all(&old) {
+            // the new folder is in place; the old one is only garbage now
+            tracing::warn!(
+                "could not remove the replaced folder {}: {e}",
+                old.display()
+            );
+        }
     } else {
         std::fs::rename(staging, out)?;
     }
@@ -524,6 +562,8 @@ fn write_metadata(dir: &Path, features: &[String], max_label: i64) -> Result<()>
     let mut conf = format!(
         "# Written by q2q-prior {} (export lightgbm). Train from this folder:\n\
          #   lightgbm config=lightgbm.conf\n\
+         # A model trained from these CSVs sees `group` as its first (ignored) feature: predict on rows\n\
+         # laid out like them (e.g. lightgbm task=predict data=valid.csv input_model=model.txt).\n\
          # Features: {}\n\
          task = train\n\
          objective = lambdarank\n\
@@ -544,7 +584,7 @@ fn write_metadata(dir: &Path, features: &[String], max_label: i64) -> Result<()>
         env!("CARGO_PKG_VERSION"),
         features.join(",")
     );
-    // lambdarank's default label_gain (2^i - 1) covers labels 0..=30
+    // lambdarank's default label_gain (2^i - 1) covers labels 0..=30; labels stop at 31
     if max_label > 30 {
         let gains: Vec<String> = (0..=max_label)
             .map(|i| format!("{}", 2f64.powi(i as i32) - 1.0))
