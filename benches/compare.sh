@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# The feature job against its peers, side by side on this machine: `q2q-prior run` (release build),
+# the same semantics as one DuckDB statement (benches/compare/duckdb_feature_job.sql, DuckDB from
+# PyPI), and the I/O floor (benches/io_floor.rs: decode both inputs, write the output's rows).
+#
+#   benches/compare.sh [--queries "100000 1000000"] [--runs 3] [--top-k 10] [--memory-limit SIZE]
+#
+# For each scale: synth data (cached under $Q2Q_BENCH_DATA, default ~/.cache/q2q-prior/bench-data),
+# then --runs rounds of engine, DuckDB and floor in turn; every engine output is checked against
+# DuckDB's (benches/compare/agree.py: same keys, floats to 1e-12 relative). Prints wall, CPU and
+# peak RSS medians and the ratios the performance targets are stated in; raw lines go to
+# $Q2Q_BENCH_DATA/results.tsv. Figures belong in docs/BENCHMARKS.md with date, machine, command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+queries="100000 1000000"
+runs=3
+top_k=10
+memory_limit=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --queries) queries="$2"; shift 2 ;;
+        --runs) runs="$2"; shift 2 ;;
+        --top-k) top_k="$2"; shift 2 ;;
+        --memory-limit) memory_limit="$2"; shift 2 ;;
+        --bench) shift ;;  # cargo bench passes it
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+
+data="${Q2Q_BENCH_DATA:-$HOME/.cache/q2q-prior/bench-data}"
+mkdir -p "$data"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/q2q-prior/target}"
+
+venv="${Q2Q_BENCH_VENV:-$PWD/.venv}"
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r benches/compare/requirements.txt
+python="$venv/bin/python"
+
+echo "building release binaries..." >&2
+cargo build --release --locked --bin q2q-prior >&2
+floor_bin=$(cargo bench --locked --bench io_floor --no-run --message-format=json 2>/dev/null |
+    "$python" -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "io_floor" and m.get("executable"):
+        print(m["executable"])')
+engine="$CARGO_TARGET_DIR/release/q2q-prior"
+
+results="$data/results.tsv"
+: > "$results"
+limit_args=()
+if [ -n "$memory_limit" ]; then
+    limit_args=(--memory-limit "$memory_limit")
+fi
+
+# measure SCALE LABEL CMD...: one timed run; appends "scale label wall user sys rss_kib" (peak RSS
+# of the process tree's largest process, from GNU time)
+measure() {
+    local scale="$1" label="$2"
+    shift 2
+    local t
+    t=$(mktemp)
+    if ! /usr/bin/time -f '%e %U %S %M' -o "$t" "$@" > "$data/last-$label.out" 2> "$data/last-$label.err"; then
+        echo "$label failed at $scale queries:" >&2
+        tail -20 "$data/last-$label.err" >&2
+        rm -f "$t"
+        exit 1
+    fi
+    echo "$scale $label $(tail -1 "$t")" >> "$results"
+    rm -f "$t"
+}
+
+for n in $queries; do
+    dir="$data/q$n"
+    if [ ! -f "$dir/neighbours.parquet" ]; then
+        echo "synth: $n queries -> $dir" >&2
+        "$engine" synth --queries "$n" --seed 42 --out "$dir" >&2
+    fi
+    for run in $(seq 1 "$runs"); do
+        echo "scale $n, round $run/$runs" >&2
+        out="$dir/features.engine.parquet"
+        measure "$n" engine "$engine" run --engagement "$dir/engagement.parquet" \
+            --neighbours "$dir/neighbours.parquet" -o "$out" --top-k "$top_k" "${limit_args[@]}"
+        measure "$n" duckdb "$python" benches/compare/duckdb_run.py \
+            benches/compare/duckdb_feature_job.sql "$dir/engagement.parquet" \
+            "$dir/neighbours.parquet" "$dir/features.duckdb.parquet" "$top_k"
+        "$python" benches/compare/agree.py "$out" "$dir/features.duckdb.parquet" >&2
+        measure "$n" floor "$floor_bin" --engagement "$dir/engagement.parquet" \
+            --neighbours "$dir/neighbours.parquet" --like "$out" --out "$dir/floor.parquet"
+        # the floor's own clock leaves out loading the rows it writes
+        wall=$(sed -n 's/.*wall_s=\([0-9.]*\).*/\1/p' "$data/last-floor.out")
+        sed -i "\$s/^\([0-9]* floor\) [0-9.]*/\1 $wall/" "$results"
+    done
+    grep -E 'rows|wall time|stage|inputs|history|neighbour_sets|prior' "$data/last-engine.err" >&2 || true
+done
+
+"$python" - "$results" <<'EOF'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+by = {}
+for scale, label, wall, user, sys_, rss in rows:
+    by.setdefault((int(scale), label), []).append((float(wall), float(user) + float(sys_), int(rss)))
+med = {k: tuple(statistics.median(x[i] for x in v) for i in range(3)) for k, v in by.items()}
+print(f"{'queries':>9} {'peer':<7} {'wall s':>8} {'cpu s':>8} {'peak RSS MiB':>13}  (medians of {len(next(iter(by.values())))} runs)")
+for (scale, label), (wall, cpu, rss) in sorted(med.items()):
+    rss_text = f"{rss / 1024:13.0f}" if label != "floor" else f"{'-':>13}"
+    print(f"{scale:>9} {label:<7} {wall:8.2f} {cpu:8.2f} {rss_text}")
+print()
+scales = sorted({s for s, _ in med})
+for s in scales:
+    e, d, f = med.get((s, "engine")), med.get((s, "duckdb")), med.get((s, "floor"))
+    print(f"{s:>9} queries: engine/duckdb wall {e[0] / d[0]:.2f} (target <= 0.5), "
+          f"engine/floor wall {e[0] / f[0]:.2f} (target <= 2), "
+          f"engine/duckdb peak RSS {e[2] / d[2]:.2f} (target <= 1)")
+if len(scales) >= 2:
+    lo, hi = scales[0], scales[-1]
+    print(f"scaling: engine time({hi})/time({lo}) = {med[(hi, 'engine')][0] / med[(lo, 'engine')][0]:.2f} "
+          f"for {hi / lo:.0f}x the queries (target <= {1.1 * hi / lo:.0f})")
+EOF
