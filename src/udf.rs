@@ -4,7 +4,7 @@
 //! same bits. Both call [`crate::formula`], the single definition. They are registered by
 //! [`crate::session::register_functions`], which every session goes through.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, StringArray};
 use datafusion::arrow::compute::cast;
@@ -15,7 +15,34 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
+use datafusion::logical_expr::{DocSection, Documentation};
+
 use crate::{formula, normalize};
+
+/// Where `SHOW FUNCTIONS` and the docs file the project's UDFs.
+const DOC_SECTION: DocSection = DocSection {
+    include: true,
+    label: "q2q-prior",
+    description: Some("The Q2Q prior's formulas (Q2Q paper, section 4.5) and query normalization"),
+};
+
+/// Documentation of a UDF, built once.
+fn doc(
+    cell: &'static OnceLock<Documentation>,
+    description: &str,
+    syntax: &str,
+    arguments: &[(&str, &str)],
+) -> &'static Documentation {
+    cell.get_or_init(|| {
+        arguments
+            .iter()
+            .fold(
+                Documentation::builder(DOC_SECTION, description, syntax),
+                |b, (name, text)| b.with_argument(*name, *text),
+            )
+            .build()
+    })
+}
 
 /// Every UDF the engine defines, in registration order.
 pub fn all() -> Vec<ScalarUDF> {
@@ -50,6 +77,26 @@ impl Default for AlphaUdf {
 impl ScalarUDFImpl for AlphaUdf {
     fn name(&self) -> &str {
         "q2q_alpha"
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        static DOC: OnceLock<Documentation> = OnceLock::new();
+        Some(doc(
+            &DOC,
+            "Confidence alpha = tanh(min(gamma, I) / min(gamma, max_p I)) (eq. 9); 0 when the denominator is 0.",
+            "q2q_alpha(impressions, max_impressions, gamma)",
+            &[
+                (
+                    "impressions",
+                    "I(q,p): impressions of the (query, product) pair",
+                ),
+                (
+                    "max_impressions",
+                    "the largest I(q,p') of any product under the query",
+                ),
+                ("gamma", "the impression cap (job default 10000)"),
+            ],
+        ))
     }
 
     fn signature(&self) -> &Signature {
@@ -92,6 +139,21 @@ impl Default for BlendUdf {
 impl ScalarUDFImpl for BlendUdf {
     fn name(&self) -> &str {
         "q2q_blend"
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        static DOC: OnceLock<Documentation> = OnceLock::new();
+        Some(doc(
+            &DOC,
+            "Blended feature F = alpha * H + (1 - alpha) * Prior * beta (eq. 8).",
+            "q2q_blend(h, prior, alpha, beta)",
+            &[
+                ("h", "history score H(q,p)"),
+                ("prior", "Prior(q,p) from the neighbour set"),
+                ("alpha", "confidence, see q2q_alpha"),
+                ("beta", "confidence rate of the prior (job default 1)"),
+            ],
+        ))
     }
 
     fn signature(&self) -> &Signature {
@@ -177,6 +239,22 @@ impl Default for NormalizeQueryUdf {
 impl ScalarUDFImpl for NormalizeQueryUdf {
     fn name(&self) -> &str {
         "normalize_query"
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        static DOC: OnceLock<Documentation> = OnceLock::new();
+        Some(doc(
+            &DOC,
+            "The query's normalized key: case and width folded, stop words dropped, stemmed (English), terms sorted; the language from `lang` or the script.",
+            "normalize_query(text [, lang])",
+            &[
+                ("text", "the query"),
+                (
+                    "lang",
+                    "optional language or marketplace code (en, ja, hi, JP, ...); NULL detects it",
+                ),
+            ],
+        ))
     }
 
     fn signature(&self) -> &Signature {

@@ -253,6 +253,13 @@ fn nested_values_print_in_every_format() {
     let out = sql(&["-c", "SHOW FUNCTIONS LIKE 'q2q%'"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("q2q_alpha") && stdout(&out).contains("q2q_blend"));
+    // with their documentation: arguments and syntax
+    assert!(
+        stdout(&out).contains("\"[impressions, max_impressions, gamma]\"")
+            && stdout(&out).contains("q2q_blend(h, prior, alpha, beta)"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
