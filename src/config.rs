@@ -153,6 +153,9 @@ pub struct ExecutionConfig {
     pub target_partitions: Option<usize>,
     /// Sort the output by (query, product_id) so reruns write identical files.
     pub sort_output: bool,
+    /// How equi-joins are executed (docs/BENCHMARKS.md: sort-merge is twice as fast on the
+    /// feature job at 100k queries and k = 10, and can spill).
+    pub join: JoinAlgorithm,
 }
 
 impl Default for ExecutionConfig {
@@ -161,8 +164,18 @@ impl Default for ExecutionConfig {
             memory_limit: None,
             target_partitions: None,
             sort_output: true,
+            join: JoinAlgorithm::SortMerge,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum JoinAlgorithm {
+    /// Sort both sides and merge (spills to disk under a memory limit).
+    SortMerge,
+    /// Build a hash table of one side (DataFusion's default; does not spill).
+    Hash,
 }
 
 /// One input: a URI (local path, directory, glob or object-store URL) and optionally its format.

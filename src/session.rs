@@ -32,6 +32,8 @@ pub fn session_config(execution: &ExecutionConfig) -> SessionConfig {
     if let Some(n) = execution.target_partitions {
         config = config.with_target_partitions(n);
     }
+    config.options_mut().optimizer.prefer_hash_join =
+        execution.join == crate::config::JoinAlgorithm::Hash;
     config
 }
 

@@ -308,7 +308,8 @@ fn one_shot_errors_exit_non_zero_and_stop() {
 
 #[test]
 fn out_of_memory_is_reported_with_a_hint() {
-    // a hash join's build side (2M rows of 64-byte strings) cannot spill
+    // a hash join's build side (2M rows of 64-byte strings) cannot spill (sort-merge, the
+    // default, would spill and succeed)
     let join = "SELECT COUNT(*) AS n \
         FROM (SELECT value AS v, repeat('x', 64) AS s FROM generate_series(1, 2000000)) a \
         JOIN (SELECT value AS v, repeat('y', 64) AS s FROM generate_series(1, 2000000)) b \
@@ -318,16 +319,36 @@ fn out_of_memory_is_reported_with_a_hint() {
         "64MiB",
         "--target-partitions",
         "1",
+        "--join",
+        "hash",
         "-c",
         join,
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("hint:"), "{}", stderr(&out));
     assert!(stderr(&out).contains("--memory-limit"), "{}", stderr(&out));
+    // the default sort-merge join spills to disk instead and finishes within the same limit
+    let out = sql(&[
+        "--memory-limit",
+        "64MiB",
+        "--target-partitions",
+        "1",
+        "-c",
+        join,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "n\n2000000\n");
     // in a piped session the next statement still runs
     let out = sql_piped(
         &format!("{join};\nSELECT 'still here' AS s;\n"),
-        &["--memory-limit", "64MiB", "--target-partitions", "1"],
+        &[
+            "--memory-limit",
+            "64MiB",
+            "--target-partitions",
+            "1",
+            "--join",
+            "hash",
+        ],
     );
     assert_eq!(stdout(&out), "s\nstill here\n");
     assert!(stderr(&out).contains("hint:"), "{}", stderr(&out));

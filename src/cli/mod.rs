@@ -111,6 +111,9 @@ pub struct JobArgs {
     /// Memory limit for the query engine, e.g. 4GiB [execution.memory_limit; default unlimited].
     #[arg(long, env = "Q2Q_MEMORY_LIMIT", value_name = "SIZE")]
     pub memory_limit: Option<ByteSize>,
+    /// How equi-joins run [execution.join; default sort-merge].
+    #[arg(long, value_enum)]
+    pub join: Option<crate::config::JoinAlgorithm>,
     /// Plan parallelism [execution.target_partitions; default: number of cores].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub target_partitions: Option<u64>,
@@ -217,6 +220,7 @@ impl JobArgs {
         if self.memory_limit.is_some() {
             config.execution.memory_limit = self.memory_limit;
         }
+        set(&mut config.execution.join, self.join);
         if let Some(n) = self.target_partitions {
             config.execution.target_partitions = Some(n as usize);
         }
