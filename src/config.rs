@@ -156,6 +156,9 @@ pub struct ExecutionConfig {
     /// How equi-joins are executed (docs/BENCHMARKS.md: sort-merge is twice as fast on the
     /// feature job at 100k queries and k = 10, and can spill).
     pub join: JoinAlgorithm,
+    /// How stages 2-4 (neighbour sets, prior, blend) are computed: one in-memory per-query merge
+    /// (`merge`, default) or the SQL files under `sql/` (`sql`, the reference; spills).
+    pub plan: PlanKind,
 }
 
 impl Default for ExecutionConfig {
@@ -165,6 +168,7 @@ impl Default for ExecutionConfig {
             target_partitions: None,
             sort_output: true,
             join: JoinAlgorithm::SortMerge,
+            plan: PlanKind::Merge,
         }
     }
 }
@@ -176,6 +180,18 @@ pub enum JoinAlgorithm {
     SortMerge,
     /// Build a hash table of one side (DataFusion's default; does not spill).
     Hash,
+}
+
+/// The physical plan of the feature stages after `history` (docs/BENCHMARKS.md compares them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlanKind {
+    /// One operator (`PriorMergeExec`): queries and products interned to integers, the history
+    /// grouped by query, and each query's prior a merge of its neighbours' short lists. Keeps
+    /// the history (about 24 bytes per engagement row) in memory.
+    Merge,
+    /// The SQL stages as written in `sql/` (joins and aggregations; spill under a memory limit).
+    Sql,
 }
 
 /// One input: a URI (local path, directory, glob or object-store URL) and optionally its format.

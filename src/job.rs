@@ -3,11 +3,15 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use datafusion::logical_expr::{SortExpr, col};
+use datafusion::physical_plan::displayable;
+use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::prelude::{ident, lit};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::config::JobConfig;
+use crate::config::{JobConfig, PlanKind};
 use crate::error::{Error, Result};
 use crate::pipeline::{self, inputs};
 use crate::session;
@@ -29,9 +33,35 @@ pub struct JobSummary {
     pub written: WriteStats,
     pub warnings: Vec<String>,
     pub check_time: Duration,
+    /// The plan's name (`merge` or `sql`).
+    pub plan: &'static str,
+    /// The merge plan's own measurements (summed over input partitions); `None` for `sql`.
+    pub merge: Option<MergeProfile>,
     pub neighbour_sets_time: Duration,
     pub features_time: Duration,
     pub total_time: Duration,
+}
+
+/// Where the merge plan's time went (see [`pipeline::merge::MergeMetrics`]). The writer runs
+/// concurrently: `prior_blend` and the Parquet encoding overlap.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MergeProfile {
+    pub read_history: Duration,
+    pub read_neighbours: Duration,
+    pub build_index: Duration,
+    pub prior_blend: Duration,
+    pub output_wait: Duration,
+}
+
+impl MergeProfile {
+    fn add(&mut self, m: &pipeline::merge::MergeMetrics) {
+        let d = |t: &datafusion::physical_plan::metrics::Time| Duration::from_nanos(t.value() as u64);
+        self.read_history += d(&m.read_history);
+        self.read_neighbours += d(&m.read_neighbours);
+        self.build_index += d(&m.build_index);
+        self.prior_blend += d(&m.prior_blend);
+        self.output_wait += d(&m.output_wait);
+    }
 }
 
 impl JobSummary {
@@ -65,20 +95,57 @@ impl fmt::Display for JobSummary {
             "  history          {:>10}                        {:>10}  (lazy)",
             self.engagement_rows, self.history_rows
         )?;
-        writeln!(
-            f,
-            "  neighbour_sets   {:>10}                        {:>10}  {:>8}",
-            self.neighbour_rows,
-            self.neighbour_set_rows,
-            secs(self.neighbour_sets_time)
-        )?;
-        writeln!(
-            f,
-            "  prior+blend+sink {:>10}                        {:>10}  {:>8}  (one fused plan)",
-            self.history_rows,
-            self.written.rows,
-            secs(self.features_time)
-        )?;
+        if let Some(m) = &self.merge {
+            writeln!(
+                f,
+                "  merge plan (one operator; the writer encodes concurrently) {:>8}",
+                secs(self.features_time)
+            )?;
+            writeln!(
+                f,
+                "    read history + H, intern        {:>10}                 {:>8}",
+                self.history_rows,
+                secs(m.read_history)
+            )?;
+            writeln!(
+                f,
+                "    read neighbours, filter         {:>10}                 {:>8}",
+                self.neighbour_rows,
+                secs(m.read_neighbours)
+            )?;
+            writeln!(
+                f,
+                "    index + neighbour sets                     {:>10}  {:>8}",
+                self.neighbour_set_rows,
+                secs(m.build_index)
+            )?;
+            writeln!(
+                f,
+                "    prior + blend                              {:>10}  {:>8}",
+                self.written.rows,
+                secs(m.prior_blend)
+            )?;
+            writeln!(
+                f,
+                "    waiting for the writer                                 {:>8}",
+                secs(m.output_wait)
+            )?;
+        } else {
+            writeln!(
+                f,
+                "  neighbour_sets   {:>10}                        {:>10}  {:>8}",
+                self.neighbour_rows,
+                self.neighbour_set_rows,
+                secs(self.neighbour_sets_time)
+            )?;
+            writeln!(
+                f,
+                "  prior+blend+sink {:>10}                        {:>10}  {:>8}  (one fused plan)",
+                self.history_rows,
+                self.written.rows,
+                secs(self.features_time)
+            )?;
+        }
         writeln!(f, "  queries with a prior: {}", self.queries_with_prior)?;
         writeln!(
             f,
@@ -153,57 +220,54 @@ pub async fn run(config: &JobConfig, cancel: &CancellationToken) -> Result<JobSu
     }
     summary.check_time = start.elapsed();
 
-    progress.set_message("computing neighbour sets");
-    tracing::info!("computing neighbour sets");
-    let ns_start = Instant::now();
-    let timings = cancellable(
-        cancel,
-        pipeline::register_job_views(
-            &ctx,
-            &inputs,
-            &config.execution,
-            &config.features,
-            &[pipeline::neighbour_sets::STAGE.name],
-        ),
-    )
-    .await?;
-    summary.neighbour_set_rows = timings
-        .materialized
-        .iter()
-        .map(|(_, rows, _)| rows)
-        .sum::<u64>();
-    summary.queries_with_prior = cancellable(cancel, async {
-        Ok(ctx
-            .table(pipeline::neighbour_sets::STAGE.name)
-            .await?
-            .filter(col("rank").eq(lit(1i64)))?
-            .count()
-            .await? as u64)
-    })
-    .await?;
-    summary.neighbour_sets_time = ns_start.elapsed();
-    let mut features = ctx.table(pipeline::blend::STAGE.name).await?;
+    let merge = config.execution.plan == PlanKind::Merge;
+    summary.plan = if merge { "merge" } else { "sql" };
+    if merge {
+        // the operator computes the neighbour sets itself: nothing to materialise
+        pipeline::register_job_views(&ctx, &inputs, &config.execution, &config.features, &[])
+            .await?;
+    } else {
+        progress.set_message("computing neighbour sets");
+        tracing::info!("computing neighbour sets");
+        let ns_start = Instant::now();
+        let timings = cancellable(
+            cancel,
+            pipeline::register_job_views(
+                &ctx,
+                &inputs,
+                &config.execution,
+                &config.features,
+                &[pipeline::neighbour_sets::STAGE.name],
+            ),
+        )
+        .await?;
+        summary.neighbour_set_rows = timings
+            .materialized
+            .iter()
+            .map(|(_, rows, _)| rows)
+            .sum::<u64>();
+        summary.queries_with_prior = cancellable(cancel, async {
+            Ok(ctx
+                .table(pipeline::neighbour_sets::STAGE.name)
+                .await?
+                .filter(col("rank").eq(lit(1i64)))?
+                .count()
+                .await? as u64)
+        })
+        .await?;
+        summary.neighbour_sets_time = ns_start.elapsed();
+    }
 
     progress.set_message("computing prior and features, writing");
     tracing::info!("computing prior and features, writing {output}");
     let features_start = Instant::now();
-    if config.execution.sort_output {
-        let mut order: Vec<SortExpr> = inputs
-            .engagement
-            .partitions
-            .columns
-            .iter()
-            .map(|k| ident(k.as_str()).sort(true, false))
-            .collect();
-        order.extend([
-            col("query").sort(true, false),
-            col("product_id").sort(true, false),
-        ]);
-        features = features.sort(order)?;
-    }
+    let features = output_frame(&ctx, &inputs, config).await?;
+    let task = Arc::new(features.task_ctx());
+    let plan = features.create_physical_plan().await?;
     let mut rows = 0u64;
-    let written = sink::write_atomic(
-        features,
+    let written = sink::write_plan_atomic(
+        Arc::clone(&plan),
+        task,
         &location,
         config.output_format()?,
         cancel,
@@ -217,7 +281,56 @@ pub async fn run(config: &JobConfig, cancel: &CancellationToken) -> Result<JobSu
     .await?;
     summary.written = written;
     summary.features_time = features_start.elapsed();
+    if merge {
+        let mut profile = MergeProfile::default();
+        for exec in pipeline::merge::find_merges(&plan) {
+            let m = exec.measured();
+            summary.neighbour_set_rows += m.neighbour_set_rows.value() as u64;
+            summary.queries_with_prior += m.queries_with_prior.value() as u64;
+            profile.add(m);
+        }
+        summary.merge = Some(profile);
+    }
     summary.total_time = start.elapsed();
     progress.finish_and_clear();
     Ok(summary)
+}
+
+/// The table `run` writes: the `features` view (with the partition columns of a partitioned
+/// input), sorted by (partition columns, query, product_id) unless `sort_output` is off.
+async fn output_frame(
+    ctx: &SessionContext,
+    inputs: &inputs::Inputs,
+    config: &JobConfig,
+) -> Result<DataFrame> {
+    let features = ctx.table(pipeline::blend::STAGE.name).await?;
+    if !config.execution.sort_output {
+        return Ok(features);
+    }
+    let mut order: Vec<SortExpr> = inputs
+        .engagement
+        .partitions
+        .columns
+        .iter()
+        .map(|k| ident(k.as_str()).sort(true, false))
+        .collect();
+    order.extend([
+        col("query").sort(true, false),
+        col("product_id").sort(true, false),
+    ]);
+    Ok(features.sort(order)?)
+}
+
+/// The physical plan `run` would execute for `config`, as indented text (`run --explain`). Reads
+/// the inputs' metadata only. With `plan = "sql"` the neighbour sets appear as their SQL plan;
+/// `run` computes them first into memory and reads that instead.
+pub async fn explain(config: &JobConfig) -> Result<String> {
+    config.validate()?;
+    let (ctx, inputs) = session::open(config).await?;
+    pipeline::register_job_views(&ctx, &inputs, &config.execution, &config.features, &[]).await?;
+    let plan = output_frame(&ctx, &inputs, config)
+        .await?
+        .create_physical_plan()
+        .await?;
+    Ok(displayable(plan.as_ref()).indent(true).to_string())
 }

@@ -13,6 +13,8 @@ use datafusion::arrow::csv::WriterBuilder as CsvWriterBuilder;
 use datafusion::parquet::arrow::AsyncArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::DataFrame;
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
@@ -51,6 +53,20 @@ pub async fn write_atomic(
     location: &OutputLocation,
     format: OutputFormat,
     cancel: &CancellationToken,
+    on_batch: impl FnMut(&RecordBatch),
+) -> Result<WriteStats> {
+    let task = Arc::new(df.task_ctx());
+    let plan = df.create_physical_plan().await?;
+    write_plan_atomic(plan, task, location, format, cancel, on_batch).await
+}
+
+/// [`write_atomic`] for a physical plan already made (e.g. to read its metrics afterwards).
+pub async fn write_plan_atomic(
+    plan: Arc<dyn ExecutionPlan>,
+    task: Arc<TaskContext>,
+    location: &OutputLocation,
+    format: OutputFormat,
+    cancel: &CancellationToken,
     mut on_batch: impl FnMut(&RecordBatch),
 ) -> Result<WriteStats> {
     let created_dir = match &location.local_dir {
@@ -66,7 +82,7 @@ pub async fn write_atomic(
         _ => None,
     };
     let staging = location.staging_sibling();
-    let mut result = write_to(df, location, &staging, format, cancel, &mut on_batch).await;
+    let mut result = write_to(plan, task, location, &staging, format, cancel, &mut on_batch).await;
     if let Ok(stats) = result {
         result = location
             .store
@@ -98,15 +114,16 @@ async fn next_batch(
 }
 
 async fn write_to(
-    df: DataFrame,
+    plan: Arc<dyn ExecutionPlan>,
+    task: Arc<TaskContext>,
     location: &OutputLocation,
     staging: &ObjectPath,
     format: OutputFormat,
     cancel: &CancellationToken,
     on_batch: &mut impl FnMut(&RecordBatch),
 ) -> Result<WriteStats> {
-    let schema = Arc::new(df.schema().as_arrow().clone());
-    let mut stream = df.execute_stream().await?;
+    let schema = plan.schema();
+    let mut stream = execute_stream(plan, task)?;
     let upload = BufWriter::new(Arc::clone(&location.store), staging.clone());
     let mut stats = WriteStats::default();
     match format {

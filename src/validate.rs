@@ -424,7 +424,7 @@ async fn joint_diagnostics(
         String::new()
     };
     for slice in slices {
-        pipeline::register_stages(&slice.ctx, params, &[]).await?;
+        pipeline::register_stages(&slice.ctx, params, crate::config::PlanKind::Sql, &[]).await?;
         let batches = slice
             .ctx
             .sql(NEIGHBOURS_WITHOUT_HISTORY)

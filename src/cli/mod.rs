@@ -114,6 +114,10 @@ pub struct JobArgs {
     /// How equi-joins run [execution.join; default sort-merge].
     #[arg(long, value_enum)]
     pub join: Option<crate::config::JoinAlgorithm>,
+    /// Plan of the stages after history: merge (in memory, fast) or sql (spills)
+    /// [execution.plan; default merge].
+    #[arg(long, value_enum)]
+    pub plan: Option<crate::config::PlanKind>,
     /// Plan parallelism [execution.target_partitions; default: number of cores].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub target_partitions: Option<u64>,
@@ -221,6 +225,7 @@ impl JobArgs {
             config.execution.memory_limit = self.memory_limit;
         }
         set(&mut config.execution.join, self.join);
+        set(&mut config.execution.plan, self.plan);
         if let Some(n) = self.target_partitions {
             config.execution.target_partitions = Some(n as usize);
         }

@@ -21,10 +21,18 @@ pub struct RunArgs {
     pub job: JobArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+    /// Print the physical plan the job would run (operators, partitioning, join algorithms) on
+    /// stdout, and stop without reading rows or writing anything.
+    #[arg(long)]
+    pub explain: bool,
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
     let config = args.job.load_with(Some(&args.output))?;
+    if args.explain {
+        print!("{}", job::explain(&config).await?);
+        return Ok(());
+    }
     let cancel = CancellationToken::new();
     let listener = tokio::spawn({
         let cancel = cancel.clone();

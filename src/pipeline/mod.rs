@@ -13,9 +13,11 @@ pub mod blend;
 pub mod checks;
 pub mod history;
 pub mod inputs;
+pub mod merge;
 pub mod neighbour_sets;
 pub mod prior;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::common::ScalarValue;
@@ -23,7 +25,7 @@ use datafusion::prelude::{DataFrame, SessionContext};
 
 use datafusion::prelude::{ident, lit};
 
-use crate::config::{ExecutionConfig, FeatureParams};
+use crate::config::{ExecutionConfig, FeatureParams, PlanKind};
 use crate::error::Result;
 use crate::pipeline::inputs::{ENGAGEMENT, Inputs, NEIGHBOURS};
 use crate::session;
@@ -66,7 +68,9 @@ pub struct StageTimings {
     pub materialized: Vec<(&'static str, u64, Duration)>,
 }
 
-/// Registers every stage as a view on `ctx` (inputs must be registered already).
+/// Registers every stage as a view on `ctx` (inputs must be registered already). With the merge
+/// plan, `features` is then replaced by the [`merge::MergedFeatures`] table, which has the SQL
+/// view's schema and rows (the SQL of the other stages stays registered and readable).
 ///
 /// Stages named in `materialize` are computed into memory as soon as they are planned, so later
 /// stages read the result instead of recomputing it; used by `run` for `neighbour_sets`, which is
@@ -74,10 +78,18 @@ pub struct StageTimings {
 pub async fn register_stages(
     ctx: &SessionContext,
     params: &FeatureParams,
+    plan: PlanKind,
     materialize: &[&str],
 ) -> Result<StageTimings> {
     let mut timings = StageTimings::default();
     for stage in &STAGES {
+        if stage.name == blend::STAGE.name && plan == PlanKind::Merge {
+            let sql = stage.plan(ctx, params).await?;
+            let schema = Arc::new(sql.schema().as_arrow().clone());
+            let merged = merge::MergedFeatures::new(ctx, params, schema).await?;
+            ctx.register_table(stage.name, Arc::new(merged))?;
+            continue;
+        }
         let mut df = stage.plan(ctx, params).await?;
         if materialize.contains(&stage.name) {
             let start = Instant::now();
@@ -107,11 +119,12 @@ pub async fn register_job_views(
     if let [only] = slices.as_slice()
         && only.partition.is_empty()
     {
-        return register_stages(ctx, params, materialize).await;
+        return register_stages(ctx, params, execution.plan, materialize).await;
     }
     let mut timings = StageTimings::default();
     for slice in &slices {
-        let slice_timings = register_stages(&slice.ctx, params, materialize).await?;
+        let slice_timings =
+            register_stages(&slice.ctx, params, execution.plan, materialize).await?;
         timings.materialized.extend(slice_timings.materialized);
     }
     for stage in &STAGES {

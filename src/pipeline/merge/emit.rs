@@ -1,0 +1,233 @@
+//! Prior and blend, one query at a time, in (query, product_id) order.
+//!
+//! For query q the prior pairs come from merging the history lists of q's neighbours (k short
+//! lists sorted by product): each contribution is (p, weight_c * H(c,p)); sorted by product and
+//! summed per product they give Prior(q,p) (`sql/prior.sql`). That list is merged with q's own
+//! history to give the full outer join of `sql/features.sql`, and alpha and F come from the same
+//! functions as the SQL UDFs ([`crate::formula`]).
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, Float64Builder, Int64Builder, RecordBatch, StringBuilder, StringViewBuilder,
+};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::Result;
+
+use super::MergeParams;
+use super::index::Index;
+use crate::formula;
+
+/// Produces the feature rows of an [`Index`] in batches of about `batch_size` rows.
+pub struct Emitter<'a> {
+    index: &'a Index,
+    params: MergeParams,
+    schema: SchemaRef,
+    batch_size: usize,
+    next_query: usize,
+    contributions: Vec<(u32, f64)>,
+    columns: Columns,
+}
+
+/// A string column being built, of the type the schema asks for.
+enum Strings {
+    Utf8(StringBuilder),
+    View(StringViewBuilder),
+}
+
+impl Strings {
+    fn new(data_type: &DataType, rows: usize, bytes: usize) -> Self {
+        match data_type {
+            DataType::Utf8View => Strings::View(StringViewBuilder::with_capacity(rows)),
+            _ => Strings::Utf8(StringBuilder::with_capacity(rows, bytes)),
+        }
+    }
+
+    fn append(&mut self, value: &str) {
+        match self {
+            Strings::Utf8(b) => b.append_value(value),
+            Strings::View(b) => b.append_value(value),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Strings::Utf8(b) => Arc::new(b.finish()),
+            Strings::View(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+struct Columns {
+    query: Strings,
+    product: Strings,
+    h: Float64Builder,
+    prior: Float64Builder,
+    alpha: Float64Builder,
+    f: Float64Builder,
+    impressions: Int64Builder,
+    n_neighbours: Int64Builder,
+    n_contributing: Int64Builder,
+    rows: usize,
+}
+
+impl Columns {
+    fn new(schema: &SchemaRef, rows: usize) -> Self {
+        Columns {
+            query: Strings::new(schema.field(0).data_type(), rows, rows * 24),
+            product: Strings::new(schema.field(1).data_type(), rows, rows * 12),
+            h: Float64Builder::with_capacity(rows),
+            prior: Float64Builder::with_capacity(rows),
+            alpha: Float64Builder::with_capacity(rows),
+            f: Float64Builder::with_capacity(rows),
+            impressions: Int64Builder::with_capacity(rows),
+            n_neighbours: Int64Builder::with_capacity(rows),
+            n_contributing: Int64Builder::with_capacity(rows),
+            rows: 0,
+        }
+    }
+
+    fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch> {
+        self.rows = 0;
+        Ok(RecordBatch::try_new(
+            Arc::clone(schema),
+            vec![
+                self.query.finish(),
+                self.product.finish(),
+                Arc::new(self.h.finish()),
+                Arc::new(self.prior.finish()),
+                Arc::new(self.alpha.finish()),
+                Arc::new(self.f.finish()),
+                Arc::new(self.impressions.finish()),
+                Arc::new(self.n_neighbours.finish()),
+                Arc::new(self.n_contributing.finish()),
+            ],
+        )?)
+    }
+}
+
+/// One output row before alpha and F.
+struct Pair {
+    product: u32,
+    h: f64,
+    prior: f64,
+    impressions: i64,
+    n_contributing: i64,
+}
+
+impl<'a> Emitter<'a> {
+    pub fn new(index: &'a Index, params: MergeParams, schema: SchemaRef, batch_size: usize) -> Self {
+        Emitter {
+            index,
+            params,
+            columns: Columns::new(&schema, batch_size.max(1) + 256),
+            schema,
+            batch_size: batch_size.max(1),
+            next_query: 0,
+            contributions: Vec::new(),
+        }
+    }
+
+    /// The next batch, `None` when every query is done. A query's rows never straddle batches
+    /// unless one query alone has more than `batch_size` rows.
+    pub fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        while self.columns.rows < self.batch_size && self.next_query < self.index.queries.len() {
+            self.emit_query(self.next_query as u32);
+            self.next_query += 1;
+        }
+        if self.columns.rows == 0 {
+            return Ok(None);
+        }
+        self.columns.finish(&self.schema).map(Some)
+    }
+
+    fn emit_query(&mut self, query: u32) {
+        let index = self.index;
+        let own = index.history_of(query);
+        let members = index.members_of(query);
+        if own.is_empty() && members.is_empty() {
+            return; // only in neighbour rows that were all filtered out
+        }
+        let max_impressions = own.iter().map(|r| r.impressions).max().unwrap_or(0);
+        let weight_total = index.weight_total[query as usize];
+
+        let contributions = &mut self.contributions;
+        contributions.clear();
+        for member in members {
+            contributions.extend(
+                index
+                    .history_of(member.neighbour)
+                    .iter()
+                    .map(|r| (r.product, member.weight * r.h)),
+            );
+        }
+        contributions.sort_unstable_by_key(|&(product, _)| product);
+
+        let (gamma, beta) = (self.params.gamma, self.params.beta);
+        let n_neighbours = members.len() as i64;
+        let name = &*index.queries[query as usize];
+        let columns = &mut self.columns;
+        let mut push = |pair: Pair| {
+            let alpha = formula::alpha(pair.impressions as f64, max_impressions as f64, gamma);
+            columns.query.append(name);
+            columns.product.append(&index.products[pair.product as usize]);
+            columns.h.append_value(pair.h);
+            columns.prior.append_value(pair.prior);
+            columns.alpha.append_value(alpha);
+            columns
+                .f
+                .append_value(formula::blend(pair.h, pair.prior, alpha, beta));
+            columns.impressions.append_value(pair.impressions);
+            columns.n_neighbours.append_value(n_neighbours);
+            columns.n_contributing.append_value(pair.n_contributing);
+            columns.rows += 1;
+        };
+
+        let mut own = own.iter().peekable();
+        let mut priors = contributions
+            .chunk_by(|a, b| a.0 == b.0)
+            .map(|group| {
+                let sum: f64 = group.iter().map(|&(_, wh)| wh).sum();
+                (group[0].0, sum / weight_total, group.len() as i64)
+            })
+            .peekable();
+        loop {
+            let next_own = own.peek().map(|r| r.product);
+            let next_prior = priors.peek().map(|p| p.0);
+            match (next_own, next_prior) {
+                (None, None) => break,
+                (Some(a), b) if b.is_none_or(|b| a < b) => {
+                    let r = own.next().expect("peeked");
+                    push(Pair {
+                        product: r.product,
+                        h: r.h,
+                        prior: 0.0,
+                        impressions: r.impressions,
+                        n_contributing: 0,
+                    });
+                }
+                (a, Some(b)) if a.is_none_or(|a| b < a) => {
+                    let (product, prior, n) = priors.next().expect("peeked");
+                    push(Pair {
+                        product,
+                        h: 0.0,
+                        prior,
+                        impressions: 0,
+                        n_contributing: n,
+                    });
+                }
+                _ => {
+                    let r = own.next().expect("peeked");
+                    let (_, prior, n) = priors.next().expect("peeked");
+                    push(Pair {
+                        product: r.product,
+                        h: r.h,
+                        prior,
+                        impressions: r.impressions,
+                        n_contributing: n,
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! Stages 2-4 (neighbour sets, prior, blend) as one operator: the merge plan (`execution.plan =
+//! "merge"`, the default).
+//!
+//! ```text
+//! history ──┐
+//!           ├─> PriorMergeExec: intern + group by query (index) ─> per query: merge C_q's lists
+//! neighbours┘                                                     (prior), join own history, blend
+//! ```
+//!
+//! The SQL stages compute the prior as a join of neighbour sets with history, a hash aggregation
+//! by (query, product_id), a full outer join with history and a sort, all keyed by strings. Here
+//! each key is interned once to an integer whose order is the string's, the history is grouped by
+//! query, and each query's prior is a merge of at most k short sorted lists; rows come out already
+//! in (query, product_id) order, so the job's sort disappears from the plan. The SQL files stay the
+//! definition: a test compares both plans on every fixture and on synthetic data.
+//!
+//! The operator is a [`TableProvider`] (`features`) whose scan plans `history` and `neighbours`
+//! in the session it runs in, so the same table works in `run`, in the SQL shell and per input
+//! partition.
+
+pub mod emit;
+pub mod index;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::compute::SortOptions;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{Result, internal_err, plan_err};
+use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::logical_expr::{Expr, LogicalPlan, TableType};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::expressions::Column;
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
+};
+use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
+use datafusion::physical_plan::stream::RecordBatchReceiverStream;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream, execute_stream,
+};
+use datafusion::prelude::SessionContext;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{FeatureParams, PriorWeighting};
+use emit::Emitter;
+
+/// The parameters of stages 2-4 (everything but H's weights, which `history` applies).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MergeParams {
+    pub top_k: u32,
+    pub min_score: f64,
+    pub prior_weighting: PriorWeighting,
+    pub gamma: f64,
+    pub beta: f64,
+}
+
+impl From<&FeatureParams> for MergeParams {
+    fn from(p: &FeatureParams) -> Self {
+        MergeParams {
+            top_k: p.top_k,
+            min_score: p.min_score,
+            prior_weighting: p.prior_weighting,
+            gamma: p.gamma,
+            beta: p.beta,
+        }
+    }
+}
+
+/// The output columns, in order, and their types (those of `sql/features.sql`).
+/// The key columns are `Utf8` or `Utf8View`, as the inputs give them.
+const COLUMNS: [(&str, DataType); 9] = [
+    ("query", DataType::Utf8),
+    ("product_id", DataType::Utf8),
+    ("h", DataType::Float64),
+    ("prior", DataType::Float64),
+    ("alpha", DataType::Float64),
+    ("f", DataType::Float64),
+    ("impressions", DataType::Int64),
+    ("n_neighbours", DataType::Int64),
+    ("n_contributing", DataType::Int64),
+];
+
+fn check_schema(schema: &SchemaRef) -> Result<()> {
+    let actual: Vec<(&str, &DataType)> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8View => (f.name().as_str(), &DataType::Utf8),
+            t => (f.name().as_str(), t),
+        })
+        .collect();
+    let expected: Vec<(&str, &DataType)> = COLUMNS.iter().map(|(n, t)| (*n, t)).collect();
+    if actual != expected {
+        return plan_err!(
+            "the merge plan writes {expected:?} but sql/features.sql now gives {actual:?}; \
+             update src/pipeline/merge to match"
+        );
+    }
+    Ok(())
+}
+
+/// The `features` table of the merge plan: scanning it plans `history` and `neighbours` and
+/// puts a [`PriorMergeExec`] on top.
+#[derive(Debug)]
+pub struct MergedFeatures {
+    schema: SchemaRef,
+    history: LogicalPlan,
+    neighbours: LogicalPlan,
+    params: MergeParams,
+}
+
+impl MergedFeatures {
+    /// Reads `history` and `neighbours` from `ctx`; `schema` is the SQL `features` view's.
+    pub async fn new(ctx: &SessionContext, params: &FeatureParams, schema: SchemaRef) -> Result<Self> {
+        check_schema(&schema)?;
+        let history = ctx
+            .table(super::history::STAGE.name)
+            .await?
+            .select_columns(&["query", "product_id", "impressions", "h"])?
+            .into_unoptimized_plan();
+        let neighbours = ctx
+            .table(super::inputs::NEIGHBOURS)
+            .await?
+            .select_columns(&["query", "neighbour", "score"])?
+            .into_unoptimized_plan();
+        Ok(MergedFeatures {
+            schema,
+            history,
+            neighbours,
+            params: params.into(),
+        })
+    }
+}
+
+#[async_trait]
+impl TableProvider for MergedFeatures {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let history = state.create_physical_plan(&self.history).await?;
+        let neighbours = state.create_physical_plan(&self.neighbours).await?;
+        let exec: Arc<dyn ExecutionPlan> = Arc::new(PriorMergeExec::try_new(
+            history,
+            neighbours,
+            self.params,
+            Arc::clone(&self.schema),
+        )?);
+        match projection {
+            Some(columns) if *columns != (0..self.schema.fields().len()).collect::<Vec<_>>() => {
+                let exprs = columns.iter().map(|&i| {
+                    let name = self.schema.field(i).name();
+                    let column: Arc<dyn PhysicalExpr> = Arc::new(Column::new(name, i));
+                    ProjectionExpr::new(column, name.clone())
+                });
+                Ok(Arc::new(ProjectionExec::try_new(exprs, exec)?))
+            }
+            _ => Ok(exec),
+        }
+    }
+}
+
+/// What the operator measured; shown by EXPLAIN ANALYZE and in `run`'s summary.
+#[derive(Debug, Clone)]
+pub struct MergeMetrics {
+    pub history_rows: Count,
+    pub neighbour_rows: Count,
+    pub neighbour_set_rows: Count,
+    pub queries_with_prior: Count,
+    pub output_rows: Count,
+    /// Pulling `history` (reading engagement and computing H) and interning it.
+    pub read_history: Time,
+    /// Pulling `neighbours` and filtering its rows.
+    pub read_neighbours: Time,
+    /// Sorting the history by query and building C_q.
+    pub build_index: Time,
+    /// Computing prior, alpha and F into output batches.
+    pub prior_blend: Time,
+    /// Waiting for the consumer (the writer) to take a batch.
+    pub output_wait: Time,
+}
+
+impl MergeMetrics {
+    fn new(set: &ExecutionPlanMetricsSet) -> Self {
+        let count = |name: &'static str| MetricBuilder::new(set).global_counter(name);
+        let time = |name: &'static str| MetricBuilder::new(set).subset_time(name, 0);
+        MergeMetrics {
+            history_rows: count("history_rows"),
+            neighbour_rows: count("neighbour_rows"),
+            neighbour_set_rows: count("neighbour_set_rows"),
+            queries_with_prior: count("queries_with_prior"),
+            output_rows: count("output_rows"),
+            read_history: time("read_history"),
+            read_neighbours: time("read_neighbours"),
+            build_index: time("build_index"),
+            prior_blend: time("prior_blend"),
+            output_wait: time("output_wait"),
+        }
+    }
+}
+
+/// Neighbour sets, prior and blend over two children, `history` (query, product_id, impressions,
+/// h) and `neighbours` (query, neighbour, score); one output partition sorted by (query,
+/// product_id). See the module documentation.
+#[derive(Debug)]
+pub struct PriorMergeExec {
+    history: Arc<dyn ExecutionPlan>,
+    neighbours: Arc<dyn ExecutionPlan>,
+    params: MergeParams,
+    properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+    /// Set on construction; read after a run.
+    measured: MergeMetrics,
+}
+
+impl PriorMergeExec {
+    pub fn try_new(
+        history: Arc<dyn ExecutionPlan>,
+        neighbours: Arc<dyn ExecutionPlan>,
+        params: MergeParams,
+        schema: SchemaRef,
+    ) -> Result<Self> {
+        check_schema(&schema)?;
+        let ascending = SortOptions {
+            descending: false,
+            nulls_first: false,
+        };
+        let mut eq = EquivalenceProperties::new(Arc::clone(&schema));
+        eq.add_ordering([
+            PhysicalSortExpr::new(Arc::new(Column::new("query", 0)), ascending),
+            PhysicalSortExpr::new(Arc::new(Column::new("product_id", 1)), ascending),
+        ]);
+        let properties = PlanProperties::new(
+            eq,
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        let metrics = ExecutionPlanMetricsSet::new();
+        let measured = MergeMetrics::new(&metrics);
+        Ok(PriorMergeExec {
+            history,
+            neighbours,
+            params,
+            properties: Arc::new(properties),
+            metrics,
+            measured,
+        })
+    }
+
+    pub fn params(&self) -> &MergeParams {
+        &self.params
+    }
+
+    /// The figures of the last execution.
+    pub fn measured(&self) -> &MergeMetrics {
+        &self.measured
+    }
+}
+
+impl DisplayAs for PriorMergeExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let p = &self.params;
+        write!(
+            f,
+            "PriorMergeExec: neighbour sets (top_k={}, min_score={}, weighting={:?}), prior as a \
+             per-query merge of the neighbours' history, blend (gamma={}, beta={}); output \
+             ordered by query, product_id",
+            p.top_k, p.min_score, p.prior_weighting, p.gamma, p.beta
+        )
+    }
+}
+
+impl ExecutionPlan for PriorMergeExec {
+    fn name(&self) -> &str {
+        "PriorMergeExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.history, &self.neighbours]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: datafusion::physical_plan::ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let [history, neighbours]: [Arc<dyn ExecutionPlan>; 2] = match children.try_into() {
+            Ok(children) => children,
+            Err(_) => return internal_err!("PriorMergeExec has two children"),
+        };
+        Ok(Arc::new(PriorMergeExec::try_new(
+            history,
+            neighbours,
+            self.params,
+            self.schema(),
+        )?))
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            datafusion::physical_plan::ReplaceChildrenOptions::new(
+                datafusion::physical_plan::ChildrenPropertiesMode::Recompute,
+            ),
+        )
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return internal_err!("PriorMergeExec has one partition, not {partition}");
+        }
+        let history = execute_stream(Arc::clone(&self.history), Arc::clone(&context))?;
+        let neighbours = execute_stream(Arc::clone(&self.neighbours), Arc::clone(&context))?;
+        let mut reservation = MemoryConsumer::new("PriorMergeExec").register(context.memory_pool());
+        let (params, schema, metrics) = (self.params, self.schema(), self.measured.clone());
+        let batch_size = context.session_config().batch_size();
+
+        // Two batches in flight: the writer encodes one while the next is computed.
+        let mut builder = RecordBatchReceiverStream::builder(Arc::clone(&schema), 2);
+        let tx = builder.tx();
+        builder.spawn(async move {
+            let index =
+                index::build(history, neighbours, &params, &mut reservation, &metrics).await?;
+            let mut emitter = Emitter::new(&index, params, schema, batch_size);
+            loop {
+                let timer = metrics.prior_blend.timer();
+                let batch = emitter.next_batch()?;
+                timer.done();
+                let Some(batch) = batch else { break };
+                metrics.output_rows.add(batch.num_rows());
+                let timer = metrics.output_wait.timer();
+                if tx.send(Ok(batch)).await.is_err() {
+                    break; // the consumer is gone (cancelled or failed)
+                }
+                timer.done();
+            }
+            drop(reservation);
+            Ok(())
+        });
+        Ok(builder.build())
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+}
+
+/// Every [`PriorMergeExec`] in `plan` (one per input partition).
+pub fn find_merges(plan: &Arc<dyn ExecutionPlan>) -> Vec<&PriorMergeExec> {
+    let mut found = Vec::new();
+    let mut stack = vec![plan];
+    while let Some(node) = stack.pop() {
+        if let Some(merge) = node.downcast_ref::<PriorMergeExec>() {
+            found.push(merge);
+        }
+        stack.extend(node.children());
+    }
+    found
+}
