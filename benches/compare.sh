@@ -4,6 +4,7 @@
 # PyPI), and the I/O floor (benches/io_floor.rs: decode both inputs, write the output's rows).
 #
 #   benches/compare.sh [--queries "100000 1000000"] [--runs 3] [--top-k 10] [--memory-limit SIZE]
+#                      [--duckdb-set name=value ...]
 #
 # For each scale: synth data (cached under $Q2Q_BENCH_DATA, default ~/.cache/q2q-prior/bench-data),
 # then --runs rounds of engine, DuckDB and floor in turn; every engine output is checked against
@@ -17,12 +18,14 @@ queries="100000 1000000"
 runs=3
 top_k=10
 memory_limit=""
+duckdb_settings=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --queries) queries="$2"; shift 2 ;;
         --runs) runs="$2"; shift 2 ;;
         --top-k) top_k="$2"; shift 2 ;;
         --memory-limit) memory_limit="$2"; shift 2 ;;
+        --duckdb-set) duckdb_settings+=("$2"); shift 2 ;;
         --bench) shift ;;  # cargo bench passes it
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
@@ -86,15 +89,15 @@ for n in $queries; do
             --neighbours "$dir/neighbours.parquet" -o "$out" --top-k "$top_k" "${limit_args[@]}"
         measure "$n" duckdb "$python" benches/compare/duckdb_run.py \
             benches/compare/duckdb_feature_job.sql "$dir/engagement.parquet" \
-            "$dir/neighbours.parquet" "$dir/features.duckdb.parquet" "$top_k"
+            "$dir/neighbours.parquet" "$dir/features.duckdb.parquet" "$top_k" "${duckdb_settings[@]}"
         "$python" benches/compare/agree.py "$out" "$dir/features.duckdb.parquet" >&2
         measure "$n" floor "$floor_bin" --engagement "$dir/engagement.parquet" \
             --neighbours "$dir/neighbours.parquet" --like "$out" --out "$dir/floor.parquet"
-        # the floor's own clock leaves out loading the rows it writes
+        # the floor's own clock: reading the inputs plus writing the output's rows (not decoding them)
         wall=$(sed -n 's/.*wall_s=\([0-9.]*\).*/\1/p' "$data/last-floor.out")
         sed -i "\$s/^\([0-9]* floor\) [0-9.]*/\1 $wall/" "$results"
     done
-    grep -E 'rows|wall time|stage|inputs|history|neighbour_sets|prior' "$data/last-engine.err" >&2 || true
+    grep -vE 'warning' "$data/last-engine.err" >&2 || true
 done
 
 "$python" - "$results" <<'EOF'

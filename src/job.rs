@@ -55,7 +55,8 @@ pub struct MergeProfile {
 
 impl MergeProfile {
     fn add(&mut self, m: &pipeline::merge::MergeMetrics) {
-        let d = |t: &datafusion::physical_plan::metrics::Time| Duration::from_nanos(t.value() as u64);
+        let d =
+            |t: &datafusion::physical_plan::metrics::Time| Duration::from_nanos(t.value() as u64);
         self.read_history += d(&m.read_history);
         self.read_neighbours += d(&m.read_neighbours);
         self.build_index += d(&m.build_index);

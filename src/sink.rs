@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::csv::WriterBuilder as CsvWriterBuilder;
+use datafusion::execution::TaskContext;
 use datafusion::parquet::arrow::AsyncArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
-use datafusion::execution::TaskContext;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::DataFrame;
 use futures::StreamExt;
@@ -82,7 +82,16 @@ pub async fn write_plan_atomic(
         _ => None,
     };
     let staging = location.staging_sibling();
-    let mut result = write_to(plan, task, location, &staging, format, cancel, &mut on_batch).await;
+    let mut result = write_to(
+        plan,
+        task,
+        location,
+        &staging,
+        format,
+        cancel,
+        &mut on_batch,
+    )
+    .await;
     if let Ok(stats) = result {
         result = location
             .store

@@ -1,13 +1,16 @@
 //! Property test: on random small inputs (with ties, duplicates, self-pairs, neighbours without
 //! history, zero impressions) the engine's feature table equals the plain in-memory reference
-//! implementation of the semantics (`q2q_prior::reference`), for random parameters.
+//! implementation of the semantics (`q2q_prior::reference`), for random parameters, with either
+//! plan (merge and sql).
 
 mod common;
 
 use std::fmt::Write as _;
 
 use proptest::prelude::*;
-use q2q_prior::config::{DuplicatePolicy, FeatureParams, InputSpec, JobConfig, PriorWeighting};
+use q2q_prior::config::{
+    DuplicatePolicy, ExecutionConfig, FeatureParams, InputSpec, JobConfig, PlanKind, PriorWeighting,
+};
 use q2q_prior::reference::{self, EngagementRow, NeighbourRow};
 
 // Includes an uppercase and a spaced query so ties are broken in byte order, not locale order.
@@ -128,21 +131,24 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let e = common::write(dir.path(), "engagement.csv", &csv_of_engagement(&case.engagement));
         let n = common::write(dir.path(), "neighbours.csv", &csv_of_neighbours(&case.neighbours));
-        let out = dir.path().join("features.parquet");
-        let config = JobConfig {
-            engagement: Some(InputSpec::new(e.to_string_lossy())),
-            neighbours: Some(InputSpec::new(n.to_string_lossy())),
-            output: Some(out.to_string_lossy().into_owned()),
-            features: case.params.clone(),
-            ..JobConfig::default()
-        };
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        runtime.block_on(q2q_prior::job::run(&config, &tokio_util::sync::CancellationToken::new())).expect("engine run");
-        drop(runtime);
-
         let expected = reference::features(&case.engagement, &case.neighbours, &case.params);
-        let actual = common::read_features(&out);
-        common::assert_same_features(&actual, &expected);
+        for plan in [PlanKind::Merge, PlanKind::Sql] {
+            let out = dir.path().join(format!("features.{plan:?}.parquet"));
+            let config = JobConfig {
+                engagement: Some(InputSpec::new(e.to_string_lossy())),
+                neighbours: Some(InputSpec::new(n.to_string_lossy())),
+                output: Some(out.to_string_lossy().into_owned()),
+                features: case.params.clone(),
+                execution: ExecutionConfig { plan, ..ExecutionConfig::default() },
+                ..JobConfig::default()
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            runtime.block_on(q2q_prior::job::run(&config, &tokio_util::sync::CancellationToken::new())).expect("engine run");
+            drop(runtime);
+            // the file's own order is (query, product_id): the merge plan has no sort to rely on
+            let actual = common::read_features_in_file_order(&out);
+            common::assert_same_features(&actual, &expected);
+        }
     }
 }
 

@@ -112,7 +112,19 @@ pub fn read_features_by(
     groups
 }
 
+/// Reads a feature table's rows in the order the file holds them.
+pub fn read_features_in_file_order(path: &Path) -> Vec<FeatureRow> {
+    read_batches_in(path, false)
+        .iter()
+        .flat_map(rows_of)
+        .collect()
+}
+
 fn read_batches(path: &Path) -> Vec<RecordBatch> {
+    read_batches_in(path, true)
+}
+
+fn read_batches_in(path: &Path, sorted: bool) -> Vec<RecordBatch> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let ctx = SessionContext::new();
@@ -124,14 +136,16 @@ fn read_batches(path: &Path) -> Vec<RecordBatch> {
                 .await
                 .unwrap()
         };
-        df.sort_by(vec![
-            datafusion::prelude::col("query"),
-            datafusion::prelude::col("product_id"),
-        ])
-        .unwrap()
-        .collect()
-        .await
-        .unwrap()
+        let df = if sorted {
+            df.sort_by(vec![
+                datafusion::prelude::col("query"),
+                datafusion::prelude::col("product_id"),
+            ])
+            .unwrap()
+        } else {
+            df
+        };
+        df.collect().await.unwrap()
     })
 }
 

@@ -8,9 +8,11 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::array::builder::make_view;
 use datafusion::arrow::array::{
-    ArrayRef, Float64Builder, Int64Builder, RecordBatch, StringBuilder, StringViewBuilder,
+    ArrayRef, Float64Builder, Int64Builder, RecordBatch, StringBuilder, StringViewArray,
 };
+use datafusion::arrow::buffer::{Buffer, ScalarBuffer};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::Result;
 
@@ -25,36 +27,56 @@ pub struct Emitter<'a> {
     schema: SchemaRef,
     batch_size: usize,
     next_query: usize,
-    contributions: Vec<(u32, f64)>,
+    contributions: Vec<Contribution>,
     columns: Columns,
 }
 
 /// A string column being built, of the type the schema asks for.
 enum Strings {
     Utf8(StringBuilder),
-    View(StringViewBuilder),
+    View(Views),
+}
+
+/// A `Utf8View` column: one 16-byte view per row; strings of up to 12 bytes live in the view
+/// itself, longer ones once in the batch's data buffer however many rows repeat them.
+#[derive(Default)]
+struct Views {
+    views: Vec<u128>,
+    data: Vec<u8>,
+}
+
+impl Views {
+    /// The view of `s`, storing its bytes in the data buffer when they do not fit in the view.
+    fn view_of(&mut self, s: &str) -> u128 {
+        if s.len() <= 12 {
+            return make_view(s.as_bytes(), 0, 0);
+        }
+        let offset = self.data.len() as u32;
+        self.data.extend_from_slice(s.as_bytes());
+        make_view(s.as_bytes(), 0, offset)
+    }
 }
 
 impl Strings {
     fn new(data_type: &DataType, rows: usize, bytes: usize) -> Self {
         match data_type {
-            DataType::Utf8View => Strings::View(StringViewBuilder::with_capacity(rows)),
+            DataType::Utf8View => Strings::View(Views {
+                views: Vec::with_capacity(rows),
+                data: Vec::new(),
+            }),
             _ => Strings::Utf8(StringBuilder::with_capacity(rows, bytes)),
         }
     }
 
-    fn append(&mut self, value: &str) {
-        match self {
-            Strings::Utf8(b) => b.append_value(value),
-            Strings::View(b) => b.append_value(value),
-        }
-    }
-
-    fn finish(&mut self) -> ArrayRef {
-        match self {
+    fn finish(&mut self) -> Result<ArrayRef> {
+        Ok(match self {
             Strings::Utf8(b) => Arc::new(b.finish()),
-            Strings::View(b) => Arc::new(b.finish()),
-        }
+            Strings::View(v) => {
+                let views = ScalarBuffer::from(std::mem::take(&mut v.views));
+                let data = Buffer::from_vec(std::mem::take(&mut v.data));
+                Arc::new(StringViewArray::try_new(views, vec![data], None)?)
+            }
+        })
     }
 }
 
@@ -92,8 +114,8 @@ impl Columns {
         Ok(RecordBatch::try_new(
             Arc::clone(schema),
             vec![
-                self.query.finish(),
-                self.product.finish(),
+                self.query.finish()?,
+                self.product.finish()?,
                 Arc::new(self.h.finish()),
                 Arc::new(self.prior.finish()),
                 Arc::new(self.alpha.finish()),
@@ -106,9 +128,18 @@ impl Columns {
     }
 }
 
+/// weight_c * H(c,p) from one neighbour c, with p's string view (see `HistoryRow::view`).
+#[derive(Clone, Copy)]
+struct Contribution {
+    product: u32,
+    weighted_h: f64,
+    view: [u64; 2],
+}
+
 /// One output row before alpha and F.
 struct Pair {
     product: u32,
+    view: [u64; 2],
     h: f64,
     prior: f64,
     impressions: i64,
@@ -116,7 +147,12 @@ struct Pair {
 }
 
 impl<'a> Emitter<'a> {
-    pub fn new(index: &'a Index, params: MergeParams, schema: SchemaRef, batch_size: usize) -> Self {
+    pub fn new(
+        index: &'a Index,
+        params: MergeParams,
+        schema: SchemaRef,
+        batch_size: usize,
+    ) -> Self {
         Emitter {
             index,
             params,
@@ -158,19 +194,44 @@ impl<'a> Emitter<'a> {
                 index
                     .history_of(member.neighbour)
                     .iter()
-                    .map(|r| (r.product, member.weight * r.h)),
+                    .map(|r| Contribution {
+                        product: r.product,
+                        weighted_h: member.weight * r.h,
+                        view: r.view,
+                    }),
             );
         }
-        contributions.sort_unstable_by_key(|&(product, _)| product);
+        contributions.sort_unstable_by_key(|c| c.product);
 
         let (gamma, beta) = (self.params.gamma, self.params.beta);
         let n_neighbours = members.len() as i64;
         let name = &*index.queries[query as usize];
         let columns = &mut self.columns;
+        // with views, the query's bytes go into the batch once, not once per row
+        let query_view = match &mut columns.query {
+            Strings::View(v) => v.view_of(name),
+            Strings::Utf8(_) => 0,
+        };
         let mut push = |pair: Pair| {
             let alpha = formula::alpha(pair.impressions as f64, max_impressions as f64, gamma);
-            columns.query.append(name);
-            columns.product.append(&index.products[pair.product as usize]);
+            match &mut columns.query {
+                Strings::View(v) => v.views.push(query_view),
+                Strings::Utf8(b) => b.append_value(name),
+            }
+            let product = pair.product as usize;
+            match &mut columns.product {
+                Strings::View(v) => {
+                    // short ids (most): the view travelled with the row; no look at the string
+                    let view = u128::from(pair.view[0]) | (u128::from(pair.view[1]) << 64);
+                    if view as u32 <= 12 {
+                        v.views.push(view);
+                    } else {
+                        let view = v.view_of(&index.products[product]);
+                        v.views.push(view);
+                    }
+                }
+                Strings::Utf8(b) => b.append_value(&index.products[product]),
+            }
             columns.h.append_value(pair.h);
             columns.prior.append_value(pair.prior);
             columns.alpha.append_value(alpha);
@@ -185,21 +246,22 @@ impl<'a> Emitter<'a> {
 
         let mut own = own.iter().peekable();
         let mut priors = contributions
-            .chunk_by(|a, b| a.0 == b.0)
+            .chunk_by(|a, b| a.product == b.product)
             .map(|group| {
-                let sum: f64 = group.iter().map(|&(_, wh)| wh).sum();
-                (group[0].0, sum / weight_total, group.len() as i64)
+                let sum: f64 = group.iter().map(|c| c.weighted_h).sum();
+                (group[0], sum / weight_total, group.len() as i64)
             })
             .peekable();
         loop {
             let next_own = own.peek().map(|r| r.product);
-            let next_prior = priors.peek().map(|p| p.0);
+            let next_prior = priors.peek().map(|p| p.0.product);
             match (next_own, next_prior) {
                 (None, None) => break,
                 (Some(a), b) if b.is_none_or(|b| a < b) => {
                     let r = own.next().expect("peeked");
                     push(Pair {
                         product: r.product,
+                        view: r.view,
                         h: r.h,
                         prior: 0.0,
                         impressions: r.impressions,
@@ -207,9 +269,10 @@ impl<'a> Emitter<'a> {
                     });
                 }
                 (a, Some(b)) if a.is_none_or(|a| b < a) => {
-                    let (product, prior, n) = priors.next().expect("peeked");
+                    let (c, prior, n) = priors.next().expect("peeked");
                     push(Pair {
-                        product,
+                        product: c.product,
+                        view: c.view,
                         h: 0.0,
                         prior,
                         impressions: 0,
@@ -221,6 +284,7 @@ impl<'a> Emitter<'a> {
                     let (_, prior, n) = priors.next().expect("peeked");
                     push(Pair {
                         product: r.product,
+                        view: r.view,
                         h: r.h,
                         prior,
                         impressions: r.impressions,

@@ -8,7 +8,7 @@
 //!   duplicated (query, neighbour) kept; the `top_k` best by score, ties by neighbour ascending;
 //!   weights 1 (`mean`) or the score (`score`, unless every kept score is 0).
 //!
-//! Memory: 24 bytes per history row and 16 per surviving neighbour row while building, plus each
+//! Memory: 40 bytes per history row and 16 per surviving neighbour row while building, plus each
 //! distinct string once. Every allocation is reserved from the session's memory pool first, so a
 //! `--memory-limit` too small for the index fails with a clear error instead of over-committing.
 
@@ -17,6 +17,7 @@ use std::mem::size_of;
 use std::sync::Arc;
 use std::time::Instant;
 
+use datafusion::arrow::array::builder::make_view;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
@@ -91,6 +92,10 @@ impl Interner {
 pub struct HistoryRow {
     pub h: f64,
     pub impressions: i64,
+    /// The product's Arrow string view (little-endian halves) when the id is at most 12 bytes,
+    /// so writing a row never looks the string up (a cache miss per output row otherwise);
+    /// for a longer id, any value whose low 32 bits (the length) exceed 12. Set once ranked.
+    pub view: [u64; 2],
     pub query: u32,
     pub product: u32,
 }
@@ -218,6 +223,7 @@ pub async fn build(
                 } else {
                     impressions.value(i)
                 },
+                view: [0, 0],
                 query,
                 product,
             });
@@ -267,14 +273,35 @@ pub async fn build(
     metrics.read_neighbours.add_elapsed(start);
 
     let start = Instant::now();
+    // the rank tables and offsets below; members at most one per candidate
+    let n = queries.len() + products.len();
+    reserve(
+        reservation,
+        n * (size_of::<u32>() + size_of::<Arc<str>>())
+            + products.len() * size_of::<[u64; 2]>()
+            + queries.len() * (2 * size_of::<usize>() + size_of::<f64>())
+            + candidates.len() * size_of::<Member>(),
+    )?;
     let (query_strings, query_rank) = queries.into_sorted();
     let (product_strings, product_rank) = products.into_sorted();
     let n_queries = query_strings.len();
 
+    let views: Vec<[u64; 2]> = product_strings
+        .iter()
+        .map(|p| {
+            let view = match p.len() {
+                0..=12 => make_view(p.as_bytes(), 0, 0),
+                _ => u128::from(u32::MAX),
+            };
+            [view as u64, (view >> 64) as u64]
+        })
+        .collect();
     for row in &mut rows {
         row.query = query_rank[row.query as usize];
         row.product = product_rank[row.product as usize];
+        row.view = views[row.product as usize];
     }
+    drop(views);
     rows.sort_unstable_by_key(|r| (r.query, r.product));
     let history_offsets = offsets(n_queries, rows.iter().map(|r| r.query));
 

@@ -118,7 +118,11 @@ pub struct MergedFeatures {
 
 impl MergedFeatures {
     /// Reads `history` and `neighbours` from `ctx`; `schema` is the SQL `features` view's.
-    pub async fn new(ctx: &SessionContext, params: &FeatureParams, schema: SchemaRef) -> Result<Self> {
+    pub async fn new(
+        ctx: &SessionContext,
+        params: &FeatureParams,
+        schema: SchemaRef,
+    ) -> Result<Self> {
         check_schema(&schema)?;
         let history = ctx
             .table(super::history::STAGE.name)
