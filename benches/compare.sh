@@ -4,7 +4,7 @@
 # PyPI), and the I/O floor (benches/io_floor.rs: decode both inputs, write the output's rows).
 #
 #   benches/compare.sh [--queries "100000 1000000"] [--runs 3] [--top-k 10] [--memory-limit SIZE]
-#                      [--duckdb-set name=value ...]
+#                      [--duckdb-set name=value ...] [--peers "engine duckdb floor"]
 #
 # For each scale: synth data (cached under $Q2Q_BENCH_DATA, default ~/.cache/q2q-prior/bench-data),
 # then --runs rounds of engine, DuckDB and floor in turn; every engine output is checked against
@@ -19,6 +19,7 @@ runs=3
 top_k=10
 memory_limit=""
 duckdb_settings=()
+peers="engine duckdb floor"
 while [ $# -gt 0 ]; do
     case "$1" in
         --queries) queries="$2"; shift 2 ;;
@@ -26,6 +27,7 @@ while [ $# -gt 0 ]; do
         --top-k) top_k="$2"; shift 2 ;;
         --memory-limit) memory_limit="$2"; shift 2 ;;
         --duckdb-set) duckdb_settings+=("$2"); shift 2 ;;
+        --peers) peers="$2"; shift 2 ;;
         --bench) shift ;;  # cargo bench passes it
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
@@ -85,17 +87,23 @@ for n in $queries; do
     for run in $(seq 1 "$runs"); do
         echo "scale $n, round $run/$runs" >&2
         out="$dir/features.engine.parquet"
-        measure "$n" engine "$engine" run --engagement "$dir/engagement.parquet" \
-            --neighbours "$dir/neighbours.parquet" -o "$out" --top-k "$top_k" "${limit_args[@]}"
-        measure "$n" duckdb "$python" benches/compare/duckdb_run.py \
-            benches/compare/duckdb_feature_job.sql "$dir/engagement.parquet" \
-            "$dir/neighbours.parquet" "$dir/features.duckdb.parquet" "$top_k" "${duckdb_settings[@]}"
-        "$python" benches/compare/agree.py "$out" "$dir/features.duckdb.parquet" >&2
-        measure "$n" floor "$floor_bin" --engagement "$dir/engagement.parquet" \
-            --neighbours "$dir/neighbours.parquet" --like "$out" --out "$dir/floor.parquet"
-        # the floor's own clock: reading the inputs plus writing the output's rows (not decoding them)
-        wall=$(sed -n 's/.*wall_s=\([0-9.]*\).*/\1/p' "$data/last-floor.out")
-        sed -i "\$s/^\([0-9]* floor\) [0-9.]*/\1 $wall/" "$results"
+        if [[ " $peers " == *" engine "* ]]; then
+            measure "$n" engine "$engine" run --engagement "$dir/engagement.parquet" \
+                --neighbours "$dir/neighbours.parquet" -o "$out" --top-k "$top_k" "${limit_args[@]}"
+        fi
+        if [[ " $peers " == *" duckdb "* ]]; then
+            measure "$n" duckdb "$python" benches/compare/duckdb_run.py \
+                benches/compare/duckdb_feature_job.sql "$dir/engagement.parquet" \
+                "$dir/neighbours.parquet" "$dir/features.duckdb.parquet" "$top_k" "${duckdb_settings[@]}"
+            "$python" benches/compare/agree.py "$out" "$dir/features.duckdb.parquet" >&2
+        fi
+        if [[ " $peers " == *" floor "* ]]; then
+            measure "$n" floor "$floor_bin" --engagement "$dir/engagement.parquet" \
+                --neighbours "$dir/neighbours.parquet" --like "$out" --out "$dir/floor.parquet"
+            # the floor's own clock: reading the inputs plus writing the output's rows (not decoding them)
+            wall=$(sed -n 's/.*wall_s=\([0-9.]*\).*/\1/p' "$data/last-floor.out")
+            sed -i "\$s/^\([0-9]* floor\) [0-9.]*/\1 $wall/" "$results"
+        fi
     done
     grep -vE 'warning' "$data/last-engine.err" >&2 || true
 done
@@ -115,10 +123,12 @@ print()
 scales = sorted({s for s, _ in med})
 for s in scales:
     e, d, f = med.get((s, "engine")), med.get((s, "duckdb")), med.get((s, "floor"))
-    print(f"{s:>9} queries: engine/duckdb wall {e[0] / d[0]:.2f} (target <= 0.5), "
-          f"engine/floor wall {e[0] / f[0]:.2f} (target <= 2), "
-          f"engine/duckdb peak RSS {e[2] / d[2]:.2f} (target <= 1)")
-if len(scales) >= 2:
+    if e and d:
+        print(f"{s:>9} queries: engine/duckdb wall {e[0] / d[0]:.2f} (target <= 0.5), "
+              f"engine/duckdb peak RSS {e[2] / d[2]:.2f} (target <= 1)")
+    if e and f:
+        print(f"{s:>9} queries: engine/floor wall {e[0] / f[0]:.2f} (target <= 2)")
+if len(scales) >= 2 and all((s, "engine") in med for s in scales):
     lo, hi = scales[0], scales[-1]
     print(f"scaling: engine time({hi})/time({lo}) = {med[(hi, 'engine')][0] / med[(lo, 'engine')][0]:.2f} "
           f"for {hi / lo:.0f}x the queries (target <= {1.1 * hi / lo:.0f})")

@@ -113,8 +113,13 @@ impl Shell {
                         name: stage.name.to_string(),
                         kind: "stage",
                         detail: format!(
-                            "sql/{}.sql{}",
+                            "sql/{}.sql{}{}",
                             stage.name,
+                            if merged(stage.name, &config.execution) {
+                                ", computed by PriorMergeExec (execution.plan = merge)"
+                            } else {
+                                ""
+                            },
                             if partitioned {
                                 format!(
                                     ", per partition of [{}]",
@@ -311,6 +316,13 @@ impl Shell {
         if !params.is_empty() {
             writeln!(out, "-- parameters: {}", params.join(", "))?;
         }
+        if merged(stage.name, &self.config.execution) {
+            writeln!(
+                out,
+                "-- computed by PriorMergeExec (execution.plan = merge), which gives the rows of \
+                 this SQL and of the neighbour_sets and prior stages; --plan sql runs the SQL"
+            )?;
+        }
         write!(out, "{}", stage.sql)?;
         if !stage.sql.ends_with('\n') {
             writeln!(out)?;
@@ -362,4 +374,9 @@ pub fn statement_error(e: DataFusionError) -> Error {
         }
         _ => Error::DataFusion(e),
     }
+}
+
+/// Whether the merge plan computes this stage's view (it replaces `features`).
+fn merged(stage: &str, execution: &crate::config::ExecutionConfig) -> bool {
+    stage == pipeline::blend::STAGE.name && execution.plan == crate::config::PlanKind::Merge
 }

@@ -100,18 +100,12 @@ pub struct HistoryRow {
     pub product: u32,
 }
 
-/// A neighbour row that survived the row filters.
-#[derive(Debug, Clone, Copy)]
-struct NeighbourRow {
-    score: f64,
-    query: u32,
-    neighbour: u32,
-}
-
-/// A kept member c of C_q and its weight in the prior.
+/// A neighbour row that survived the row filters (`weight` holds its score), then a kept member c
+/// of C_q with its weight in the prior.
 #[derive(Debug, Clone, Copy)]
 pub struct Member {
     pub weight: f64,
+    pub query: u32,
     pub neighbour: u32,
 }
 
@@ -203,8 +197,10 @@ pub async fn build(
         let impressions = impressions.as_primitive::<Int64Type>();
         let h = numbers(&batch, 3, &DataType::Float64)?;
         let h = h.as_primitive::<Float64Type>();
-        let mut grown = batch.num_rows() * size_of::<HistoryRow>();
+        let capacity = rows.capacity();
         rows.reserve(batch.num_rows());
+        // reserve what the vector really allocates (it grows by doubling)
+        let mut grown = (rows.capacity() - capacity) * size_of::<HistoryRow>();
         for i in 0..batch.num_rows() {
             if q.is_null(i) {
                 return Err(null_key("history", "query"));
@@ -236,7 +232,7 @@ pub async fn build(
     // Every query interned so far has history: a neighbour must be one of them.
     let start = Instant::now();
     let with_history = queries.len() as u32;
-    let mut candidates: Vec<NeighbourRow> = Vec::new();
+    let mut candidates: Vec<Member> = Vec::new();
     let mut read = 0usize;
     while let Some(batch) = neighbours.next().await {
         let batch = batch?;
@@ -245,7 +241,9 @@ pub async fn build(
         let (q, c) = (q.as_string::<i32>(), c.as_string::<i32>());
         let score = numbers(&batch, 2, &DataType::Float64)?;
         let score = score.as_primitive::<Float64Type>();
-        let mut grown = 0;
+        let capacity = candidates.capacity();
+        candidates.reserve(batch.num_rows());
+        let mut grown = (candidates.capacity() - capacity) * size_of::<Member>();
         for i in 0..batch.num_rows() {
             // NULLs fail every condition of the SQL's WHERE clause
             if q.is_null(i) || c.is_null(i) || score.is_null(i) {
@@ -260,9 +258,9 @@ pub async fn build(
                 continue;
             };
             let (query, new) = queries.intern(query)?;
-            grown += new + size_of::<NeighbourRow>();
-            candidates.push(NeighbourRow {
-                score: s,
+            grown += new;
+            candidates.push(Member {
+                weight: s,
                 query,
                 neighbour,
             });
@@ -279,8 +277,7 @@ pub async fn build(
         reservation,
         n * (size_of::<u32>() + size_of::<Arc<str>>())
             + products.len() * size_of::<[u64; 2]>()
-            + queries.len() * (2 * size_of::<usize>() + size_of::<f64>())
-            + candidates.len() * size_of::<Member>(),
+            + queries.len() * (2 * size_of::<usize>() + size_of::<f64>()),
     )?;
     let (query_strings, query_rank) = queries.into_sorted();
     let (product_strings, product_rank) = products.into_sorted();
@@ -314,38 +311,44 @@ pub async fn build(
     candidates.sort_unstable_by(|a, b| {
         (a.query, a.neighbour)
             .cmp(&(b.query, b.neighbour))
-            .then(b.score.total_cmp(&a.score))
+            .then(b.weight.total_cmp(&a.weight))
     });
     candidates.dedup_by(|next, kept| (next.query, next.neighbour) == (kept.query, kept.neighbour));
 
-    let mut members = Vec::with_capacity(candidates.len().min(n_queries * params.top_k as usize));
+    // C_q is compacted in place at the front of `candidates`: no second allocation
     let mut member_offsets = vec![0usize; n_queries + 1];
     let mut weight_total = vec![0.0f64; n_queries];
     let mut sets = 0usize;
-    for set in candidates.chunk_by_mut(|a, b| a.query == b.query) {
+    let (mut read, mut write) = (0usize, 0usize);
+    while read < candidates.len() {
+        let query = candidates[read].query;
+        let end = read + candidates[read..].partition_point(|c| c.query == query);
+        let set = &mut candidates[read..end];
         // rank: score descending, neighbour ascending (ids are in byte order)
         set.sort_unstable_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
+            b.weight
+                .total_cmp(&a.weight)
                 .then(a.neighbour.cmp(&b.neighbour))
         });
-        let kept = &set[..set.len().min(params.top_k as usize)];
-        let query = kept[0].query as usize;
-        let score_sum: f64 = kept.iter().map(|m| m.score).sum();
+        let kept = set.len().min(params.top_k as usize);
+        let score_sum: f64 = set[..kept].iter().map(|m| m.weight).sum();
         let by_score = params.prior_weighting == PriorWeighting::Score && score_sum > 0.0;
-        weight_total[query] = if by_score {
-            score_sum
-        } else {
-            kept.len() as f64
-        };
-        members.extend(kept.iter().map(|m| Member {
-            weight: if by_score { m.score } else { 1.0 },
-            neighbour: m.neighbour,
-        }));
-        member_offsets[query + 1] = kept.len();
+        weight_total[query as usize] = if by_score { score_sum } else { kept as f64 };
+        for i in 0..kept {
+            // write <= read: moving members forward never overwrites an unread row
+            let member = candidates[read + i];
+            candidates[write + i] = Member {
+                weight: if by_score { member.weight } else { 1.0 },
+                ..member
+            };
+        }
+        member_offsets[query as usize + 1] = kept;
+        write += kept;
         sets += 1;
+        read = end;
     }
-    drop(candidates);
+    candidates.truncate(write);
+    let members = candidates;
     for q in 0..n_queries {
         member_offsets[q + 1] += member_offsets[q];
     }
