@@ -945,7 +945,9 @@ fn a_memory_limit_too_small_for_the_job_fails_with_a_hint_and_writes_nothing() {
         data.join("engagement.parquet").to_str().unwrap(),
         data.join("neighbours.parquet").to_str().unwrap(),
         out.to_str().unwrap(),
-        &["--memory-limit", "64MiB"],
+        // the SQL plan with hash joins, which cannot spill (the merge plan's own limit is tested
+        // in tests/plans.rs; at this size it fits)
+        &["--memory-limit", "64MiB", "--plan", "sql", "--join", "hash"],
     );
     let err = stderr(&result);
     assert_eq!(result.status.code(), Some(1), "{err}");
