@@ -48,6 +48,7 @@ use datafusion::physical_plan::{
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 
+use super::inputs::OUTPUT_COLUMNS;
 use crate::config::{FeatureParams, PriorWeighting};
 use emit::Emitter;
 
@@ -73,18 +74,18 @@ impl From<&FeatureParams> for MergeParams {
     }
 }
 
-/// The output columns, in order, and their types (those of `sql/features.sql`).
-/// The key columns are `Utf8` or `Utf8View`, as the inputs give them.
-const COLUMNS: [(&str, DataType); 9] = [
-    ("query", DataType::Utf8),
-    ("product_id", DataType::Utf8),
-    ("h", DataType::Float64),
-    ("prior", DataType::Float64),
-    ("alpha", DataType::Float64),
-    ("f", DataType::Float64),
-    ("impressions", DataType::Int64),
-    ("n_neighbours", DataType::Int64),
-    ("n_contributing", DataType::Int64),
+/// The types of the output columns ([`OUTPUT_COLUMNS`], those of `sql/features.sql`); the key
+/// columns are `Utf8` or `Utf8View`, as the inputs give them.
+const TYPES: [DataType; 9] = [
+    DataType::Utf8,
+    DataType::Utf8,
+    DataType::Float64,
+    DataType::Float64,
+    DataType::Float64,
+    DataType::Float64,
+    DataType::Int64,
+    DataType::Int64,
+    DataType::Int64,
 ];
 
 fn check_schema(schema: &SchemaRef) -> Result<()> {
@@ -96,7 +97,7 @@ fn check_schema(schema: &SchemaRef) -> Result<()> {
             t => (f.name().as_str(), t),
         })
         .collect();
-    let expected: Vec<(&str, &DataType)> = COLUMNS.iter().map(|(n, t)| (*n, t)).collect();
+    let expected: Vec<(&str, &DataType)> = OUTPUT_COLUMNS.into_iter().zip(&TYPES).collect();
     if actual != expected {
         return plan_err!(
             "the merge plan writes {expected:?} but sql/features.sql now gives {actual:?}; \
