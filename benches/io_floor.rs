@@ -1,6 +1,7 @@
 //! The I/O floor of the feature job: decode every column of both inputs and write a file with the
-//! output's rows, schema and Parquet settings. No job can be faster; benches/compare.sh reports
-//! the engine's time as a multiple of this.
+//! output's rows, schema and Parquet settings, with the engine's writer (columns encoded in
+//! parallel). No job can be faster; benches/compare.sh reports the engine's time as a multiple
+//! of this.
 //!
 //! `cargo bench --bench io_floor -- --engagement E --neighbours N --like OUTPUT --out FILE`
 //!
@@ -11,10 +12,9 @@
 
 use std::time::{Duration, Instant};
 
-use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::StreamExt;
-use q2q_prior::sink::parquet_properties;
+use q2q_prior::sink::{ParallelParquetWriter, parquet_properties};
 
 fn value(name: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
@@ -66,19 +66,17 @@ fn main() {
 
         let start = Instant::now();
         let mut batches = stream(like.clone()).await;
-        let mut writer: Option<ArrowWriter<std::fs::File>> = None;
+        let file = tokio::fs::File::create(&out).await.expect("create output");
+        let mut writer =
+            ParallelParquetWriter::try_new(file, batches.schema(), parquet_properties())
+                .expect("writer");
         let mut written = 0usize;
         while let Some(batch) = batches.next().await {
             let batch = batch.expect("decode");
-            let writer = writer.get_or_insert_with(|| {
-                let file = std::fs::File::create(&out).expect("create output");
-                ArrowWriter::try_new(file, batch.schema(), Some(parquet_properties()))
-                    .expect("writer")
-            });
             written += batch.num_rows();
-            writer.write(&batch).expect("write");
+            writer.write(&batch).await.expect("write");
         }
-        writer.expect("the output has rows").close().expect("close");
+        writer.close().await.expect("close");
         let write = start.elapsed().saturating_sub(decode_like);
         eprintln!("io_floor: decoded {decoded} input rows, wrote {written} rows");
         let wall: Duration = read + write;

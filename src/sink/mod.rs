@@ -4,14 +4,14 @@
 //! table readers skip) and only a complete file is renamed onto the destination. On the local
 //! filesystem the rename is atomic; on object stores it is a server-side copy of a complete object,
 //! so readers see either the previous file or the new one, never a partial one. A failure deletes
-//! the staging object; a cancellation also aborts the multipart upload in flight.
+//! the staging object; a cancellation also aborts the multipart upload in flight. Parquet columns
+//! are encoded on several cores ([`ParallelParquetWriter`]).
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::csv::WriterBuilder as CsvWriterBuilder;
 use datafusion::execution::TaskContext;
-use datafusion::parquet::arrow::AsyncArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
@@ -26,6 +26,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::OutputFormat;
 use crate::error::{Error, Result};
 use crate::storage::OutputLocation;
+
+mod parallel_parquet;
+pub use parallel_parquet::ParallelParquetWriter;
 
 /// What was written.
 #[derive(Debug, Clone, Copy, Default)]
@@ -137,7 +140,7 @@ async fn write_to(
     let mut stats = WriteStats::default();
     match format {
         OutputFormat::Parquet => {
-            let mut writer = AsyncArrowWriter::try_new(upload, schema, Some(parquet_properties()))?;
+            let mut writer = ParallelParquetWriter::try_new(upload, schema, parquet_properties())?;
             loop {
                 let batch = match next_batch(&mut stream, cancel).await {
                     Ok(Some(batch)) => batch,
