@@ -28,6 +28,46 @@ pub struct JobConfig {
     pub format: Option<OutputFormat>,
     pub features: FeatureParams,
     pub execution: ExecutionConfig,
+    pub backfill: BackfillConfig,
+}
+
+/// `q2q-prior backfill`: one feature partition per day from date-partitioned inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackfillConfig {
+    /// Day D reads the engagement of the `window_days` days ending the day before D (the paper
+    /// uses one year).
+    pub window_days: u32,
+    /// Name of the date folders of the inputs and of the output (`dt=YYYY-MM-DD`).
+    pub date_partition: String,
+    /// Which neighbour lists day D uses.
+    pub neighbours_snapshot: SnapshotMode,
+    /// A partition lock whose holder has not renewed it for this many seconds is taken over (a
+    /// holder on this machine whose process is gone is taken over at once).
+    pub lock_timeout_secs: u64,
+}
+
+impl Default for BackfillConfig {
+    fn default() -> Self {
+        BackfillConfig {
+            window_days: 365,
+            date_partition: "dt".into(),
+            neighbours_snapshot: SnapshotMode::Latest,
+            lock_timeout_secs: 600,
+        }
+    }
+}
+
+/// The neighbour lists of a backfill day.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMode {
+    /// The latest `dt=` snapshot folder on or before D; the path as it is when it has no `dt=`
+    /// folders.
+    #[default]
+    Latest,
+    /// The `neighbours` path as it is, for every day.
+    Fixed,
 }
 
 /// The formula parameters (paper section 4.5).
@@ -159,6 +199,10 @@ pub struct ExecutionConfig {
     /// How stages 2-4 (neighbour sets, prior, blend) are computed: one in-memory per-query merge
     /// (`merge`, default) or the SQL files under `sql/` (`sql`, the reference; spills).
     pub plan: PlanKind,
+    /// Retries of a failed object-store request (s3, gs, az), with exponential backoff.
+    pub object_store_retries: usize,
+    /// Give up retrying an object-store request after this many seconds.
+    pub object_store_retry_timeout_secs: u64,
 }
 
 impl Default for ExecutionConfig {
@@ -169,6 +213,8 @@ impl Default for ExecutionConfig {
             sort_output: true,
             join: JoinAlgorithm::SortMerge,
             plan: PlanKind::Merge,
+            object_store_retries: 10,
+            object_store_retry_timeout_secs: 180,
         }
     }
 }
@@ -213,6 +259,10 @@ pub struct InputSpec {
     /// anything else; engagement rows that collapse onto one key are summed.
     #[serde(default)]
     pub normalize: bool,
+    /// Read exactly these folders or files instead of `uri` (a backfill day's window); `uri`
+    /// then only names the input in messages.
+    #[serde(skip)]
+    pub paths: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -226,6 +276,7 @@ impl InputSpec {
             format: None,
             partitioned: true,
             normalize: false,
+            paths: Vec::new(),
         }
     }
 }
@@ -322,6 +373,17 @@ impl JobConfig {
                  set engagement.normalize and neighbours.normalize (--engagement-normalize, \
                  --neighbours-normalize) alike",
             ));
+        }
+        if self.backfill.window_days == 0 {
+            return Err(Error::config(
+                "backfill.window_days (--window-days) must be at least 1",
+            ));
+        }
+        let key = &self.backfill.date_partition;
+        if key.is_empty() || key.contains(['/', '=']) {
+            return Err(Error::config(format!(
+                "backfill.date_partition must be a folder key such as \"dt\", got {key:?}"
+            )));
         }
         if self.execution.target_partitions == Some(0) {
             return Err(Error::config(
@@ -424,6 +486,7 @@ mod tests {
                 format: Some(InputFormat::Csv),
                 partitioned: true,
                 normalize: false,
+                paths: Vec::new(),
             })
         );
     }

@@ -27,6 +27,10 @@ pub enum Error {
     #[error("{0} check(s) failed")]
     ChecksFailed(usize),
 
+    /// Some backfill partitions failed (listed in the report on stderr).
+    #[error("{0} partition(s) failed")]
+    PartitionsFailed(usize),
+
     /// The run was interrupted (Ctrl-C / SIGTERM) and cleaned up after itself.
     #[error("interrupted; nothing was written to the destination")]
     Interrupted,

@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
+use datafusion::common::ScalarValue;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::logical_expr::{SortExpr, col};
 use datafusion::physical_plan::displayable;
 use datafusion::prelude::{DataFrame, SessionContext};
@@ -184,18 +186,51 @@ async fn cancellable<T>(
     }
 }
 
+/// How a caller other than `run` (the backfill) adapts a run.
+#[derive(Default, Clone)]
+pub struct RunOptions {
+    /// Columns with one value for every row, appended to the output (backfill's timestamps).
+    pub constant_columns: Vec<(String, ScalarValue)>,
+    /// The runtime (memory pool, spill folder, object stores) to share instead of a new one.
+    pub runtime: Option<Arc<RuntimeEnv>>,
+    /// No spinner: the caller shows its own progress.
+    pub quiet: bool,
+}
+
 pub async fn run(config: &JobConfig, cancel: &CancellationToken) -> Result<JobSummary> {
+    run_with(config, cancel, &RunOptions::default()).await
+}
+
+/// [`run`] with [`RunOptions`].
+pub async fn run_with(
+    config: &JobConfig,
+    cancel: &CancellationToken,
+    options: &RunOptions,
+) -> Result<JobSummary> {
     config.validate()?;
     let start = Instant::now();
     let (_, _, output) = config.job_paths()?;
-    let progress = spinner();
+    let progress = if options.quiet {
+        ProgressBar::hidden()
+    } else {
+        spinner()
+    };
     let mut summary = JobSummary {
         output: output.to_string(),
         ..Default::default()
     };
 
     progress.set_message("opening inputs");
-    let (ctx, inputs) = cancellable(cancel, session::open(config)).await?;
+    let (ctx, inputs) = match &options.runtime {
+        Some(runtime) => {
+            cancellable(
+                cancel,
+                session::open_with_runtime(config, Arc::clone(runtime)),
+            )
+            .await?
+        }
+        None => cancellable(cancel, session::open(config)).await?,
+    };
     let location = OutputLocation::resolve(ctx.runtime_env().as_ref(), output)?;
 
     progress.set_message("checking inputs");
@@ -262,7 +297,10 @@ pub async fn run(config: &JobConfig, cancel: &CancellationToken) -> Result<JobSu
     progress.set_message("computing prior and features, writing");
     tracing::info!("computing prior and features, writing {output}");
     let features_start = Instant::now();
-    let features = output_frame(&ctx, &inputs, config).await?;
+    let mut features = output_frame(&ctx, &inputs, config).await?;
+    for (name, value) in &options.constant_columns {
+        features = features.with_column(name, lit(value.clone()))?;
+    }
     let task = Arc::new(features.task_ctx());
     let plan = features.create_physical_plan().await?;
     let mut rows = 0u64;

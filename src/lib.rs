@@ -6,7 +6,9 @@
 //! [`session`] is the one place a DataFusion session is prepared; [`formula`] holds the paper's
 //! formulas once; [`reference`] is a plain in-memory oracle used by the property tests.
 //! [`validate`] reports the job's input checks; [`shell`] is the SQL shell over the job's views.
+//! [`backfill`] runs the job once per day into a feature store's date partitions.
 
+pub mod backfill;
 pub mod cli;
 pub mod config;
 pub mod error;

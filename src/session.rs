@@ -41,8 +41,12 @@ pub fn session_config(execution: &ExecutionConfig) -> SessionConfig {
 /// object stores resolved from each provider's environment on first use.
 pub fn runtime_env(execution: &ExecutionConfig) -> Result<Arc<RuntimeEnv>> {
     // The default disk manager spills to the OS temp folder.
-    let mut builder = RuntimeEnvBuilder::new()
-        .with_object_store_registry(Arc::new(storage::EnvStoreRegistry::default()));
+    let mut builder = RuntimeEnvBuilder::new().with_object_store_registry(Arc::new(
+        storage::EnvStoreRegistry::new(
+            execution.object_store_retries,
+            std::time::Duration::from_secs(execution.object_store_retry_timeout_secs),
+        ),
+    ));
     if let Some(limit) = execution.memory_limit {
         builder = builder.with_memory_pool(Arc::new(FairSpillPool::new(limit.as_u64() as usize)));
     }
@@ -71,7 +75,15 @@ pub fn new_context_with_runtime(
 
 /// Everything a job session needs: [`new_context`] plus the registered inputs.
 pub async fn open(config: &JobConfig) -> Result<(SessionContext, Inputs)> {
-    let ctx = new_context(&config.execution)?;
+    open_with_runtime(config, runtime_env(&config.execution)?).await
+}
+
+/// [`open`] on an existing runtime (several jobs sharing one memory pool and object stores).
+pub async fn open_with_runtime(
+    config: &JobConfig,
+    runtime: Arc<RuntimeEnv>,
+) -> Result<(SessionContext, Inputs)> {
+    let ctx = new_context_with_runtime(&config.execution, runtime)?;
     let inputs = inputs::register(&ctx, config).await?;
     Ok((ctx, inputs))
 }

@@ -13,11 +13,11 @@ use datafusion::execution::object_store::{
     DefaultObjectStoreRegistry, ObjectStoreRegistry, ObjectStoreUrl,
 };
 use datafusion::execution::runtime_env::RuntimeEnv;
-use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::path::Path as ObjectPath;
+use object_store::{BackoffConfig, ObjectStore, RetryConfig};
 use url::Url;
 
 use crate::error::{Error, Result};
@@ -44,9 +44,26 @@ pub fn table_url(uri: &str) -> Result<ListingTableUrl> {
 /// The sessions' object-store registry: local files as DataFusion serves them, and an `s3://`,
 /// `gs://` or `az://` bucket built from its provider's environment the first time a URL in it is
 /// used, whoever uses it (input listing, the sink, `COPY ... TO` or a table URL in the SQL shell).
+/// Failed requests to cloud stores are retried with exponential backoff (object_store's retry
+/// logic: connection errors, timeouts, 5xx and 429 responses), up to `retry`'s limits; other
+/// errors (missing object, access denied) fail at once.
 #[derive(Debug, Default)]
 pub struct EnvStoreRegistry {
     inner: DefaultObjectStoreRegistry,
+    retry: RetryConfig,
+}
+
+impl EnvStoreRegistry {
+    pub fn new(max_retries: usize, retry_timeout: std::time::Duration) -> Self {
+        EnvStoreRegistry {
+            inner: DefaultObjectStoreRegistry::default(),
+            retry: RetryConfig {
+                backoff: BackoffConfig::default(),
+                max_retries,
+                retry_timeout,
+            },
+        }
+    }
 }
 
 impl ObjectStoreRegistry for EnvStoreRegistry {
@@ -66,7 +83,7 @@ impl ObjectStoreRegistry for EnvStoreRegistry {
         if let Ok(store) = self.inner.get_store(url) {
             return Ok(store);
         }
-        match build_store(url) {
+        match build_store(url, &self.retry) {
             Ok(Some(store)) => {
                 // two threads may race here; both build an equivalent store and the last one stays
                 self.inner.register_store(url, Arc::clone(&store));
@@ -80,27 +97,44 @@ impl ObjectStoreRegistry for EnvStoreRegistry {
 
 /// Makes the object store that serves `url` known to the runtime (a no-op for local files, which
 /// DataFusion serves by default), so that a bad URL or missing credentials fail here with a clear
-/// message rather than in the middle of a plan. Idempotent.
+/// message rather than in the middle of a plan. Idempotent. Sessions made by
+/// [`crate::session`] build the store through [`EnvStoreRegistry`] (with its retry settings);
+/// other runtimes get one with object_store's default retries.
 pub fn register_store(runtime: &RuntimeEnv, url: &Url) -> Result<()> {
-    if let Some(store) = build_store(url)? {
-        let base = ObjectStoreUrl::parse(&url[..url::Position::BeforePath])?;
-        runtime.register_object_store(base.as_ref(), store);
+    if url.scheme() == "file" {
+        return Ok(());
     }
-    Ok(())
+    match runtime.object_store_registry.get_store(url) {
+        Ok(_) => Ok(()),
+        Err(_) => {
+            if let Some(store) = build_store(url, &RetryConfig::default())? {
+                let base = ObjectStoreUrl::parse(&url[..url::Position::BeforePath])?;
+                runtime.register_object_store(base.as_ref(), store);
+            }
+            Ok(())
+        }
+    }
 }
 
-fn build_store(url: &Url) -> Result<Option<Arc<dyn ObjectStore>>> {
+fn build_store(url: &Url, retry: &RetryConfig) -> Result<Option<Arc<dyn ObjectStore>>> {
     let store: Arc<dyn ObjectStore> = match url.scheme() {
         "file" => return Ok(None),
-        "s3" | "s3a" => Arc::new(AmazonS3Builder::from_env().with_url(url.as_str()).build()?),
+        "s3" | "s3a" => Arc::new(
+            AmazonS3Builder::from_env()
+                .with_url(url.as_str())
+                .with_retry(retry.clone())
+                .build()?,
+        ),
         "gs" | "gcs" => Arc::new(
             GoogleCloudStorageBuilder::from_env()
                 .with_url(url.as_str())
+                .with_retry(retry.clone())
                 .build()?,
         ),
         "az" | "azure" | "abfs" | "abfss" | "adl" => Arc::new(
             MicrosoftAzureBuilder::from_env()
                 .with_url(url.as_str())
+                .with_retry(retry.clone())
                 .build()?,
         ),
         other => {

@@ -1,6 +1,7 @@
 //! Command-line interface: one file per subcommand, each with its arguments and one `run`.
 //! [`JobArgs`] (a job file plus flags overriding any key) is shared by every command that runs a job.
 
+pub mod backfill;
 pub mod evaluate;
 pub mod export;
 pub mod run;
@@ -38,6 +39,8 @@ pub struct Cli {
 pub enum Command {
     /// Compute the feature table from engagement and neighbour lists.
     Run(Box<run::RunArgs>),
+    /// Fill a feature store's daily partitions (dt=YYYY-MM-DD), atomically and resumably.
+    Backfill(Box<backfill::BackfillArgs>),
     /// SQL shell over the inputs, the pipeline's stage views and the UDFs.
     Sql(Box<sql::SqlArgs>),
     /// Check the inputs (PASS/WARN/FAIL per check) without computing features.
@@ -56,6 +59,7 @@ impl Cli {
     pub async fn run(self) -> Result<()> {
         match self.command {
             Command::Run(args) => run::run(*args).await,
+            Command::Backfill(args) => backfill::run(*args).await,
             Command::Synth(args) => synth::run(args).await,
             Command::Validate(args) => validate::run(*args).await,
             Command::Sql(args) => sql::run(*args).await,

@@ -383,8 +383,21 @@ pub async fn open_table(
             .expected("a local path, file://, s3://, gs:// or az:// URL")
             .into()
     };
-    let url = storage::table_url(uri).map_err(location)?;
-    storage::register_store(ctx.runtime_env().as_ref(), url.get_url()).map_err(location)?;
+    // `paths` (a backfill window) replaces `uri`, which then only names the input
+    let targets: Vec<&str> = if spec.paths.is_empty() {
+        vec![uri]
+    } else {
+        spec.paths.iter().map(String::as_str).collect()
+    };
+    let urls = targets
+        .iter()
+        .map(|t| storage::table_url(t))
+        .collect::<Result<Vec<_>>>()
+        .map_err(location)?;
+    for url in &urls {
+        storage::register_store(ctx.runtime_env().as_ref(), url.get_url()).map_err(location)?;
+    }
+    let url = urls[0].clone();
     let unreadable = |e: &dyn std::fmt::Display| {
         Error::from(
             BadInput::new(role, uri, format!("cannot read the input: {e}"))
@@ -427,13 +440,17 @@ pub async fn open_table(
     };
     let state = ctx.state();
     let store = ctx.runtime_env().object_store(&url)?;
-    let files: Vec<ObjectMeta> = url
-        .list_all_files(&state, store.as_ref(), &extension)
-        .await
-        .map_err(|e| unreadable(&e))?
-        .try_collect()
-        .await
-        .map_err(|e| unreadable(&e))?;
+    let mut files: Vec<ObjectMeta> = Vec::new();
+    for url in &urls {
+        let found: Vec<ObjectMeta> = url
+            .list_all_files(&state, store.as_ref(), &extension)
+            .await
+            .map_err(|e| unreadable(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| unreadable(&e))?;
+        files.extend(found);
+    }
     if files.is_empty() {
         return Err(BadInput::new(role, uri, "no files found")
             .expected(format!(
@@ -446,7 +463,7 @@ pub async fn open_table(
             ))
             .into());
     }
-    let partitions = if !spec.partitioned {
+    let partitions = if !spec.partitioned || urls.len() > 1 {
         Partitions::default()
     } else {
         partitions_of(&url, &files).map_err(|problem| {
@@ -489,7 +506,7 @@ pub async fn open_table(
     } else {
         text_keys_as_strings(&inferred)
     };
-    let config = ListingTableConfig::new(url)
+    let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
         .with_schema(schema);
     let table = ListingTable::try_new(config)?;

@@ -28,13 +28,17 @@ use crate::error::{Error, Result};
 use crate::storage::OutputLocation;
 
 mod parallel_parquet;
+pub mod sha256_writer;
 pub use parallel_parquet::ParallelParquetWriter;
+pub use sha256_writer::Sha256Writer;
 
 /// What was written.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct WriteStats {
     pub rows: u64,
     pub bytes: u64,
+    /// SHA-256 of the file's bytes, hex (computed while writing).
+    pub sha256: String,
 }
 
 /// Parquet settings for feature tables: zstd, and row groups large enough for fast scans.
@@ -136,7 +140,7 @@ async fn write_to(
 ) -> Result<WriteStats> {
     let schema = plan.schema();
     let mut stream = execute_stream(plan, task)?;
-    let upload = BufWriter::new(Arc::clone(&location.store), staging.clone());
+    let upload = Sha256Writer::new(BufWriter::new(Arc::clone(&location.store), staging.clone()));
     let mut stats = WriteStats::default();
     match format {
         OutputFormat::Parquet => {
@@ -154,7 +158,7 @@ async fn write_to(
                 stats.rows += batch.num_rows() as u64;
                 writer.write(&batch).await?;
             }
-            writer.close().await?;
+            stats.sha256 = writer.close().await?.finish();
         }
         OutputFormat::Csv | OutputFormat::Json => {
             let mut upload = upload;
@@ -184,6 +188,7 @@ async fn write_to(
                     .await?;
             }
             upload.shutdown().await?;
+            stats.sha256 = upload.finish();
         }
     }
     stats.bytes = location.store.head(staging).await?.size;
@@ -212,7 +217,8 @@ pub fn ndjson_bytes(batch: &RecordBatch) -> Result<Vec<u8>> {
 }
 
 /// Aborts an upload in flight (a multipart upload on object stores, a temp file locally).
-async fn abort(mut upload: BufWriter) {
+async fn abort(upload: Sha256Writer<BufWriter>) {
+    let mut upload = upload.into_inner();
     if let Err(e) = upload.abort().await {
         tracing::warn!("could not abort the staging upload: {e}");
     }

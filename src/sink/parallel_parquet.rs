@@ -38,14 +38,17 @@ enum Work {
 
 struct ColumnThread {
     work: mpsc::Sender<Work>,
-    chunks: mpsc::Receiver<Result<ArrowColumnChunk>>,
+    chunks: mpsc::UnboundedReceiver<Result<ArrowColumnChunk>>,
     handle: JoinHandle<()>,
 }
 
 impl ColumnThread {
     fn spawn(index: usize) -> std::io::Result<Self> {
         let (work, mut inbox) = mpsc::channel::<Work>(QUEUE);
-        let (done, chunks) = mpsc::channel(1);
+        // unbounded: a thread never waits for the caller to take a chunk (the caller may itself be
+        // waiting for room in that thread's queue); the caller feeds all threads in step, so at
+        // most a couple of row groups' chunks are ever in flight
+        let (done, chunks) = mpsc::unbounded_channel();
         let handle = std::thread::Builder::new()
             .name(format!("q2q-parquet-{index}"))
             .spawn(move || {
@@ -70,7 +73,7 @@ impl ColumnThread {
                                     "column chunk finished before it started".into(),
                                 )),
                             };
-                            if done.blocking_send(chunk).is_err() {
+                            if done.send(chunk).is_err() {
                                 return;
                             }
                         }
@@ -93,9 +96,15 @@ pub struct ParallelParquetWriter<W> {
     schema: SchemaRef,
     columns: Vec<ColumnThread>,
     max_rows: usize,
-    /// Rows in the row group being encoded (0: none started).
+    /// Rows in the row group being fed to the threads (0: none started).
     group_rows: usize,
+    /// Row groups started so far.
     groups: usize,
+    /// Row groups whose columns are finishing; appended to the file in order, without making the
+    /// caller wait for the slowest column before feeding the next group.
+    pending: usize,
+    /// Chunks of the oldest pending group received so far, by column.
+    received: Vec<Option<ArrowColumnChunk>>,
 }
 
 impl<W: AsyncWrite + Unpin + Send> ParallelParquetWriter<W> {
@@ -114,10 +123,12 @@ impl<W: AsyncWrite + Unpin + Send> ParallelParquetWriter<W> {
             file,
             factory,
             schema,
+            received: (0..columns.len()).map(|_| None).collect(),
             columns,
             max_rows,
             group_rows: 0,
             groups: 0,
+            pending: 0,
         })
     }
 
@@ -131,7 +142,7 @@ impl<W: AsyncWrite + Unpin + Send> ParallelParquetWriter<W> {
                 self.finish_group().await?;
             }
         }
-        Ok(())
+        self.append_finished(false).await
     }
 
     async fn write_slice(&mut self, batch: &RecordBatch) -> Result<()> {
@@ -140,6 +151,7 @@ impl<W: AsyncWrite + Unpin + Send> ParallelParquetWriter<W> {
             for (thread, writer) in self.columns.iter().zip(writers) {
                 send(thread, Work::Start(Box::new(writer))).await?;
             }
+            self.groups += 1;
         }
         let mut threads = self.columns.iter();
         for (field, array) in self.schema.fields().iter().zip(batch.columns()) {
@@ -154,24 +166,46 @@ impl<W: AsyncWrite + Unpin + Send> ParallelParquetWriter<W> {
         Ok(())
     }
 
-    /// Closes every column chunk of the row group and writes the group to `out`.
+    /// Asks every column thread to close its chunk of the row group being fed.
     async fn finish_group(&mut self) -> Result<()> {
         for thread in &self.columns {
             send(thread, Work::Finish).await?;
         }
-        let mut chunks = Vec::with_capacity(self.columns.len());
-        for thread in &mut self.columns {
-            let chunk = thread.chunks.recv().await.ok_or_else(stopped)??;
-            chunks.push(chunk);
-        }
-        let mut group = self.file.next_row_group()?;
-        for chunk in chunks {
-            chunk.append_to_row_group(&mut group)?;
-        }
-        group.close()?;
         self.group_rows = 0;
-        self.groups += 1;
-        self.drain().await
+        self.pending += 1;
+        Ok(())
+    }
+
+    /// Appends the pending row groups whose chunks are all done to the file, oldest first, and
+    /// writes their bytes to `out`. With `wait`, waits for all of them.
+    async fn append_finished(&mut self, wait: bool) -> Result<()> {
+        while self.pending > 0 {
+            for (thread, slot) in self.columns.iter_mut().zip(&mut self.received) {
+                if slot.is_some() {
+                    continue;
+                }
+                let chunk = if wait {
+                    thread.chunks.recv().await.ok_or_else(stopped)?
+                } else {
+                    match thread.chunks.try_recv() {
+                        Ok(chunk) => chunk,
+                        Err(mpsc::error::TryRecvError::Empty) => return Ok(()),
+                        Err(mpsc::error::TryRecvError::Disconnected) => return Err(stopped()),
+                    }
+                };
+                *slot = Some(chunk?);
+            }
+            let mut group = self.file.next_row_group()?;
+            for slot in &mut self.received {
+                if let Some(chunk) = slot.take() {
+                    chunk.append_to_row_group(&mut group)?;
+                }
+            }
+            group.close()?;
+            self.pending -= 1;
+            self.drain().await?;
+        }
+        Ok(())
     }
 
     async fn drain(&mut self) -> Result<()> {
@@ -182,11 +216,13 @@ impl<W: AsyncWrite + Unpin + Send> ParallelParquetWriter<W> {
             .map_err(|e| ParquetError::External(Box::new(e)))
     }
 
-    /// Writes the last row group and the footer, and shuts `out` down (completing an upload).
-    pub async fn close(mut self) -> Result<()> {
+    /// Writes the last row group and the footer, shuts `out` down (completing an upload) and
+    /// gives it back.
+    pub async fn close(mut self) -> Result<W> {
         if self.group_rows > 0 {
             self.finish_group().await?;
         }
+        self.append_finished(true).await?;
         self.file.finish()?;
         self.drain().await?;
         self.out
@@ -197,7 +233,7 @@ impl<W: AsyncWrite + Unpin + Send> ParallelParquetWriter<W> {
             drop(thread.work);
             let _ = thread.handle.join();
         }
-        Ok(())
+        Ok(self.out)
     }
 
     /// Gives `out` back without finishing the file (to abort an upload); the threads stop.
