@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: run the real binary, write small inputs, read outputs.
 #![allow(dead_code)]
 
+pub mod moto;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -86,7 +88,9 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Writes `text` to `dir/name`, creating `dir` if needed.
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path

@@ -1,0 +1,675 @@
+//! `q2q-prior backfill`: daily partitions equal to the feature job on each day's window, reruns
+//! that skip/rebuild for the right reasons, kill -9 at random points, two runs at once, bad input,
+//! readers (pyarrow as a Hive-partitioned dataset), and the same backfill on a real S3-compatible
+//! server (moto_server on 127.0.0.1).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::moto::start_moto;
+use common::*;
+use q2q_prior::reference::FeatureRow;
+use serde_json::Value;
+
+const DAYS: usize = 8; // input days 2026-01-01 .. 2026-01-08
+const FROM: &str = "2026-01-02";
+const TO: &str = "2026-01-09";
+const WINDOW: &str = "3";
+
+fn day(i: usize) -> String {
+    format!("2026-01-{:02}", i + 1)
+}
+
+/// Daily engagement (CSV, one file per day) and two neighbour snapshots (2026-01-01 and -05).
+fn write_inputs(dir: &Path) {
+    for i in 0..DAYS {
+        let mut text = String::from("query,product_id,impressions,clicks,adds,purchases\n");
+        for q in 0..25 {
+            for p in 0..12 {
+                if (q + p + i) % 3 == 0 {
+                    text.push_str(&format!(
+                        "q{q},p{p},{},{},{},{}\n",
+                        10 + i + q,
+                        (q + p) % 4,
+                        q % 2,
+                        (p + i) % 2
+                    ));
+                }
+            }
+        }
+        write(&dir.join(format!("eng/dt={}", day(i))), "part-0.csv", &text);
+    }
+    for (snapshot, shift) in [(0, 1), (4, 3)] {
+        let mut text = String::from("query,neighbour,score\n");
+        for q in 0..25 {
+            text.push_str(&format!(
+                "q{q},q{},0.9\nq{q},q{},0.8\n",
+                (q + shift) % 25,
+                (q + shift + 2) % 25
+            ));
+        }
+        write(
+            &dir.join(format!("nb/dt={}", day(snapshot))),
+            "part-0.csv",
+            &text,
+        );
+    }
+}
+
+fn backfill_cmd(data: &Path, out: &str, extra: &[&str]) -> Command {
+    let mut cmd = bin();
+    cmd.args([
+        "backfill",
+        "--engagement",
+        data.join("eng").to_str().unwrap(),
+        "--neighbours",
+        data.join("nb").to_str().unwrap(),
+        "--output",
+        out,
+        "--from",
+        FROM,
+        "--to",
+        TO,
+        "--window-days",
+        WINDOW,
+    ]);
+    cmd.args(extra);
+    cmd
+}
+
+fn backfill(data: &Path, out: &Path, extra: &[&str]) -> Output {
+    backfill_cmd(data, out.to_str().unwrap(), extra)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "{}", stderr(out));
+    stderr(out)
+}
+
+fn days_built() -> Vec<String> {
+    (1..=DAYS).map(day).collect() // 01-02 .. 01-09 (01-09's window ends on the last input day)
+}
+
+fn manifest(partition: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(partition.join("_manifest.json")).unwrap()).unwrap()
+}
+
+fn sha256(path: &Path) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(path).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A clean backfill of the whole range, read back per day.
+fn clean_run(data: &Path) -> (PathBuf, BTreeMap<String, Vec<FeatureRow>>) {
+    let out = data.join("clean");
+    ok(&backfill(data, &out, &[]));
+    let rows = days_built()
+        .into_iter()
+        .map(|d| {
+            let rows = read_features(&out.join(format!("dt={d}/part-00000.parquet")));
+            (d, rows)
+        })
+        .collect();
+    (out, rows)
+}
+
+/// Every partition with `_SUCCESS` is complete: its manifest lists exactly its data files, with
+/// their sizes and checksums, and its rows are the clean run's. Returns how many were complete.
+fn check_published(
+    out: &Path,
+    clean: &BTreeMap<String, Vec<FeatureRow>>,
+    verify_rows: bool,
+) -> usize {
+    let mut complete = 0;
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return 0;
+    };
+    for entry in entries {
+        let dir = entry.unwrap().path();
+        let name = dir.file_name().unwrap().to_str().unwrap().to_string();
+        let Some(d) = name.strip_prefix("dt=") else {
+            continue;
+        };
+        if !dir.join("_SUCCESS").exists() {
+            continue;
+        }
+        complete += 1;
+        let m = manifest(&dir);
+        let files = m["files"].as_array().unwrap();
+        let visible: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_str().unwrap().to_string())
+            .filter(|n| !n.starts_with('_') && !n.starts_with('.'))
+            .collect();
+        assert_eq!(
+            visible.len(),
+            files.len(),
+            "{name}: {visible:?} vs {files:?}"
+        );
+        for f in files {
+            let path = dir.join(f["path"].as_str().unwrap());
+            let meta = std::fs::metadata(&path).unwrap();
+            assert_eq!(meta.len(), f["size"].as_u64().unwrap(), "{name} size");
+            assert_eq!(
+                sha256(&path),
+                f["sha256"].as_str().unwrap(),
+                "{name} checksum"
+            );
+            if verify_rows {
+                let rows = read_features(&path);
+                assert_eq!(rows.len() as u64, m["row_count"].as_u64().unwrap());
+                assert_same_features(&rows, &clean[d]);
+            }
+        }
+    }
+    complete
+}
+
+#[test]
+fn partitions_equal_the_job_on_each_window_and_read_as_a_hive_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    write_inputs(data);
+    let out = data.join("features");
+    let log = ok(&backfill(data, &out, &["--parallel", "2"]));
+    assert!(log.contains("8 built"), "{log}");
+
+    for (n, d) in days_built().iter().enumerate() {
+        let partition = out.join(format!("dt={d}"));
+        // the job on the window's days copied into one folder, with the snapshot of the day
+        let window = data.join(format!("window-{d}"));
+        std::fs::create_dir_all(&window).unwrap();
+        let last = n + 1; // index of day d
+        let first = last.saturating_sub(3);
+        for i in first..last.min(DAYS) {
+            std::fs::copy(
+                data.join(format!("eng/dt={}/part-0.csv", day(i))),
+                window.join(format!("{}.csv", day(i))),
+            )
+            .unwrap();
+        }
+        let snapshot = if last >= 4 { day(4) } else { day(0) };
+        let expected = data.join(format!("expected-{d}.parquet"));
+        ok(&run(&[
+            "run",
+            "--engagement",
+            window.to_str().unwrap(),
+            "--neighbours",
+            data.join(format!("nb/dt={snapshot}")).to_str().unwrap(),
+            "--on-duplicate",
+            "sum",
+            "--output",
+            expected.to_str().unwrap(),
+        ]));
+        let rows = read_features(&partition.join("part-00000.parquet"));
+        assert!(!rows.is_empty());
+        assert_same_features(&rows, &read_features(&expected));
+
+        let m = manifest(&partition);
+        assert_eq!(m["partition"], format!("dt={d}"));
+        assert_eq!(m["row_count"].as_u64().unwrap(), rows.len() as u64);
+        assert_eq!(
+            m["engagement_days"].as_u64().unwrap(),
+            (last.min(DAYS) - first) as u64
+        );
+        assert!(
+            m["neighbours"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("dt={snapshot}"))
+        );
+        let file = &m["files"][0];
+        assert_eq!(file["path"], "part-00000.parquet");
+        assert_eq!(
+            file["sha256"].as_str().unwrap(),
+            sha256(&partition.join("part-00000.parquet"))
+        );
+        assert!(partition.join("_SUCCESS").exists());
+    }
+    // 2026-01-01 has no engagement before it: not asked for here, and no folder was made
+    assert!(!out.join("dt=2026-01-01").exists());
+
+    // pyarrow reads the output as a Hive-partitioned dataset: the engine's rows, the timestamps
+    let summary = python(
+        "import sys, pyarrow.dataset as ds, pyarrow.compute as pc
+t = ds.dataset(sys.argv[1], format='parquet', partitioning='hive').to_table()
+print(t.num_rows)
+print(','.join(sorted(set(t['dt'].to_pylist()))))
+bad = [r for r in t.select(['dt','event_timestamp']).to_pylist()
+       if r['event_timestamp'].strftime('%Y-%m-%d %H:%M:%S %Z') != r['dt'] + ' 00:00:00 UTC']
+print(len(bad))
+print(len(set(t['created_timestamp'].to_pylist())))",
+        &[out.to_str().unwrap()],
+    );
+    let lines: Vec<&str> = summary.lines().collect();
+    let total: usize = days_built()
+        .iter()
+        .map(|d| read_features(&out.join(format!("dt={d}/part-00000.parquet"))).len())
+        .sum();
+    assert_eq!(lines[0], total.to_string());
+    assert_eq!(lines[1], days_built().join(","));
+    assert_eq!(lines[2], "0", "event_timestamp is the day at 00:00 UTC");
+    assert_eq!(lines[3], "1", "one created_timestamp per run");
+}
+
+#[test]
+fn reruns_skip_what_is_current_and_rebuild_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    write_inputs(data);
+    let out = data.join("features");
+    ok(&backfill(data, &out, &[]));
+    let before = manifest(&out.join("dt=2026-01-05"));
+
+    let log = ok(&backfill(data, &out, &[]));
+    assert!(
+        log.contains("0 built") && log.contains("8 skipped"),
+        "{log}"
+    );
+    assert_eq!(manifest(&out.join("dt=2026-01-05")), before, "untouched");
+
+    let plan = |extra: &[&str]| -> BTreeMap<String, (String, String)> {
+        let mut args = vec!["--dry-run"];
+        args.extend(extra);
+        let out = backfill(data, &out, &args);
+        let text = String::from_utf8(out.stdout.clone()).unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        text.lines()
+            .skip(1)
+            .map(|l| {
+                let cols: Vec<&str> = l.split('\t').collect();
+                (
+                    cols[0].to_string(),
+                    (cols[1].to_string(), cols[2].to_string()),
+                )
+            })
+            .collect()
+    };
+    let all_skip = plan(&[]);
+    assert_eq!(all_skip.len(), 8);
+    assert!(
+        all_skip
+            .values()
+            .all(|(a, r)| a == "skip" && r == "up to date")
+    );
+    assert!(
+        plan(&["--force"])
+            .values()
+            .all(|(a, r)| a == "build" && r == "forced")
+    );
+    assert!(
+        plan(&["--gamma", "50"])
+            .values()
+            .all(|(a, r)| a == "build" && r == "stale (config changed)")
+    );
+    // execution settings do not change the rows: still current
+    assert!(
+        plan(&["--plan", "sql", "--target-partitions", "1"])
+            .values()
+            .all(|(a, _)| a == "skip")
+    );
+
+    // a rewritten input day makes exactly the days whose window holds it stale
+    let changed = data.join("eng/dt=2026-01-04/part-0.csv");
+    let mut text = std::fs::read_to_string(&changed).unwrap();
+    text.push_str("q7,p99,40,3,1,1\n");
+    std::fs::write(&changed, text).unwrap();
+    let after = plan(&[]);
+    for (partition, (action, reason)) in &after {
+        let stale =
+            ["dt=2026-01-05", "dt=2026-01-06", "dt=2026-01-07"].contains(&partition.as_str());
+        if stale {
+            assert_eq!(
+                (action.as_str(), reason.as_str()),
+                ("build", "stale (inputs changed)")
+            );
+        } else {
+            assert_eq!(action, "skip", "{partition}");
+        }
+    }
+    // damage: a data file gone; a half-built partition: no _SUCCESS and a staging leftover
+    std::fs::remove_file(out.join("dt=2026-01-02/part-00000.parquet")).unwrap();
+    std::fs::remove_file(out.join("dt=2026-01-09/_SUCCESS")).unwrap();
+    let leftover = out.join("dt=2026-01-09/_q2q_staging.1.2.part-00000.parquet.partial");
+    std::fs::write(&leftover, b"half").unwrap();
+    let after = plan(&[]);
+    assert_eq!(
+        after["dt=2026-01-02"].1,
+        "damaged (part-00000.parquet is missing)"
+    );
+    assert_eq!(after["dt=2026-01-09"].1, "incomplete (no _SUCCESS)");
+
+    let log = ok(&backfill(data, &out, &[]));
+    assert!(
+        log.contains("5 built") && log.contains("3 skipped"),
+        "{log}"
+    );
+    assert!(!leftover.exists(), "staging leftovers are cleaned");
+    assert!(plan(&[]).values().all(|(a, _)| a == "skip"));
+    let rebuilt = manifest(&out.join("dt=2026-01-05"));
+    assert_ne!(rebuilt["input_fingerprint"], before["input_fingerprint"]);
+    assert!(
+        read_features(&out.join("dt=2026-01-05/part-00000.parquet"))
+            .iter()
+            .any(|r| r.product_id == "p99")
+    );
+
+    // --force rebuilds everything, to the same rows
+    let log = ok(&backfill(data, &out, &["--force"]));
+    assert!(log.contains("8 built"), "{log}");
+}
+
+#[test]
+fn killed_at_random_points_the_next_run_finishes_and_equals_a_clean_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    write_inputs(data);
+    let started = Instant::now();
+    let (_, clean) = clean_run(data);
+    let clean_time = started.elapsed();
+    let out = data.join("features");
+
+    // deterministic pseudo-random kill times over the length of a run; two runs in three rebuild
+    // published partitions (--force), the riskiest moment to die; the others resume
+    let mut seed: u64 = 0x9e3779b97f4a7c15;
+    let mut kills = 0;
+    // until 24 runs were killed while still going (a run that finished first does not count)
+    let mut round = 0;
+    while kills < 24 {
+        assert!(
+            round < 120,
+            "only {kills} of {round} runs were still going when killed"
+        );
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let at = Duration::from_micros(seed % (clean_time.as_micros() as u64 + 1));
+        let mut args = vec!["--parallel", if round % 3 == 0 { "1" } else { "2" }];
+        if round % 3 != 2 {
+            args.push("--force");
+        }
+        let mut child = backfill_cmd(data, out.to_str().unwrap(), &args)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(at);
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+        // never a partition marked complete that is not
+        check_published(&out, &clean, round % 4 == 0);
+        round += 1;
+    }
+
+    let log = ok(&backfill(data, &out, &[]));
+    assert_eq!(check_published(&out, &clean, true), 8, "{log}");
+    let leftovers: Vec<_> = walk(&out)
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            name.starts_with("_q2q_staging.") || name.ends_with(".lock")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[test]
+fn two_backfills_at_once_build_each_partition_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    write_inputs(data);
+    let (_, clean) = clean_run(data);
+    let out = data.join("features");
+    let spawn = |parallel: &str| {
+        backfill_cmd(data, out.to_str().unwrap(), &["--parallel", parallel])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn("2"), spawn("1"));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let built = |o: &Output| -> usize {
+        let log = ok(o);
+        log.lines()
+            .find_map(|l| l.strip_prefix("q2q-prior backfill: "))
+            .and_then(|l| l.split(' ').next())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        built(&a) + built(&b),
+        8,
+        "every partition built exactly once"
+    );
+    assert_eq!(check_published(&out, &clean, true), 8);
+}
+
+#[test]
+fn bad_input_fails_its_partitions_and_names_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    write_inputs(data);
+    write(
+        &data.join("eng/dt=2026-01-06"),
+        "part-1.csv",
+        "query,product_id,impressions,clicks,adds,purchases\nq1,p1,-5,0,0,0\n",
+    );
+    let out = data.join("features");
+    let result = backfill(data, &out, &[]);
+    assert_eq!(result.status.code(), Some(1));
+    let log = stderr(&result);
+    assert!(log.contains("5 built") && log.contains("3 failed"), "{log}");
+    for d in ["2026-01-07", "2026-01-08", "2026-01-09"] {
+        let line = log
+            .lines()
+            .find(|l| l.contains("FAILED") && l.contains(d))
+            .expect(d);
+        assert!(
+            line.contains("engagement") && line.contains("impressions"),
+            "{line}"
+        );
+        assert!(!out.join(format!("dt={d}/part-00000.parquet")).exists());
+        assert!(!out.join(format!("dt={d}/_SUCCESS")).exists());
+    }
+    assert!(log.contains("error: 3 partition(s) failed"), "{log}");
+
+    // mistakes in the request: exit 2, nothing written
+    let nowhere = data.join("nowhere");
+    let (eng, nb) = (data.join("eng"), data.join("nb"));
+    let (eng, nb, out) = (
+        eng.to_str().unwrap(),
+        nb.to_str().unwrap(),
+        nowhere.to_str().unwrap(),
+    );
+    let file = data.join("eng/dt=2026-01-01/part-0.csv");
+    let file_output = format!("{out}/features.parquet");
+    for (args, says) in [
+        (
+            [
+                "--engagement",
+                eng,
+                "--output",
+                &file_output,
+                "--from",
+                FROM,
+                "--to",
+                TO,
+            ],
+            "names a file",
+        ),
+        (
+            [
+                "--engagement",
+                eng,
+                "--output",
+                out,
+                "--from",
+                FROM,
+                "--to",
+                "2026-01-01",
+            ],
+            "is after --to",
+        ),
+        (
+            [
+                "--engagement",
+                file.to_str().unwrap(),
+                "--output",
+                out,
+                "--from",
+                FROM,
+                "--to",
+                TO,
+            ],
+            "=YYYY-MM-DD/",
+        ),
+    ] {
+        let result = bin()
+            .args(["backfill", "--neighbours", nb])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            result.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&result)
+        );
+        assert!(stderr(&result).contains(says), "{}", stderr(&result));
+        assert!(!nowhere.exists());
+    }
+}
+
+#[test]
+fn the_same_backfill_on_s3_gives_the_same_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    write_inputs(data);
+    let (_, clean) = clean_run(data);
+    let moto = start_moto();
+    moto.boto("s3.create_bucket(Bucket='q2q')");
+    for file in walk(data) {
+        let relative = file
+            .strip_prefix(data)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        if relative.starts_with("eng/") || relative.starts_with("nb/") {
+            moto.put(&format!("in/{relative}"), &file);
+        }
+    }
+    let secret = "sekrit-backfill-7f3a9c";
+    let run_s3 = |extra: &[&str]| {
+        let mut cmd = moto.q2q();
+        cmd.env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("RUST_LOG", "debug")
+            .args([
+                "backfill",
+                "--engagement",
+                "s3://q2q/in/eng",
+                "--neighbours",
+                "s3://q2q/in/nb/",
+                "--output",
+                "s3://q2q/features/",
+                "--from",
+                FROM,
+                "--to",
+                TO,
+                "--window-days",
+                WINDOW,
+                "--parallel",
+                "2",
+            ])
+            .args(extra);
+        cmd.output().unwrap()
+    };
+    let first = run_s3(&[]);
+    let log = ok(&first);
+    assert!(log.contains("8 built"), "{log}");
+    let again = run_s3(&[]);
+    assert!(ok(&again).contains("8 skipped"));
+    for o in [&first, &again] {
+        assert!(!String::from_utf8_lossy(&o.stdout).contains(secret));
+        assert!(!stderr(o).contains(secret), "credentials in the logs");
+    }
+
+    // download the dataset and compare it partition by partition with the local clean run
+    let local = data.join("from-s3");
+    moto.boto(&format!(
+        "import os
+for o in s3.list_objects_v2(Bucket='q2q', Prefix='features/').get('Contents', []):
+    path = os.path.join({:?}, o['Key'][len('features/'):])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    s3.download_file('q2q', o['Key'], path)",
+        local.to_str().unwrap()
+    ));
+    assert_eq!(check_published(&local, &clean, true), 8);
+    for d in days_built() {
+        let text = std::fs::read_to_string(local.join(format!("dt={d}/_manifest.json"))).unwrap();
+        assert!(!text.contains(secret));
+    }
+    let locks: Vec<String> = moto.keys("features/_q2q/locks/");
+    assert!(locks.iter().all(|k| !k.ends_with(".lock")), "{locks:?}");
+
+    // an unreachable store: retried, then a clear error and a non-zero exit
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let config = write(
+        data,
+        "retry.toml",
+        "[execution]\nobject_store_retries = 2\nobject_store_retry_timeout_secs = 5\n",
+    );
+    let result = moto
+        .q2q()
+        .env("AWS_ENDPOINT", format!("http://127.0.0.1:{port}"))
+        .args([
+            "backfill",
+            "--config",
+            config.to_str().unwrap(),
+            "--engagement",
+            "s3://q2q/in/eng",
+            "--neighbours",
+            "s3://q2q/in/nb/",
+            "--output",
+            "s3://q2q/elsewhere/",
+            "--from",
+            FROM,
+            "--to",
+            TO,
+        ])
+        .output()
+        .unwrap();
+    assert!(!result.status.success());
+    let log = stderr(&result);
+    assert!(
+        log.contains("retries") && log.contains("127.0.0.1"),
+        "{log}"
+    );
+}
