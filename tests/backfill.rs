@@ -673,3 +673,28 @@ for o in s3.list_objects_v2(Bucket='q2q', Prefix='features/').get('Contents', []
         "{log}"
     );
 }
+
+#[test]
+fn the_daily_fixture_backfills_and_its_first_day_is_the_tiny_fixture() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("daily");
+    let config = root().join("fixtures/daily/job.toml");
+    let log = ok(&run(&[
+        "backfill",
+        "--config",
+        config.to_str().unwrap(),
+        "--from",
+        "2026-01-02",
+        "--to",
+        "2026-01-05",
+        "--output",
+        out.to_str().unwrap(),
+    ]));
+    assert!(log.contains("4 built"), "{log}");
+    // 2026-01-02 reads one day (the tiny fixture's engagement) and the 2026-01-01 snapshot (its
+    // neighbour lists), with the same min_score: the hand-worked table
+    assert_same_features(
+        &read_features(&out.join("dt=2026-01-02/part-00000.parquet")),
+        &read_features(&root().join("fixtures/tiny/expected.csv")),
+    );
+}
