@@ -100,6 +100,19 @@ fn manifest(partition: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(partition.join("_manifest.json")).unwrap()).unwrap()
 }
 
+/// The partition's data file, as its manifest names it.
+fn data_file(partition: &Path) -> PathBuf {
+    let m = manifest(partition);
+    let files = m["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "{m}");
+    let name = files[0]["path"].as_str().unwrap();
+    assert!(
+        name.starts_with("part-") && name.ends_with(".parquet"),
+        "{name}"
+    );
+    partition.join(name)
+}
+
 fn sha256(path: &Path) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(std::fs::read(path).unwrap())
@@ -115,15 +128,17 @@ fn clean_run(data: &Path) -> (PathBuf, BTreeMap<String, Vec<FeatureRow>>) {
     let rows = days_built()
         .into_iter()
         .map(|d| {
-            let rows = read_features(&out.join(format!("dt={d}/part-00000.parquet")));
+            let rows = read_features(&data_file(&out.join(format!("dt={d}"))));
             (d, rows)
         })
         .collect();
     (out, rows)
 }
 
-/// Every partition with `_SUCCESS` is complete: its manifest lists exactly its data files, with
-/// their sizes and checksums, and its rows are the clean run's. Returns how many were complete.
+/// Every manifest lists files that are there, with their sizes and checksums, and the clean run's
+/// rows (a reader that follows manifests never misses a file); every partition with `_SUCCESS`
+/// holds exactly the files its manifest lists (a reader that lists the folder never sees two
+/// builds). Returns how many partitions have `_SUCCESS`.
 fn check_published(
     out: &Path,
     clean: &BTreeMap<String, Vec<FeatureRow>>,
@@ -139,25 +154,34 @@ fn check_published(
         let Some(d) = name.strip_prefix("dt=") else {
             continue;
         };
-        if !dir.join("_SUCCESS").exists() {
+        let published = dir.join("_SUCCESS").exists();
+        if !dir.join("_manifest.json").exists() {
+            assert!(!published, "{name}: _SUCCESS without a manifest");
             continue;
         }
-        complete += 1;
         let m = manifest(&dir);
         let files = m["files"].as_array().unwrap();
-        let visible: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_str().unwrap().to_string())
-            .filter(|n| !n.starts_with('_') && !n.starts_with('.'))
-            .collect();
-        assert_eq!(
-            visible.len(),
-            files.len(),
-            "{name}: {visible:?} vs {files:?}"
-        );
+        if published {
+            complete += 1;
+            let visible: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_str().unwrap().to_string())
+                .filter(|n| !n.starts_with('_') && !n.starts_with('.'))
+                .collect();
+            assert_eq!(
+                visible.len(),
+                files.len(),
+                "{name}: {visible:?} vs {files:?}"
+            );
+        }
         for f in files {
             let path = dir.join(f["path"].as_str().unwrap());
-            let meta = std::fs::metadata(&path).unwrap();
+            let meta = std::fs::metadata(&path).unwrap_or_else(|_| {
+                panic!(
+                    "{name}: the manifest lists {} but it is not there",
+                    path.display()
+                )
+            });
             assert_eq!(meta.len(), f["size"].as_u64().unwrap(), "{name} size");
             assert_eq!(
                 sha256(&path),
@@ -210,7 +234,7 @@ fn partitions_equal_the_job_on_each_window_and_read_as_a_hive_dataset() {
             "--output",
             expected.to_str().unwrap(),
         ]));
-        let rows = read_features(&partition.join("part-00000.parquet"));
+        let rows = read_features(&data_file(&partition));
         assert!(!rows.is_empty());
         assert_same_features(&rows, &read_features(&expected));
 
@@ -228,10 +252,9 @@ fn partitions_equal_the_job_on_each_window_and_read_as_a_hive_dataset() {
                 .contains(&format!("dt={snapshot}"))
         );
         let file = &m["files"][0];
-        assert_eq!(file["path"], "part-00000.parquet");
         assert_eq!(
             file["sha256"].as_str().unwrap(),
-            sha256(&partition.join("part-00000.parquet"))
+            sha256(&data_file(&partition))
         );
         assert!(partition.join("_SUCCESS").exists());
     }
@@ -253,7 +276,7 @@ print(len(set(t['created_timestamp'].to_pylist())))",
     let lines: Vec<&str> = summary.lines().collect();
     let total: usize = days_built()
         .iter()
-        .map(|d| read_features(&out.join(format!("dt={d}/part-00000.parquet"))).len())
+        .map(|d| read_features(&data_file(&out.join(format!("dt={d}")))).len())
         .sum();
     assert_eq!(lines[0], total.to_string());
     assert_eq!(lines[1], days_built().join(","));
@@ -337,14 +360,27 @@ fn reruns_skip_what_is_current_and_rebuild_what_changed() {
         }
     }
     // damage: a data file gone; a half-built partition: no _SUCCESS and a staging leftover
-    std::fs::remove_file(out.join("dt=2026-01-02/part-00000.parquet")).unwrap();
+    let gone = data_file(&out.join("dt=2026-01-02"));
+    std::fs::remove_file(&gone).unwrap();
     std::fs::remove_file(out.join("dt=2026-01-09/_SUCCESS")).unwrap();
-    let leftover = out.join("dt=2026-01-09/_q2q_staging.1.2.part-00000.parquet.partial");
-    std::fs::write(&leftover, b"half").unwrap();
+    // what a killed run leaves: a staging object, the store's temp file of an unfinished write,
+    // a data file of a build that did not publish
+    let leftovers = [
+        "_q2q_staging.1.2.part-0.parquet.partial",
+        "_q2q_staging.1.3.part-0.parquet.partial#1",
+        "part-0123456789abcdef.parquet",
+    ]
+    .map(|name| out.join("dt=2026-01-09").join(name));
+    for leftover in &leftovers {
+        std::fs::write(leftover, b"half").unwrap();
+    }
     let after = plan(&[]);
     assert_eq!(
         after["dt=2026-01-02"].1,
-        "damaged (part-00000.parquet is missing)"
+        format!(
+            "damaged ({} is missing)",
+            gone.file_name().unwrap().to_str().unwrap()
+        )
     );
     assert_eq!(after["dt=2026-01-09"].1, "incomplete (no _SUCCESS)");
 
@@ -353,12 +389,14 @@ fn reruns_skip_what_is_current_and_rebuild_what_changed() {
         log.contains("5 built") && log.contains("3 skipped"),
         "{log}"
     );
-    assert!(!leftover.exists(), "staging leftovers are cleaned");
+    for leftover in &leftovers {
+        assert!(!leftover.exists(), "{} is cleaned", leftover.display());
+    }
     assert!(plan(&[]).values().all(|(a, _)| a == "skip"));
     let rebuilt = manifest(&out.join("dt=2026-01-05"));
     assert_ne!(rebuilt["input_fingerprint"], before["input_fingerprint"]);
     assert!(
-        read_features(&out.join("dt=2026-01-05/part-00000.parquet"))
+        read_features(&data_file(&out.join("dt=2026-01-05")))
             .iter()
             .any(|r| r.product_id == "p99")
     );
@@ -418,7 +456,11 @@ fn killed_at_random_points_the_next_run_finishes_and_equals_a_clean_run() {
         .into_iter()
         .filter(|p| {
             let name = p.file_name().unwrap().to_str().unwrap();
-            name.starts_with("_q2q_staging.") || name.ends_with(".lock")
+            // staging objects, the local store's temp files (`name#1`) in partitions, locks
+            // (the store's temp files of lock puts go once a minute old: not checked here)
+            name.starts_with("_q2q_staging.")
+                || (name.contains('#') && !p.to_str().unwrap().contains("_q2q/locks"))
+                || name.ends_with(".lock")
         })
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
@@ -493,10 +535,47 @@ fn bad_input_fails_its_partitions_and_names_the_problem() {
             line.contains("engagement") && line.contains("impressions"),
             "{line}"
         );
-        assert!(!out.join(format!("dt={d}/part-00000.parquet")).exists());
-        assert!(!out.join(format!("dt={d}/_SUCCESS")).exists());
+        let partition = out.join(format!("dt={d}"));
+        let files: Vec<_> = std::fs::read_dir(&partition)
+            .map(|entries| entries.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        assert!(files.is_empty(), "{d}: {files:?}");
     }
     assert!(log.contains("error: 3 partition(s) failed"), "{log}");
+
+    // fixed, the days build; broken again, their rebuild fails and the previous build stays
+    // published, untouched
+    let bad = data.join("eng/dt=2026-01-06/part-1.csv");
+    let bad_text = std::fs::read(&bad).unwrap();
+    std::fs::remove_file(&bad).unwrap();
+    let log = ok(&backfill(data, &out, &[]));
+    assert!(
+        log.contains("3 built") && log.contains("5 skipped"),
+        "{log}"
+    );
+    let published = |d: &str| {
+        let partition = out.join(format!("dt={d}"));
+        let file = data_file(&partition);
+        (
+            std::fs::read(partition.join("_manifest.json")).unwrap(),
+            sha256(&file),
+            partition.join("_SUCCESS").exists(),
+        )
+    };
+    let before: Vec<_> = ["2026-01-07", "2026-01-08", "2026-01-09"]
+        .map(published)
+        .into();
+    std::fs::write(&bad, bad_text).unwrap();
+    let result = backfill(data, &out, &[]);
+    assert_eq!(result.status.code(), Some(1));
+    let log = stderr(&result);
+    assert!(log.contains("0 built") && log.contains("3 failed"), "{log}");
+    let after: Vec<_> = ["2026-01-07", "2026-01-08", "2026-01-09"]
+        .map(published)
+        .into();
+    assert_eq!(before, after);
+    assert!(after.iter().all(|(_, _, success)| *success));
+    assert_eq!(check_published(&out, &BTreeMap::new(), false), 8);
 
     // mistakes in the request: exit 2, nothing written
     let nowhere = data.join("nowhere");
@@ -694,7 +773,112 @@ fn the_daily_fixture_backfills_and_its_first_day_is_the_tiny_fixture() {
     // 2026-01-02 reads one day (the tiny fixture's engagement) and the 2026-01-01 snapshot (its
     // neighbour lists), with the same min_score: the hand-worked table
     assert_same_features(
-        &read_features(&out.join("dt=2026-01-02/part-00000.parquet")),
+        &read_features(&data_file(&out.join("dt=2026-01-02"))),
         &read_features(&root().join("fixtures/tiny/expected.csv")),
     );
+}
+
+/// The partition lock against a real S3 server: create-only puts, renewals by conditional
+/// update (If-Match), a holder that notices it was taken over and does not write over the new
+/// holder, and a lock left by a dead process taken over.
+#[test]
+fn partition_locks_on_s3_renew_and_notice_a_takeover() {
+    use object_store::aws::AmazonS3Builder;
+    use object_store::path::Path as ObjectPath;
+    use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+    use q2q_prior::backfill::lock::{Owner, acquire};
+    use std::sync::Arc;
+    use tokio_util::sync::CancellationToken;
+
+    let moto = start_moto();
+    moto.boto("s3.create_bucket(Bucket='q2q')");
+    let store: Arc<dyn ObjectStore> = Arc::new(
+        AmazonS3Builder::new()
+            .with_endpoint(&moto.endpoint)
+            .with_allow_http(true)
+            .with_bucket_name("q2q")
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .build()
+            .unwrap(),
+    );
+    let path = ObjectPath::from("features/_q2q/locks/dt=2026-01-02.lock");
+    let read = |store: Arc<dyn ObjectStore>, path: ObjectPath| async move {
+        let bytes = store.get(&path).await.unwrap().bytes().await.unwrap();
+        serde_json::from_slice::<Owner>(&bytes).unwrap()
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let cancel = CancellationToken::new();
+        let timeout = Duration::from_secs(2); // renewed every second
+        let lock = acquire(
+            Arc::clone(&store),
+            path.clone(),
+            "run-a",
+            timeout,
+            &cancel,
+            |_| {},
+        )
+        .await
+        .unwrap();
+        let first = read(Arc::clone(&store), path.clone()).await;
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        let renewed = read(Arc::clone(&store), path.clone()).await;
+        assert_eq!(renewed.run_id, "run-a");
+        assert!(
+            renewed.renewed_at >= first.renewed_at + 2,
+            "{first:?} {renewed:?}"
+        );
+        assert!(lock.still_held() && lock.confirm().await.unwrap());
+
+        // a second run waits while it is held
+        let waiting = {
+            let (store, path, cancel) = (Arc::clone(&store), path.clone(), cancel.clone());
+            tokio::spawn(async move {
+                acquire(
+                    store,
+                    path,
+                    "run-b",
+                    Duration::from_secs(600),
+                    &cancel,
+                    |_| {},
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!waiting.is_finished());
+
+        // run-a stalled and run-c took the lock over: run-a notices, and neither renews over
+        // run-c's lock nor deletes it on release
+        let taken = Owner::me("run-c", Duration::from_secs(600));
+        store
+            .put(&path, PutPayload::from(serde_json::to_vec(&taken).unwrap()))
+            .await
+            .unwrap();
+        assert!(!lock.confirm().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!lock.still_held());
+        lock.release().await;
+        assert_eq!(read(Arc::clone(&store), path.clone()).await, taken);
+
+        // run-c's process is gone (a pid that is not running on this machine): run-b takes over
+        let dead = Owner {
+            pid: u32::MAX - 1,
+            ..taken
+        };
+        store
+            .put(&path, PutPayload::from(serde_json::to_vec(&dead).unwrap()))
+            .await
+            .unwrap();
+        let b = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("run-b takes the dead holder's lock over")
+            .unwrap()
+            .unwrap();
+        assert_eq!(read(Arc::clone(&store), path.clone()).await.run_id, "run-b");
+        b.release().await;
+        assert!(store.head(&path).await.is_err(), "released");
+    });
 }

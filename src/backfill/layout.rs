@@ -22,6 +22,8 @@ pub struct Root {
     pub uri: String,
     pub store: Arc<dyn ObjectStore>,
     pub prefix: ObjectPath,
+    /// The folder on disk, for a local root.
+    pub local: Option<std::path::PathBuf>,
 }
 
 impl Root {
@@ -33,7 +35,12 @@ impl Root {
         let url = storage::table_url(&format!("{uri}/"))?;
         storage::register_store(runtime, url.get_url())?;
         let store = runtime.object_store(url.object_store())?;
+        let local = match url.get_url().scheme() {
+            "file" => url.get_url().to_file_path().ok(),
+            _ => None,
+        };
         Ok(Root {
+            local,
             prefix: url.prefix().clone(),
             store,
             uri,
@@ -68,6 +75,40 @@ impl Root {
             .map(|parts| parts.map(|p| p.as_ref().to_string()).collect())
             .unwrap_or_default()
     }
+}
+
+/// The local filesystem store writes every object to `<name>#<n>` first and renames it when
+/// complete; a process killed meanwhile leaves that file, which listings do not show. Returns
+/// those below `relative` (a local root only) that are at least `min_age` old.
+pub fn local_temp_files(
+    root: &Root,
+    relative: &str,
+    min_age: std::time::Duration,
+) -> Vec<std::path::PathBuf> {
+    let Some(base) = &root.local else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(base.join(relative)) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let is_temp = name
+                .rsplit_once('#')
+                .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            let age = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .unwrap_or_default();
+            is_temp && age >= min_age
+        })
+        .map(|e| e.path())
+        .collect()
 }
 
 /// A file name that readers skip (`_SUCCESS`, `_manifest.json`, staging files, `.crc`).

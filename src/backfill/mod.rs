@@ -2,12 +2,21 @@
 //!
 //! plan (list inputs and output once; per day: window, snapshot, fingerprint, state) ->
 //! build the days that need it, `--parallel` at a time, each under a partition lock:
-//! clean leftovers -> unpublish (`_SUCCESS`, then `_manifest.json`) -> the feature job, staged
-//! beside the destination and renamed into place -> drop data files of an older build ->
-//! `_manifest.json` and `_SUCCESS`, both create-only.
 //!
-//! A reader that honours `_SUCCESS` or the manifest never sees a partition in between; a run
-//! killed at any point leaves a partition without `_SUCCESS`, which the next run rebuilds.
+//! 1. clean leftovers: staging objects, and data files no manifest lists (a killed build's);
+//! 2. delete `_SUCCESS`, so that readers that list the folder stop reading it;
+//! 3. the feature job writes a data file with a name of its own (`part-<run>.parquet`), staged
+//!    beside it and renamed into place; the previous build's file and manifest stay;
+//! 4. check that the lock is still this run's (else delete the new file and fail);
+//! 5. overwrite `_manifest.json` (one atomic put): it now lists the new file;
+//! 6. delete the data files the manifest does not list (the previous build's);
+//! 7. create `_SUCCESS`.
+//!
+//! So a reader that follows the manifest always finds every file it lists (the manifest switches
+//! from one complete build to the next in one put), and a reader that honours `_SUCCESS` sees the
+//! folder only when it holds exactly one build. A run killed at any point leaves a partition
+//! without `_SUCCESS`, which the next run rebuilds. A rebuild that fails (bad input, Ctrl-C)
+//! deletes its own file and puts `_SUCCESS` back on the previous build, if that was intact.
 
 pub mod layout;
 pub mod lock;
@@ -23,6 +32,7 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DuplicatePolicy, InputSpec, JobConfig, OutputFormat, SnapshotMode};
@@ -131,13 +141,16 @@ impl std::fmt::Display for Report {
     }
 }
 
-/// The name of each day's data file.
-fn data_file(format: OutputFormat) -> &'static str {
-    match format {
-        OutputFormat::Parquet => "part-00000.parquet",
-        OutputFormat::Csv => "part-00000.csv",
-        OutputFormat::Json => "part-00000.json",
-    }
+/// The name of the data file a run writes in each day's folder: its own, so that a build never
+/// overwrites the file of the build readers are reading.
+fn data_file(format: OutputFormat, run_id: &str) -> String {
+    let ext = match format {
+        OutputFormat::Parquet => "parquet",
+        OutputFormat::Csv => "csv",
+        OutputFormat::Json => "json",
+    };
+    let id = crate::sink::sha256_writer::hex(&sha2::Sha256::digest(run_id.as_bytes()));
+    format!("part-{}.{ext}", &id[..16])
 }
 
 fn validate(config: &JobConfig, request: &Request) -> Result<String> {
@@ -279,23 +292,26 @@ async fn plan_days(backfill: &Backfill, request: &Request) -> Result<Vec<DayPlan
                 neighbours_root.uri
             ))
         } else {
-            let (files, manifest) = match outputs.iter().find(|(f, _)| *f == folder) {
-                Some((_, files)) => (
-                    files.clone(),
-                    read_manifest(&backfill.output, &folder, files).await?,
-                ),
-                None => (Vec::new(), None),
-            };
-            let state = PartitionState::judge(
-                &files,
-                manifest.as_deref(),
-                &backfill.config_hash,
-                &fingerprint,
-            );
-            match (state.reason(), request.force) {
-                (Some(reason), _) => Action::Build(reason),
-                (None, true) => Action::Build("forced".into()),
-                (None, false) => Action::Skip("up to date".into()),
+            let files = outputs
+                .iter()
+                .find(|(f, _)| *f == folder)
+                .map(|(_, files)| files.clone())
+                .unwrap_or_default();
+            match read_manifest(&backfill.output, &folder, &files).await {
+                Err(e) => Action::Fail(format!("cannot read its {MANIFEST}: {e}")),
+                Ok(manifest) => {
+                    let state = PartitionState::judge(
+                        &files,
+                        manifest.as_deref(),
+                        &backfill.config_hash,
+                        &fingerprint,
+                    );
+                    match (state.reason(), request.force) {
+                        (Some(reason), _) => Action::Build(reason),
+                        (None, true) => Action::Build("forced".into()),
+                        (None, false) => Action::Skip("up to date".into()),
+                    }
+                }
             }
         };
         plans.push(DayPlan {
@@ -479,6 +495,13 @@ async fn build(backfill: &Backfill, plan: &DayPlan, cancel: &CancellationToken) 
         },
     )
     .await?;
+    // the store's temp files of lock puts killed midway (a live put's is milliseconds old)
+    for temp in layout::local_temp_files(output, "_q2q/locks", Duration::from_secs(60)) {
+        let name = temp.file_name().map(|n| n.to_string_lossy().into_owned());
+        if name.is_some_and(|n| n.starts_with(&format!("{}.lock", plan.folder))) {
+            remove_local(&temp)?;
+        }
+    }
     let result = build_locked(backfill, plan, cancel, &lock).await;
     lock.release().await;
     result
@@ -505,21 +528,37 @@ async fn build_locked(
         return Ok(Built::AlreadyCurrent);
     }
 
-    // leftovers of runs killed while staging; nobody else writes here while we hold the lock
+    let previous: Option<Manifest> = manifest
+        .as_deref()
+        .and_then(|text| serde_json::from_slice(text).ok());
+    let listed = |name: &str| {
+        previous
+            .as_ref()
+            .is_some_and(|m| m.files.iter().any(|f| f.path == name))
+    };
+    // published and intact: put back if this rebuild fails
+    let was_published = matches!(state, PartitionState::Current(_) | PartitionState::Stale(_));
+
+    // 1. leftovers of killed runs; nobody else writes here while this run holds the lock
     for (name, meta) in &files {
-        if name.starts_with("_q2q_staging.") {
+        if name.starts_with("_q2q_staging.") || (!layout::is_hidden(name) && !listed(name)) {
             tracing::info!("removing the leftover {}", meta.location);
             delete(output, &meta.location).await?;
         }
     }
-    // unpublish first: from here on readers see the partition as incomplete
-    for marker in [SUCCESS, MANIFEST] {
-        if files.iter().any(|(n, _)| n == marker) {
-            delete(output, &output.path_of(&format!("{folder}/{marker}"))).await?;
-        }
+    for temp in layout::local_temp_files(output, folder, Duration::ZERO) {
+        tracing::info!("removing the leftover {}", temp.display());
+        remove_local(&temp)?;
+    }
+    // 2. readers that list the folder stop reading it
+    let success = output.path_of(&format!("{folder}/{SUCCESS}"));
+    if files.iter().any(|(n, _)| n == SUCCESS) {
+        delete(output, &success).await?;
     }
 
-    let data_name = data_file(backfill.format);
+    // 3. the new build, under a name of its own
+    let data_name = data_file(backfill.format, &backfill.run_id);
+    let data_path = output.path_of(&format!("{folder}/{data_name}"));
     let mut config = backfill.config.clone();
     let engagement = config.engagement.as_mut().expect("checked by plan");
     engagement.paths = plan.engagement.clone();
@@ -552,27 +591,43 @@ async fn build_locked(
         runtime: Some(Arc::clone(&backfill.runtime)),
         quiet: true,
     };
-    let summary = job::run_with(&config, cancel, &options).await?;
-
-    // data files of an older build under other names
-    for (name, meta) in &files {
-        if !layout::is_hidden(name) && name != data_name {
-            delete(output, &meta.location).await?;
+    let built = job::run_with(&config, cancel, &options).await;
+    let lost = match &built {
+        Ok(_) => !lock.confirm().await?, // 4.
+        Err(_) => false,
+    };
+    let summary = match built {
+        Ok(summary) if !lost => summary,
+        failed => {
+            if let Err(e) = delete(output, &data_path).await {
+                tracing::warn!("could not delete {data_path}: {e}");
+            }
+            if was_published && !lost {
+                match put_success(output, &success).await {
+                    Ok(()) => tracing::info!(
+                        "{folder}: the rebuild failed; the previous build stays published"
+                    ),
+                    Err(e) => tracing::warn!("could not republish {folder}: {e}"),
+                }
+            }
+            return match failed {
+                Err(e) => Err(e),
+                Ok(_) => Err(Error::Io(std::io::Error::other(format!(
+                    "{folder}: another run took over this partition's lock (this run stalled \
+                     longer than backfill.lock_timeout_secs); not publishing"
+                )))),
+            };
         }
-    }
-    if !lock.still_held() {
-        return Err(Error::Io(std::io::Error::other(format!(
-            "{folder}: another run took over this partition's lock (this run stalled longer than \
-             backfill.lock_timeout_secs); not publishing"
-        ))));
-    }
+    };
+
+    // 5. the manifest switches to the new build
     let manifest = Manifest {
         format: manifest::FORMAT.into(),
         partition: folder.to_string(),
         date: plan.day,
         row_count: summary.written.rows,
         files: vec![ManifestFile {
-            path: data_name.into(),
+            path: data_name.clone(),
             size: summary.written.bytes,
             sha256: summary.written.sha256.clone(),
         }],
@@ -587,8 +642,21 @@ async fn build_locked(
         created_timestamp: backfill.started.to_rfc3339(),
     };
     let text = serde_json::to_vec_pretty(&manifest).expect("plain data serializes");
-    create(output, &format!("{folder}/{MANIFEST}"), text).await?;
-    create(output, &format!("{folder}/{SUCCESS}"), Vec::new()).await?;
+    output
+        .store
+        .put(
+            &output.path_of(&format!("{folder}/{MANIFEST}")),
+            PutPayload::from(text),
+        )
+        .await?;
+    // 6. the previous build's files
+    for (name, meta) in partition_files(output, folder).await? {
+        if !layout::is_hidden(&name) && name != data_name {
+            delete(output, &meta.location).await?;
+        }
+    }
+    // 7.
+    put_success(output, &success).await?;
     Ok(Built::Written(summary.written.rows))
 }
 
@@ -599,22 +667,29 @@ async fn delete(output: &Root, path: &ObjectPath) -> Result<()> {
     }
 }
 
-/// A create-only put: fails if the object exists (another run published behind our lock).
-async fn create(output: &Root, relative: &str, bytes: Vec<u8>) -> Result<()> {
-    let path = output.path_of(relative);
+/// Creates `_SUCCESS` (create-only: a put retried after it succeeded finds it there, which is
+/// what it wanted).
+async fn put_success(output: &Root, path: &ObjectPath) -> Result<()> {
     let options = PutOptions {
         mode: PutMode::Create,
         ..Default::default()
     };
     match output
         .store
-        .put_opts(&path, PutPayload::from(bytes), options)
+        .put_opts(path, PutPayload::from_static(b""), options)
         .await
     {
-        Ok(_) => Ok(()),
-        Err(object_store::Error::AlreadyExists { .. }) => Err(Error::Io(std::io::Error::other(
-            format!("{path} appeared while this run held the partition's lock; not overwriting it"),
-        ))),
+        Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+fn remove_local(path: &std::path::Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e}", path.display()),
+        ))),
+        _ => Ok(()),
     }
 }
