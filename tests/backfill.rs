@@ -693,7 +693,14 @@ fn the_same_backfill_on_s3_gives_the_same_partitions() {
     assert!(log.contains("8 built"), "{log}");
     let again = run_s3(&[]);
     assert!(ok(&again).contains("8 skipped"));
-    for o in [&first, &again] {
+    // rebuilt: the manifests are switched by conditional updates (If-Match), the previous
+    // builds' files deleted
+    let forced = run_s3(&["--force"]);
+    assert!(ok(&forced).contains("8 built"), "{}", stderr(&forced));
+    let files = moto.keys("features/dt=");
+    let parquet: Vec<_> = files.iter().filter(|k| k.ends_with(".parquet")).collect();
+    assert_eq!(parquet.len(), 8, "{files:?}");
+    for o in [&first, &again, &forced] {
         assert!(!String::from_utf8_lossy(&o.stdout).contains(secret));
         assert!(!stderr(o).contains(secret), "credentials in the logs");
     }

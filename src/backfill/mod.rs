@@ -31,7 +31,7 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectMeta, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectMeta, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
@@ -642,13 +642,21 @@ async fn build_locked(
         created_timestamp: backfill.started.to_rfc3339(),
     };
     let text = serde_json::to_vec_pretty(&manifest).expect("plain data serializes");
-    output
-        .store
-        .put(
-            &output.path_of(&format!("{folder}/{MANIFEST}")),
-            PutPayload::from(text),
-        )
-        .await?;
+    let previous_version =
+        files
+            .iter()
+            .find(|(n, _)| n == MANIFEST)
+            .map(|(_, meta)| UpdateVersion {
+                e_tag: meta.e_tag.clone(),
+                version: meta.version.clone(),
+            });
+    if let Err(e) = publish_manifest(output, folder, previous_version, text, &backfill.run_id).await
+    {
+        if let Err(e) = delete(output, &data_path).await {
+            tracing::warn!("could not delete {data_path}: {e}");
+        }
+        return Err(e);
+    }
     // 6. the previous build's files
     for (name, meta) in partition_files(output, folder).await? {
         if !layout::is_hidden(&name) && name != data_name {
@@ -663,6 +671,57 @@ async fn build_locked(
 async fn delete(output: &Root, path: &ObjectPath) -> Result<()> {
     match output.store.delete(path).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes the partition's manifest: create-only when there was none, else a conditional update of
+/// the version this run found (a plain overwrite where the store has no conditional update; the
+/// lock covers it). Either fails, rather than overwrite, when another run published meanwhile.
+async fn publish_manifest(
+    output: &Root,
+    folder: &str,
+    previous: Option<UpdateVersion>,
+    text: Vec<u8>,
+    run_id: &str,
+) -> Result<()> {
+    let path = output.path_of(&format!("{folder}/{MANIFEST}"));
+    let mode = match previous {
+        None => PutMode::Create,
+        Some(version) if version.e_tag.is_some() || version.version.is_some() => {
+            PutMode::Update(version)
+        }
+        Some(_) => PutMode::Overwrite,
+    };
+    let put = |mode: PutMode| {
+        let options = PutOptions {
+            mode,
+            ..Default::default()
+        };
+        output
+            .store
+            .put_opts(&path, PutPayload::from(text.clone()), options)
+    };
+    let result = match put(mode).await {
+        Err(object_store::Error::NotImplemented { .. }) => put(PutMode::Overwrite).await,
+        other => other,
+    };
+    match result {
+        Ok(_) => Ok(()),
+        Err(
+            e @ (object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. }),
+        ) => {
+            // a put retried after it succeeded finds its own manifest
+            let current = output.store.get(&path).await?.bytes().await?;
+            if serde_json::from_slice::<Manifest>(&current).is_ok_and(|m| m.run_id == run_id) {
+                return Ok(());
+            }
+            Err(Error::Io(std::io::Error::other(format!(
+                "{path} was published by another run while this one held the partition's lock \
+                 (it stalled longer than backfill.lock_timeout_secs?); not overwriting it ({e})"
+            ))))
+        }
         Err(e) => Err(e.into()),
     }
 }
