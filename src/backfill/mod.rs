@@ -8,7 +8,8 @@
 //! 3. the feature job writes a data file with a name of its own (`part-<run>.parquet`), staged
 //!    beside it and renamed into place; the previous build's file and manifest stay;
 //! 4. check that the lock is still this run's (else delete the new file and fail);
-//! 5. overwrite `_manifest.json` (one atomic put): it now lists the new file;
+//! 5. write `_manifest.json` in one put, create-only or as a conditional update of the version
+//!    found (a plain overwrite where the store has none): it now lists the new file;
 //! 6. delete the data files the manifest does not list (the previous build's);
 //! 7. create `_SUCCESS`.
 //!
