@@ -203,6 +203,9 @@ pub struct ExecutionConfig {
     pub object_store_retries: usize,
     /// Give up retrying an object-store request after this many seconds.
     pub object_store_retry_timeout_secs: u64,
+    /// A Ballista scheduler, `df://HOST:PORT`: run the queries on its cluster instead of in this
+    /// process (with the SQL plan; see `cluster`).
+    pub cluster: Option<String>,
 }
 
 impl Default for ExecutionConfig {
@@ -215,6 +218,7 @@ impl Default for ExecutionConfig {
             plan: PlanKind::Merge,
             object_store_retries: 10,
             object_store_retry_timeout_secs: 180,
+            cluster: None,
         }
     }
 }
@@ -389,6 +393,9 @@ impl JobConfig {
             return Err(Error::config(
                 "execution.target_partitions (--target-partitions) must be >= 1",
             ));
+        }
+        if let Some(url) = &self.execution.cluster {
+            crate::cluster::parse_url(url)?;
         }
         if let Some(limit) = self.execution.memory_limit
             && limit.as_u64() < 64 * 1024 * 1024

@@ -79,8 +79,8 @@ impl fmt::Display for JobSummary {
         let secs = |d: Duration| format!("{:.2}s", d.as_secs_f64());
         writeln!(
             f,
-            "q2q-prior run: wrote {} rows ({} bytes) to {}",
-            self.written.rows, self.written.bytes, self.output
+            "q2q-prior run: wrote {} rows ({} bytes) to {} (plan: {})",
+            self.written.rows, self.written.bytes, self.output, self.plan
         )?;
         writeln!(
             f,
@@ -208,6 +208,16 @@ pub async fn run_with(
     options: &RunOptions,
 ) -> Result<JobSummary> {
     config.validate()?;
+    let on_cluster = config.execution.cluster.is_some();
+    let config = &if on_cluster && config.execution.plan == PlanKind::Merge {
+        // the merge operator has no Ballista codec: the cluster runs the SQL stages
+        tracing::info!("on a cluster the SQL plan runs (execution.plan = \"sql\")");
+        let mut config = config.clone();
+        config.execution.plan = PlanKind::Sql;
+        config
+    } else {
+        config.clone()
+    };
     let start = Instant::now();
     let (_, _, output) = config.job_paths()?;
     let progress = if options.quiet {
@@ -257,7 +267,11 @@ pub async fn run_with(
     summary.check_time = start.elapsed();
 
     let merge = config.execution.plan == PlanKind::Merge;
-    summary.plan = if merge { "merge" } else { "sql" };
+    summary.plan = match (merge, on_cluster) {
+        (true, _) => "merge",
+        (false, false) => "sql",
+        (false, true) => "sql (cluster)",
+    };
     if merge {
         // the operator computes the neighbour sets itself: nothing to materialise
         pipeline::register_job_views(&ctx, &inputs, &config.execution, &config.features, &[])
@@ -273,15 +287,31 @@ pub async fn run_with(
                 &inputs,
                 &config.execution,
                 &config.features,
-                &[pipeline::neighbour_sets::STAGE.name],
+                // a cluster cannot scan this process's memory: nothing is materialised there
+                if on_cluster {
+                    &[]
+                } else {
+                    &[pipeline::neighbour_sets::STAGE.name]
+                },
             ),
         )
         .await?;
-        summary.neighbour_set_rows = timings
-            .materialized
-            .iter()
-            .map(|(_, rows, _)| rows)
-            .sum::<u64>();
+        summary.neighbour_set_rows = if on_cluster {
+            cancellable(cancel, async {
+                Ok(ctx
+                    .table(pipeline::neighbour_sets::STAGE.name)
+                    .await?
+                    .count()
+                    .await? as u64)
+            })
+            .await?
+        } else {
+            timings
+                .materialized
+                .iter()
+                .map(|(_, rows, _)| rows)
+                .sum::<u64>()
+        };
         summary.queries_with_prior = cancellable(cancel, async {
             Ok(ctx
                 .table(pipeline::neighbour_sets::STAGE.name)

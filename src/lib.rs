@@ -10,6 +10,7 @@
 
 pub mod backfill;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod evaluate;

@@ -11,6 +11,10 @@ fn main() -> ExitCode {
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Deep plans (the feature job is one) are encoded and decoded recursively by Ballista's
+        // protobuf codec, beyond DataFusion's own stack growth: the 2 MiB default overflows in
+        // the scheduler. Reserved address space, not memory.
+        .thread_stack_size(32 * 1024 * 1024)
         .build()
     {
         Ok(runtime) => runtime,

@@ -70,6 +70,9 @@ pub fn new_context_with_runtime(
         .with_runtime_env(runtime)
         .build();
     register_functions(&mut state)?;
+    if let Some(url) = &execution.cluster {
+        state = crate::cluster::client_state(state, url)?;
+    }
     Ok(SessionContext::new_with_state(state))
 }
 

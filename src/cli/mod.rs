@@ -2,6 +2,7 @@
 //! [`JobArgs`] (a job file plus flags overriding any key) is shared by every command that runs a job.
 
 pub mod backfill;
+pub mod cluster;
 pub mod evaluate;
 pub mod export;
 pub mod run;
@@ -53,6 +54,10 @@ pub enum Command {
     Evaluate(evaluate::EvaluateCommand),
     /// Generate a synthetic marketplace (engagement + neighbour lists) for trials and benchmarks.
     Synth(synth::SynthArgs),
+    /// Run a Ballista scheduler for `--cluster` jobs.
+    Scheduler(cluster::SchedulerArgs),
+    /// Run a Ballista executor that knows the project's functions.
+    Executor(Box<cluster::ExecutorArgs>),
 }
 
 impl Cli {
@@ -65,6 +70,8 @@ impl Cli {
             Command::Sql(args) => sql::run(*args).await,
             Command::Export(command) => export::run(command).await,
             Command::Evaluate(command) => evaluate::run(command).await,
+            Command::Scheduler(args) => cluster::scheduler(args).await,
+            Command::Executor(args) => cluster::executor(*args).await,
         }
     }
 }
@@ -122,6 +129,10 @@ pub struct JobArgs {
     /// [execution.plan; default merge].
     #[arg(long, value_enum)]
     pub plan: Option<crate::config::PlanKind>,
+    /// Run the queries on a Ballista cluster: its scheduler, df://HOST:PORT [execution.cluster].
+    /// Inputs must be object-store URLs or paths every executor sees.
+    #[arg(long, env = "Q2Q_CLUSTER", value_name = "URL")]
+    pub cluster: Option<String>,
     /// Plan parallelism [execution.target_partitions; default: number of cores].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub target_partitions: Option<u64>,
@@ -230,6 +241,13 @@ impl JobArgs {
         }
         set(&mut config.execution.join, self.join);
         set(&mut config.execution.plan, self.plan);
+        if self.cluster.is_some() {
+            config.execution.cluster = self.cluster.clone();
+        }
+        if config.execution.cluster.is_some() {
+            // the merge operator has no Ballista codec: the cluster runs the SQL stages
+            config.execution.plan = crate::config::PlanKind::Sql;
+        }
         if let Some(n) = self.target_partitions {
             config.execution.target_partitions = Some(n as usize);
         }

@@ -1,0 +1,260 @@
+//! Running on Apache Ballista, DataFusion's distributed engine, when one machine is not enough.
+//!
+//! `q2q-prior scheduler` and `q2q-prior executor` are Ballista's scheduler and executor embedded in
+//! this binary, so that they decode plans with the project's functions: the scheduler's sessions
+//! and the executors' function registry are filled by [`session::register_functions`], the same
+//! function every local session uses. A client session (`run`, `backfill` or `sql` with
+//! `--cluster df://HOST:PORT`) is an ordinary session upgraded with Ballista's query planner
+//! ([`client_state`]): its queries are planned by the scheduler and run by the executors, and the
+//! client streams the result into the same sink a local run writes with.
+//!
+//! Inputs are read by the executors: paths must mean the same file on every host (a shared
+//! filesystem) or be object-store URLs, whose stores every process builds from its own environment
+//! ([`crate::storage::EnvStoreRegistry`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ballista_core::extension::SessionStateExt;
+use ballista_core::registry::BallistaFunctionRegistry;
+use ballista_core::{ConfigProducer, RuntimeProducer};
+use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+use ballista_scheduler::cluster::BallistaCluster;
+use ballista_scheduler::config::SchedulerConfig;
+use ballista_scheduler::scheduler_process::start_server;
+use datafusion::error::DataFusionError;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::prelude::SessionConfig;
+
+use crate::config::ExecutionConfig;
+use crate::error::{Error, Result};
+use crate::{session, storage};
+
+/// The scheduler address of a `df://HOST:PORT` URL, checked.
+pub fn parse_url(url: &str) -> Result<String> {
+    let parsed = url::Url::parse(url).map_err(|e| {
+        Error::config(format!(
+            "execution.cluster (--cluster) '{url}' is not a URL ({e}); expected df://HOST:PORT"
+        ))
+    })?;
+    if parsed.scheme() != "df" || parsed.host_str().is_none_or(str::is_empty) {
+        return Err(Error::config(format!(
+            "execution.cluster (--cluster) '{url}': expected df://HOST:PORT (a Ballista scheduler)"
+        )));
+    }
+    Ok(format!(
+        "http://{}:{}",
+        parsed.host_str().unwrap_or_default(),
+        parsed.port().unwrap_or(50050)
+    ))
+}
+
+/// A client session: `state` (settings, runtime, functions) with Ballista's query planner, so
+/// that its queries run on the cluster at `url`.
+pub fn client_state(state: SessionState, url: &str) -> Result<SessionState> {
+    let scheduler = parse_url(url)?;
+    // upgrading swaps in Ballista's function set: ours are registered again
+    let mut state = state.upgrade_for_ballista(scheduler)?;
+    session::register_functions(&mut state)?;
+    Ok(state)
+}
+
+fn df_error(e: Error) -> DataFusionError {
+    match e {
+        Error::DataFusion(e) => e,
+        other => DataFusionError::External(Box::new(other)),
+    }
+}
+
+/// Object stores from each provider's environment, as in local sessions, and spill files in
+/// `work_dir` when given.
+fn runtime_producer(execution: &ExecutionConfig, work_dir: Option<String>) -> RuntimeProducer {
+    let (retries, timeout) = (
+        execution.object_store_retries,
+        Duration::from_secs(execution.object_store_retry_timeout_secs),
+    );
+    Arc::new(move |_config: &SessionConfig| {
+        let mut builder = RuntimeEnvBuilder::new()
+            .with_object_store_registry(Arc::new(storage::EnvStoreRegistry::new(retries, timeout)));
+        if let Some(dir) = &work_dir {
+            builder = builder.with_temp_file_path(dir.clone());
+        }
+        builder.build_arc()
+    })
+}
+
+/// The scheduler's sessions: Ballista's defaults, this project's functions and object stores.
+fn scheduler_session_builder(
+    execution: ExecutionConfig,
+) -> ballista_scheduler::scheduler_server::SessionBuilder {
+    let runtime = runtime_producer(&execution, None);
+    Arc::new(move |config: SessionConfig| {
+        let runtime = runtime(&config)?;
+        let state = ballista_core::utils::default_session_builder(config)?;
+        let mut state = SessionStateBuilder::new_from_existing(state)
+            .with_runtime_env(runtime)
+            .build();
+        session::register_functions(&mut state).map_err(df_error)?;
+        Ok(state)
+    })
+}
+
+/// The functions an executor decodes plans with: DataFusion's and this project's.
+pub fn function_registry() -> Result<BallistaFunctionRegistry> {
+    let mut state = SessionStateBuilder::new().with_default_features().build();
+    session::register_functions(&mut state)?;
+    Ok(BallistaFunctionRegistry::from(&state))
+}
+
+/// `q2q-prior scheduler`'s settings.
+#[derive(Debug, Clone)]
+pub struct SchedulerOptions {
+    pub bind: SocketAddr,
+    /// The host name executors and clients reach this scheduler by; the bind address if absent.
+    pub external_host: Option<String>,
+    /// An executor silent for this long is dead: its tasks run again elsewhere.
+    pub executor_timeout: Duration,
+}
+
+/// Runs a Ballista scheduler until the process is stopped.
+pub async fn run_scheduler(options: &SchedulerOptions) -> Result<()> {
+    let execution = ExecutionConfig::default();
+    let timeout = options.executor_timeout.as_secs().max(1);
+    let config = SchedulerConfig {
+        bind_host: options.bind.ip().to_string(),
+        bind_port: options.bind.port(),
+        external_host: options
+            .external_host
+            .clone()
+            .unwrap_or_else(|| options.bind.ip().to_string()),
+        executor_timeout_seconds: timeout,
+        expire_dead_executor_interval_seconds: (timeout / 4).clamp(1, 15),
+        no_executors_grace_period_seconds: timeout,
+        ..SchedulerConfig::default()
+    }
+    .with_override_session_builder(scheduler_session_builder(execution));
+    let cluster = BallistaCluster::new_from_config(&config)
+        .await
+        .map_err(ballista_error)?;
+    eprintln!(
+        "q2q-prior scheduler (Ballista {}, DataFusion {}) listening on {}",
+        ballista_core::BALLISTA_VERSION,
+        datafusion::DATAFUSION_VERSION,
+        options.bind
+    );
+    start_server(cluster, options.bind, Arc::new(config))
+        .await
+        .map_err(ballista_error)
+}
+
+/// `q2q-prior executor`'s settings.
+#[derive(Debug, Clone)]
+pub struct ExecutorOptions {
+    /// The scheduler, HOST:PORT.
+    pub scheduler: String,
+    pub bind_host: String,
+    /// The host name the scheduler and other executors reach this one by; `bind_host` if absent.
+    pub external_host: Option<String>,
+    /// Arrow Flight port (shuffle data).
+    pub port: u16,
+    /// gRPC port (tasks).
+    pub grpc_port: u16,
+    /// Tasks run at once; the number of cores if absent.
+    pub concurrency: Option<usize>,
+    /// Shuffle and spill files; a temporary folder if absent.
+    pub work_dir: Option<String>,
+    /// Memory for all tasks together (split evenly), before they spill.
+    pub memory_limit: Option<u64>,
+    pub heartbeat: Duration,
+}
+
+/// Runs a Ballista executor until the process is stopped.
+pub async fn run_executor(options: &ExecutorOptions) -> Result<()> {
+    let (host, port) = options
+        .scheduler
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+        .ok_or_else(|| {
+            Error::config(format!(
+                "--scheduler '{}': expected HOST:PORT, e.g. 127.0.0.1:50050",
+                options.scheduler
+            ))
+        })?;
+    let execution = ExecutionConfig::default();
+    let config_producer: ConfigProducer = Arc::new(ballista_core::utils::default_config_producer);
+    let mut config = ExecutorProcessConfig {
+        bind_host: options.bind_host.clone(),
+        external_host: Some(
+            options
+                .external_host
+                .clone()
+                .unwrap_or_else(|| options.bind_host.clone()),
+        ),
+        port: options.port,
+        grpc_port: options.grpc_port,
+        scheduler_host: host,
+        scheduler_port: port,
+        work_dir: options.work_dir.clone(),
+        memory_pool_size: options.memory_limit,
+        executor_heartbeat_interval_seconds: options.heartbeat.as_secs().max(1),
+        override_function_registry: Some(Arc::new(function_registry()?)),
+        override_runtime_producer: Some(runtime_producer(&execution, options.work_dir.clone())),
+        override_config_producer: Some(config_producer),
+        ..ExecutorProcessConfig::default()
+    };
+    if let Some(n) = options.concurrency {
+        config.vcores = n.max(1);
+    }
+    eprintln!(
+        "q2q-prior executor (Ballista {}) on {}:{} (tasks: {}), scheduler {}",
+        ballista_core::BALLISTA_VERSION,
+        options.bind_host,
+        options.port,
+        config.vcores,
+        options.scheduler
+    );
+    start_executor_process(Arc::new(config))
+        .await
+        .map_err(ballista_error)
+}
+
+fn ballista_error(e: ballista_core::error::BallistaError) -> Error {
+    Error::Io(std::io::Error::other(format!("ballista: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_urls() {
+        assert_eq!(
+            parse_url("df://10.0.0.5:50051").unwrap(),
+            "http://10.0.0.5:50051"
+        );
+        assert_eq!(
+            parse_url("df://scheduler").unwrap(),
+            "http://scheduler:50050"
+        );
+        for bad in ["http://x:1", "df://", "scheduler:50050"] {
+            let e = parse_url(bad).unwrap_err().to_string();
+            assert!(e.contains("df://HOST:PORT"), "{e}");
+        }
+    }
+
+    #[test]
+    fn executors_know_the_project_functions() {
+        let registry = function_registry().unwrap();
+        for f in crate::udf::all() {
+            assert!(
+                registry.scalar_functions.contains_key(f.name()),
+                "{}",
+                f.name()
+            );
+        }
+        // and DataFusion's own
+        assert!(registry.scalar_functions.contains_key("tanh"));
+    }
+}

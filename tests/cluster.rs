@@ -1,0 +1,267 @@
+//! The job on a real Ballista cluster: `q2q-prior scheduler` and two `q2q-prior executor`
+//! processes on 127.0.0.1, started here. A job, a backfill and a SQL statement through the
+//! cluster give what the local run gives; killing an executor mid-job is covered too.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct Cluster {
+    url: String,
+    scheduler: Child,
+    executors: Vec<Child>,
+    logs: PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.executors.iter_mut().chain([&mut self.scheduler]) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Cluster {
+    /// What a process wrote on stderr so far (its log).
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("{what} exited with {status} before listening on {port}");
+        }
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A scheduler and `executors` executors (one task slot each), logging at info into `dir`.
+fn start_cluster(dir: &Path, executors: usize) -> Cluster {
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let log =
+        |name: &str| Stdio::from(std::fs::File::create(logs.join(format!("{name}.log"))).unwrap());
+    let port = free_port();
+    let mut scheduler = bin()
+        .args([
+            "scheduler",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--executor-timeout-secs",
+            "8",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log("scheduler"))
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut scheduler, "the scheduler");
+    let mut cluster = Cluster {
+        url: format!("df://127.0.0.1:{port}"),
+        scheduler,
+        executors: Vec::new(),
+        logs: logs.clone(),
+    };
+    for i in 0..executors {
+        let (flight, grpc) = (free_port(), free_port());
+        let mut executor = bin()
+            .args([
+                "executor",
+                "--scheduler",
+                &format!("127.0.0.1:{port}"),
+                "--port",
+                &flight.to_string(),
+                "--grpc-port",
+                &grpc.to_string(),
+                "--concurrency",
+                "1",
+                "--heartbeat-secs",
+                "1",
+                "--work-dir",
+                dir.join(format!("executor-{i}")).to_str().unwrap(),
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log(&format!("executor-{i}")))
+            .spawn()
+            .unwrap();
+        wait_for_port(flight, &mut executor, "an executor");
+        cluster.executors.push(executor);
+    }
+    // executors register with their first heartbeat
+    std::thread::sleep(Duration::from_secs(2));
+    cluster
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "{}", stderr(out));
+    stderr(out)
+}
+
+fn synth(dir: &Path, queries: &str) -> (String, String) {
+    let data = dir.join(format!("synth-{queries}"));
+    ok(&run(&[
+        "synth",
+        "--queries",
+        queries,
+        "--seed",
+        "11",
+        "--out",
+        data.to_str().unwrap(),
+    ]));
+    (
+        data.join("engagement.parquet")
+            .to_str()
+            .unwrap()
+            .to_string(),
+        data.join("neighbours.parquet")
+            .to_str()
+            .unwrap()
+            .to_string(),
+    )
+}
+
+#[test]
+fn the_job_backfill_and_sql_on_two_executors_equal_the_local_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (engagement, neighbours) = synth(dir, "3000");
+    let cluster = start_cluster(dir, 2);
+
+    let local = dir.join("local.parquet");
+    ok(&run_job(
+        &engagement,
+        &neighbours,
+        local.to_str().unwrap(),
+        &["--top-k", "10"],
+    ));
+    let remote = dir.join("cluster.parquet");
+    let log = ok(&run_job(
+        &engagement,
+        &neighbours,
+        remote.to_str().unwrap(),
+        &["--top-k", "10", "--cluster", &cluster.url],
+    ));
+    let expected = read_features(&local);
+    assert!(expected.len() > 10_000, "{}", expected.len());
+    assert_same_features(&read_features(&remote), &expected);
+    assert!(log.contains("sql (cluster)"), "{log}");
+    // both executors ran tasks of it
+    for i in 0..2 {
+        let executor = cluster.log(&format!("executor-{i}"));
+        assert!(
+            executor.contains("task") || executor.contains("Task"),
+            "executor-{i} ran nothing:\n{executor}"
+        );
+    }
+
+    // the SQL shell: a query over the job's views, on the cluster, with a project UDF
+    let query = "SELECT count(*) AS n, round(sum(f), 6) AS f, max(normalize_query(query)) AS q \
+                 FROM features";
+    let sql = |extra: &[&str]| {
+        let out = bin()
+            .args([
+                "sql",
+                "--engagement",
+                &engagement,
+                "--neighbours",
+                &neighbours,
+                "--top-k",
+                "10",
+                "--format",
+                "csv",
+                "-q",
+                "-c",
+                query,
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let here = sql(&["--plan", "sql"]);
+    assert_eq!(sql(&["--cluster", &cluster.url]), here);
+    assert!(
+        here.lines()
+            .nth(1)
+            .unwrap()
+            .starts_with(&expected.len().to_string())
+    );
+
+    // backfill through the cluster: the same partitions as a local backfill
+    let config = root().join("fixtures/daily/job.toml");
+    let backfill = |out: &Path, extra: &[&str]| {
+        let o = bin()
+            .args([
+                "backfill",
+                "--config",
+                config.to_str().unwrap(),
+                "--from",
+                "2026-01-02",
+                "--to",
+                "2026-01-05",
+                "--output",
+                out.to_str().unwrap(),
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(ok(&o).contains("4 built"), "{}", stderr(&o));
+    };
+    let (here, there) = (dir.join("daily-local"), dir.join("daily-cluster"));
+    backfill(&here, &[]);
+    backfill(&there, &["--cluster", &cluster.url]);
+    for day in ["2026-01-02", "2026-01-03", "2026-01-04", "2026-01-05"] {
+        let file = |root: &Path| {
+            let partition = root.join(format!("dt={day}"));
+            let manifest: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(partition.join("_manifest.json")).unwrap())
+                    .unwrap();
+            partition.join(manifest["files"][0]["path"].as_str().unwrap())
+        };
+        assert_same_features(&read_features(&file(&there)), &read_features(&file(&here)));
+    }
+}
+
+#[test]
+fn bad_cluster_urls_and_an_unreachable_scheduler_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.parquet");
+    let tiny = root().join("fixtures/tiny");
+    let (e, n) = (tiny.join("engagement.csv"), tiny.join("neighbours.csv"));
+    let job = |cluster: &str| {
+        run_job(
+            e.to_str().unwrap(),
+            n.to_str().unwrap(),
+            out.to_str().unwrap(),
+            &["--cluster", cluster],
+        )
+    };
+    let bad = job("http://127.0.0.1:1");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("df://HOST:PORT"), "{}", stderr(&bad));
+
+    let nobody = job(&format!("df://127.0.0.1:{}", free_port()));
+    assert_eq!(nobody.status.code(), Some(1), "{}", stderr(&nobody));
+    assert!(stderr(&nobody).contains("127.0.0.1"), "{}", stderr(&nobody));
+    assert!(!out.exists(), "nothing written");
+}
