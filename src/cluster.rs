@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ballista_core::extension::SessionStateExt;
+use ballista_core::extension::{SessionConfigExt, SessionStateExt};
 use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_core::{ConfigProducer, RuntimeProducer};
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
@@ -56,7 +56,17 @@ pub fn parse_url(url: &str) -> Result<String> {
 pub fn client_state(state: SessionState, url: &str) -> Result<SessionState> {
     let scheduler = parse_url(url)?;
     // upgrading swaps in Ballista's function set: ours are registered again
-    let mut state = state.upgrade_for_ballista(scheduler)?;
+    let state = state.upgrade_for_ballista(scheduler)?;
+    // Ballista 55's adaptive planner stalls a job for good when an executor dies during it
+    // (task updates of the rolled-back stages are rejected); the static planner reruns the lost
+    // work (docs/DISTRIBUTED.md, "When an executor dies"; tests/cluster.rs kills one).
+    let config = state
+        .config()
+        .clone()
+        .with_ballista_adaptive_query_planner(false);
+    let mut state = SessionStateBuilder::new_from_existing(state)
+        .with_config(config)
+        .build();
     session::register_functions(&mut state)?;
     Ok(state)
 }

@@ -206,6 +206,9 @@ pub struct ExecutionConfig {
     /// A Ballista scheduler, `df://HOST:PORT`: run the queries on its cluster instead of in this
     /// process (with the SQL plan; see `cluster`).
     pub cluster: Option<String>,
+    /// Stop a run that takes longer than this many seconds (each partition of a backfill): it
+    /// fails with exit 1 and writes nothing. No limit if absent.
+    pub timeout_secs: Option<u64>,
 }
 
 impl Default for ExecutionConfig {
@@ -219,6 +222,7 @@ impl Default for ExecutionConfig {
             object_store_retries: 10,
             object_store_retry_timeout_secs: 180,
             cluster: None,
+            timeout_secs: None,
         }
     }
 }
@@ -396,6 +400,11 @@ impl JobConfig {
         }
         if let Some(url) = &self.execution.cluster {
             crate::cluster::parse_url(url)?;
+        }
+        if self.execution.timeout_secs == Some(0) {
+            return Err(Error::config(
+                "execution.timeout_secs (--timeout-secs) must be >= 1",
+            ));
         }
         if let Some(limit) = self.execution.memory_limit
             && limit.as_u64() < 64 * 1024 * 1024

@@ -35,6 +35,13 @@ pub enum Error {
     #[error("interrupted; nothing was written to the destination")]
     Interrupted,
 
+    /// The run took longer than `execution.timeout_secs` and was stopped like an interrupted one.
+    #[error(
+        "the run did not finish within {secs} s (execution.timeout_secs, --timeout-secs); \
+         nothing was written to the destination"
+    )]
+    TimedOut { secs: u64, on_cluster: bool },
+
     #[error(transparent)]
     DataFusion(#[from] DataFusionError),
 
@@ -71,10 +78,19 @@ impl Error {
 
     /// Advice printed under the error, if there is any.
     pub fn hint(&self) -> Option<&'static str> {
-        self.is_resources_exhausted().then_some(
-            "the query engine ran out of its memory budget; raise --memory-limit \
-             (execution.memory_limit) or lower --target-partitions",
-        )
+        match self {
+            Error::TimedOut {
+                on_cluster: true, ..
+            } => Some(
+                "see the scheduler's log: is any executor registered? Ballista 55 can also \
+                 stall a job after losing an executor (docs/DISTRIBUTED.md, \"When an executor \
+                 dies\"). The job may still be listed there; rerunning is safe.",
+            ),
+            _ => self.is_resources_exhausted().then_some(
+                "the query engine ran out of its memory budget; raise --memory-limit \
+                 (execution.memory_limit) or lower --target-partitions",
+            ),
+        }
     }
 
     pub fn config(message: impl Into<String>) -> Self {

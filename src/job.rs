@@ -202,12 +202,43 @@ pub async fn run(config: &JobConfig, cancel: &CancellationToken) -> Result<JobSu
 }
 
 /// [`run`] with [`RunOptions`].
+///
+/// With `execution.timeout_secs` the run stops once that much time has passed, as an interrupted
+/// run does (nothing written), and fails with [`Error::TimedOut`].
 pub async fn run_with(
     config: &JobConfig,
     cancel: &CancellationToken,
     options: &RunOptions,
 ) -> Result<JobSummary> {
     config.validate()?;
+    let Some(secs) = config.execution.timeout_secs else {
+        return run_until(config, cancel, options).await;
+    };
+    let deadline = cancel.child_token();
+    let timer = tokio::spawn({
+        let deadline = deadline.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            deadline.cancel();
+        }
+    });
+    let result = run_until(config, &deadline, options).await;
+    timer.abort();
+    match result {
+        Err(Error::Interrupted) if !cancel.is_cancelled() => Err(Error::TimedOut {
+            secs,
+            on_cluster: config.execution.cluster.is_some(),
+        }),
+        other => other,
+    }
+}
+
+/// [`run_with`] until `cancel` fires.
+async fn run_until(
+    config: &JobConfig,
+    cancel: &CancellationToken,
+    options: &RunOptions,
+) -> Result<JobSummary> {
     let on_cluster = config.execution.cluster.is_some();
     let config = &if on_cluster && config.execution.plan == PlanKind::Merge {
         // the merge operator has no Ballista codec: the cluster runs the SQL stages

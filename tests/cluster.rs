@@ -1,6 +1,7 @@
 //! The job on a real Ballista cluster: `q2q-prior scheduler` and two `q2q-prior executor`
 //! processes on 127.0.0.1, started here. A job, a backfill and a SQL statement through the
-//! cluster give what the local run gives; killing an executor mid-job is covered too.
+//! cluster give what the local run gives; killing an executor mid-job is covered too, and so is
+//! a job that cannot run (no executors) ending with `--timeout-secs`.
 
 mod common;
 
@@ -53,8 +54,8 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str) {
     }
 }
 
-/// A scheduler and `executors` executors (one task slot each), logging at info into `dir`.
-fn start_cluster(dir: &Path, executors: usize) -> Cluster {
+/// A scheduler and `executors` executors with `slots` task slots each, logging at info into `dir`.
+fn start_cluster(dir: &Path, executors: usize, slots: usize) -> Cluster {
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     let log =
@@ -92,7 +93,7 @@ fn start_cluster(dir: &Path, executors: usize) -> Cluster {
                 "--grpc-port",
                 &grpc.to_string(),
                 "--concurrency",
-                "1",
+                &slots.to_string(),
                 "--heartbeat-secs",
                 "1",
                 "--work-dir",
@@ -144,7 +145,8 @@ fn the_job_backfill_and_sql_on_two_executors_equal_the_local_run() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let (engagement, neighbours) = synth(dir, "3000");
-    let cluster = start_cluster(dir, 2);
+    // one slot each: both executors must take part
+    let cluster = start_cluster(dir, 2, 1);
 
     let local = dir.join("local.parquet");
     ok(&run_job(
@@ -264,4 +266,84 @@ fn bad_cluster_urls_and_an_unreachable_scheduler_fail_clearly() {
     assert_eq!(nobody.status.code(), Some(1), "{}", stderr(&nobody));
     assert!(stderr(&nobody).contains("127.0.0.1"), "{}", stderr(&nobody));
     assert!(!out.exists(), "nothing written");
+
+    // a scheduler without executors never runs the job: --timeout-secs ends the wait
+    let dir = tempfile::tempdir().unwrap();
+    let idle = start_cluster(dir.path(), 0, 1);
+    let waited = Instant::now();
+    let stalled = run_job(
+        e.to_str().unwrap(),
+        n.to_str().unwrap(),
+        out.to_str().unwrap(),
+        &["--cluster", &idle.url, "--timeout-secs", "3"],
+    );
+    assert_eq!(stalled.status.code(), Some(1), "{}", stderr(&stalled));
+    let message = stderr(&stalled);
+    assert!(
+        message.contains("did not finish within 3 s") && message.contains("scheduler's log"),
+        "{message}"
+    );
+    assert!(waited.elapsed() < Duration::from_secs(60));
+    assert!(!out.exists(), "nothing written");
+    assert_eq!(std::fs::read_dir(out.parent().unwrap()).unwrap().count(), 0);
+}
+
+/// Kills one of two executors while the job runs: the scheduler notices at once (its next task
+/// launch there fails) and Ballista reruns the lost tasks on the other executor; the job
+/// finishes with the local run's output. Two slots per executor: Ballista 55 loses the slot of
+/// a task whose stage it rolls back, and with one slot the survivor would have none left
+/// (docs/DISTRIBUTED.md).
+#[test]
+fn the_job_survives_losing_an_executor() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (engagement, neighbours) = synth(dir, "3000");
+    let local = dir.join("local.parquet");
+    ok(&run_job(
+        &engagement,
+        &neighbours,
+        local.to_str().unwrap(),
+        &["--top-k", "10"],
+    ));
+
+    let mut cluster = start_cluster(dir, 2, 2);
+    let remote = dir.join("cluster.parquet");
+    let job = bin()
+        .args([
+            "run",
+            "--engagement",
+            &engagement,
+            "--neighbours",
+            &neighbours,
+            "--output",
+            remote.to_str().unwrap(),
+            "--top-k",
+            "10",
+            "--cluster",
+            &cluster.url,
+            "--timeout-secs",
+            "600",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // the victim has started a task of the job (a fixed sleep could land after the job)
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !cluster.log("executor-1").contains("Execute task") {
+        assert!(Instant::now() < deadline, "executor-1 got no task");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut victim = cluster.executors.remove(1);
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+
+    let out = job.wait_with_output().unwrap();
+    ok(&out);
+    let scheduler = cluster.log("scheduler");
+    assert!(
+        scheduler.contains("Removing executor"),
+        "the scheduler did not notice the loss:\n{scheduler}"
+    );
+    assert_same_features(&read_features(&remote), &read_features(&local));
 }

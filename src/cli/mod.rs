@@ -133,6 +133,10 @@ pub struct JobArgs {
     /// Inputs must be object-store URLs or paths every executor sees.
     #[arg(long, env = "Q2Q_CLUSTER", value_name = "URL")]
     pub cluster: Option<String>,
+    /// Stop `run` (or each backfill partition) after this many seconds, writing nothing
+    /// [execution.timeout_secs; default no limit].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_secs: Option<u64>,
     /// Plan parallelism [execution.target_partitions; default: number of cores].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub target_partitions: Option<u64>,
@@ -247,6 +251,9 @@ impl JobArgs {
         if config.execution.cluster.is_some() {
             // the merge operator has no Ballista codec: the cluster runs the SQL stages
             config.execution.plan = crate::config::PlanKind::Sql;
+        }
+        if self.timeout_secs.is_some() {
+            config.execution.timeout_secs = self.timeout_secs;
         }
         if let Some(n) = self.target_partitions {
             config.execution.target_partitions = Some(n as usize);
