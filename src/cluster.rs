@@ -230,6 +230,81 @@ pub async fn run_executor(options: &ExecutorOptions) -> Result<()> {
         .map_err(ballista_error)
 }
 
+/// `q2q-prior standalone`'s settings: a whole cluster in this process, on 127.0.0.1 only.
+#[derive(Debug, Clone)]
+pub struct StandaloneOptions {
+    /// The scheduler's port; executors take the free ports the system gives.
+    pub port: u16,
+    pub executors: usize,
+    /// Task slots per executor.
+    pub concurrency: usize,
+    /// Memory per executor, before its tasks spill.
+    pub memory_limit: Option<u64>,
+    /// Holds each executor's shuffle and spill files (`executor-N/`).
+    pub work_dir: std::path::PathBuf,
+}
+
+/// Runs a scheduler and `executors` executors in this process, listening on 127.0.0.1 only (for
+/// trials and tests: the same code as the separate processes), until one of them stops or the
+/// process is interrupted.
+pub async fn run_standalone(options: &StandaloneOptions) -> Result<()> {
+    let bind = SocketAddr::from(([127, 0, 0, 1], options.port));
+    let mut tasks = tokio::task::JoinSet::new();
+    let scheduler = SchedulerOptions {
+        bind,
+        external_host: None,
+        executor_timeout: Duration::from_secs(30),
+    };
+    tasks.spawn(async move { run_scheduler(&scheduler).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(bind).await.is_err() {
+        if let Some(done) = tasks.try_join_next() {
+            // the scheduler stopped before it listened (e.g. the port is taken)
+            return done.map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Error::Io(std::io::Error::other(format!(
+                "the scheduler did not listen on {bind} within 30 s"
+            ))));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..options.executors {
+        let work_dir = options.work_dir.join(format!("executor-{i}"));
+        std::fs::create_dir_all(&work_dir)?;
+        let executor = ExecutorOptions {
+            scheduler: bind.to_string(),
+            bind_host: "127.0.0.1".into(),
+            external_host: None,
+            port: free_port()?,
+            grpc_port: free_port()?,
+            concurrency: Some(options.concurrency),
+            work_dir: Some(work_dir.to_string_lossy().into_owned()),
+            memory_limit: options.memory_limit,
+            heartbeat: Duration::from_secs(5),
+        };
+        tasks.spawn(async move { run_executor(&executor).await });
+    }
+    eprintln!(
+        "standalone cluster: df://{bind} ({} executor(s), {} task slot(s) each); Ctrl-C stops it",
+        options.executors, options.concurrency
+    );
+    // the first to stop (an error, or Ctrl-C, which every part of it hears) ends the cluster
+    let first = tasks.join_next().await;
+    tasks.shutdown().await;
+    match first {
+        Some(result) => result.map_err(|e| Error::Io(std::io::Error::other(e)))?,
+        None => Ok(()),
+    }
+}
+
+/// A port free at the moment (the system's choice).
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 fn ballista_error(e: ballista_core::error::BallistaError) -> Error {
     Error::Io(std::io::Error::other(format!("ballista: {e}")))
 }

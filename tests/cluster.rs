@@ -347,3 +347,60 @@ fn the_job_survives_losing_an_executor() {
     );
     assert_same_features(&read_features(&remote), &read_features(&local));
 }
+
+/// `q2q-prior standalone`: scheduler and executors in one process on 127.0.0.1, for trials.
+#[test]
+fn a_standalone_cluster_runs_the_job_and_stops_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let work = dir.path().join("work");
+    let mut standalone = bin()
+        .args([
+            "standalone",
+            "--port",
+            &port.to_string(),
+            "--executors",
+            "2",
+            "--work-dir",
+            work.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut standalone, "the standalone cluster");
+    std::thread::sleep(Duration::from_secs(2));
+
+    let tiny = root().join("fixtures/tiny");
+    let (e, n) = (tiny.join("engagement.csv"), tiny.join("neighbours.csv"));
+    let job = |out: &Path, extra: &[&str]| {
+        ok(&run_job(
+            e.to_str().unwrap(),
+            n.to_str().unwrap(),
+            out.to_str().unwrap(),
+            extra,
+        ))
+    };
+    let (here, there) = (
+        dir.path().join("here.parquet"),
+        dir.path().join("there.parquet"),
+    );
+    job(&here, &[]);
+    let url = format!("df://127.0.0.1:{port}");
+    assert!(job(&there, &["--cluster", &url]).contains("sql (cluster)"));
+    assert_same_features(&read_features(&there), &read_features(&here));
+    assert!(work.join("executor-0").is_dir() && work.join("executor-1").is_dir());
+
+    let stopped = std::process::Command::new("kill")
+        .args(["-INT", &standalone.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let out = standalone.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("standalone cluster: {url} (2 executor(s)")),
+        "{}",
+        stderr(&out)
+    );
+}

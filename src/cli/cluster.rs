@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use clap::Args;
 
-use crate::cluster::{self, ExecutorOptions, SchedulerOptions};
+use crate::cluster::{self, ExecutorOptions, SchedulerOptions, StandaloneOptions};
 use crate::error::Result;
 
 #[derive(Debug, Args)]
@@ -65,6 +65,55 @@ pub struct ExecutorArgs {
     /// Seconds between heartbeats to the scheduler (keep well below its --executor-timeout-secs).
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub heartbeat_secs: u64,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Run a scheduler and executors in this process, on 127.0.0.1 only: a cluster \
+    for trials and tests, running the same code as `scheduler` and `executor`. Jobs use it with \
+    `--cluster df://127.0.0.1:PORT`. Runs until stopped (Ctrl-C)."
+)]
+pub struct StandaloneArgs {
+    /// The scheduler's port (on 127.0.0.1).
+    #[arg(long, default_value_t = 50050)]
+    pub port: u16,
+    /// Executors to start.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub executors: u64,
+    /// Task slots per executor (at least 2 lets a job survive losing a task's stage; see
+    /// docs/DISTRIBUTED.md).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    pub concurrency: u64,
+    /// Memory per executor before its tasks spill [default: Ballista's share of the machine].
+    #[arg(long, value_name = "SIZE")]
+    pub memory_limit: Option<ByteSize>,
+    /// Folder for the executors' shuffle and spill files [default: a new temporary folder,
+    /// removed at exit].
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+}
+
+pub async fn standalone(args: StandaloneArgs) -> Result<()> {
+    let (work_dir, temporary) = match args.work_dir {
+        Some(dir) => (dir, false),
+        None => (
+            std::env::temp_dir().join(format!("q2q-standalone-{}", std::process::id())),
+            true,
+        ),
+    };
+    std::fs::create_dir_all(&work_dir)?;
+    let result = cluster::run_standalone(&StandaloneOptions {
+        port: args.port,
+        executors: args.executors as usize,
+        concurrency: args.concurrency as usize,
+        memory_limit: args.memory_limit.map(|m| m.as_u64()),
+        work_dir: work_dir.clone(),
+    })
+    .await;
+    if temporary {
+        let _ = std::fs::remove_dir_all(&work_dir);
+    }
+    result
 }
 
 pub async fn scheduler(args: SchedulerArgs) -> Result<()> {

@@ -58,6 +58,8 @@ pub enum Command {
     Scheduler(cluster::SchedulerArgs),
     /// Run a Ballista executor that knows the project's functions.
     Executor(Box<cluster::ExecutorArgs>),
+    /// Run a scheduler and executors in this process on 127.0.0.1 (trials and tests).
+    Standalone(cluster::StandaloneArgs),
 }
 
 impl Cli {
@@ -72,6 +74,7 @@ impl Cli {
             Command::Evaluate(command) => evaluate::run(command).await,
             Command::Scheduler(args) => cluster::scheduler(args).await,
             Command::Executor(args) => cluster::executor(*args).await,
+            Command::Standalone(args) => cluster::standalone(args).await,
         }
     }
 }
