@@ -404,3 +404,76 @@ fn a_standalone_cluster_runs_the_job_and_stops_on_ctrl_c() {
         stderr(&out)
     );
 }
+
+/// Inputs and output on S3 (moto on 127.0.0.1): the executors read the inputs with stores built
+/// from their own environment; the client writes the output there.
+#[test]
+fn a_cluster_job_reads_and_writes_s3() {
+    let moto = common::moto::start_moto();
+    moto.boto("s3.create_bucket(Bucket='q2q')");
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = root().join("fixtures/tiny");
+    moto.put("in/engagement.csv", &tiny.join("engagement.csv"));
+    moto.put("in/neighbours.csv", &tiny.join("neighbours.csv"));
+
+    let port = free_port();
+    let mut standalone = moto
+        .q2q()
+        .args([
+            "standalone",
+            "--port",
+            &port.to_string(),
+            "--executors",
+            "2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut standalone, "the standalone cluster");
+    std::thread::sleep(Duration::from_secs(2));
+    let stop = KillOnDrop(standalone);
+
+    let out = moto
+        .q2q()
+        .args([
+            "run",
+            "--engagement",
+            "s3://q2q/in/engagement.csv",
+            "--neighbours",
+            "s3://q2q/in/neighbours.csv",
+            "--output",
+            "s3://q2q/out/features.parquet",
+            "--cluster",
+            &format!("df://127.0.0.1:{port}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(ok(&out).contains("sql (cluster)"));
+    drop(stop);
+    assert_eq!(moto.keys("out/"), ["out/features.parquet"]);
+
+    let local = dir.path().join("local.parquet");
+    ok(&run_job(
+        tiny.join("engagement.csv").to_str().unwrap(),
+        tiny.join("neighbours.csv").to_str().unwrap(),
+        local.to_str().unwrap(),
+        &[],
+    ));
+    let fetched = dir.path().join("fetched.parquet");
+    moto.boto(&format!(
+        "s3.download_file('q2q', 'out/features.parquet', {:?})",
+        fetched.to_str().unwrap()
+    ));
+    assert_same_features(&read_features(&fetched), &read_features(&local));
+}
+
+/// Kills the child when dropped (also when an assertion fails first).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
