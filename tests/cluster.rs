@@ -14,9 +14,13 @@ use common::*;
 
 struct Cluster {
     url: String,
+    port: u16,
     scheduler: Child,
     executors: Vec<Child>,
+    /// Executors started so far (killed ones included): names their logs and folders.
+    started: usize,
     logs: PathBuf,
+    dir: PathBuf,
 }
 
 impl Drop for Cluster {
@@ -77,17 +81,32 @@ fn start_cluster(dir: &Path, executors: usize, slots: usize) -> Cluster {
     wait_for_port(port, &mut scheduler, "the scheduler");
     let mut cluster = Cluster {
         url: format!("df://127.0.0.1:{port}"),
+        port,
         scheduler,
         executors: Vec::new(),
-        logs: logs.clone(),
+        started: 0,
+        logs,
+        dir: dir.to_path_buf(),
     };
-    for i in 0..executors {
+    for _ in 0..executors {
+        cluster.add_executor(slots);
+    }
+    cluster
+}
+
+impl Cluster {
+    /// Starts one more executor (`executor-N`, N counting every executor started so far) and
+    /// waits for it to register.
+    fn add_executor(&mut self, slots: usize) {
+        let name = format!("executor-{}", self.started);
+        self.started += 1;
         let (flight, grpc) = (free_port(), free_port());
+        let log = std::fs::File::create(self.logs.join(format!("{name}.log"))).unwrap();
         let mut executor = bin()
             .args([
                 "executor",
                 "--scheduler",
-                &format!("127.0.0.1:{port}"),
+                &format!("127.0.0.1:{}", self.port),
                 "--port",
                 &flight.to_string(),
                 "--grpc-port",
@@ -97,19 +116,27 @@ fn start_cluster(dir: &Path, executors: usize, slots: usize) -> Cluster {
                 "--heartbeat-secs",
                 "1",
                 "--work-dir",
-                dir.join(format!("executor-{i}")).to_str().unwrap(),
+                self.dir.join(&name).to_str().unwrap(),
             ])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(log(&format!("executor-{i}")))
+            .stderr(Stdio::from(log))
             .spawn()
             .unwrap();
         wait_for_port(flight, &mut executor, "an executor");
-        cluster.executors.push(executor);
+        self.executors.push(executor);
+        // executors register with their first heartbeat
+        std::thread::sleep(Duration::from_secs(2));
     }
-    // executors register with their first heartbeat
-    std::thread::sleep(Duration::from_secs(2));
-    cluster
+
+    /// Waits until `name`'s log shows more than `after` started tasks.
+    fn wait_for_task(&self, name: &str, after: usize) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.log(name).matches("Execute task").count() <= after {
+            assert!(Instant::now() < deadline, "{name} got no task");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 fn ok(out: &Output) -> String {
@@ -290,7 +317,8 @@ fn bad_cluster_urls_and_an_unreachable_scheduler_fail_clearly() {
 
 /// Kills one of two executors while the job runs: the scheduler notices at once (its next task
 /// launch there fails) and Ballista reruns the lost tasks on the other executor; the job
-/// finishes with the local run's output. Two slots per executor: Ballista 55 loses the slot of
+/// finishes with the local run's output. Then kills the last one during a second job: a clear
+/// error, nothing written, and a clean rerun once an executor is back. Two slots per executor: Ballista 55 loses the slot of
 /// a task whose stage it rolls back, and with one slot the survivor would have none left
 /// (docs/DISTRIBUTED.md).
 #[test]
@@ -329,11 +357,7 @@ fn the_job_survives_losing_an_executor() {
         .spawn()
         .unwrap();
     // the victim has started a task of the job (a fixed sleep could land after the job)
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !cluster.log("executor-1").contains("Execute task") {
-        assert!(Instant::now() < deadline, "executor-1 got no task");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    cluster.wait_for_task("executor-1", 0);
     let mut victim = cluster.executors.remove(1);
     victim.kill().unwrap();
     victim.wait().unwrap();
@@ -346,6 +370,55 @@ fn the_job_survives_losing_an_executor() {
         "the scheduler did not notice the loss:\n{scheduler}"
     );
     assert_same_features(&read_features(&remote), &read_features(&local));
+
+    // losing the last executor fails the job clearly (after the scheduler's executor timeout,
+    // its grace period for one to come back), writes nothing, and a rerun then succeeds
+    let again = dir.join("again.parquet");
+    let url = cluster.url.clone();
+    let job = || {
+        bin()
+            .args([
+                "run",
+                "--engagement",
+                &engagement,
+                "--neighbours",
+                &neighbours,
+                "--output",
+                again.to_str().unwrap(),
+                "--top-k",
+                "10",
+                "--cluster",
+                &url,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let tasks_so_far = cluster.log("executor-0").matches("Execute task").count();
+    let doomed = job();
+    cluster.wait_for_task("executor-0", tasks_so_far);
+    let mut last = cluster.executors.remove(0);
+    last.kill().unwrap();
+    last.wait().unwrap();
+    let failed = doomed.wait_with_output().unwrap();
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+    assert!(
+        stderr(&failed).contains("all executors were lost"),
+        "{}",
+        stderr(&failed)
+    );
+    assert!(!again.exists(), "nothing written");
+    let staging: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("staging"))
+        .collect();
+    assert!(staging.is_empty(), "{staging:?}");
+
+    cluster.add_executor(2);
+    ok(&job().wait_with_output().unwrap());
+    assert_same_features(&read_features(&again), &read_features(&local));
 }
 
 /// `q2q-prior standalone`: scheduler and executors in one process on 127.0.0.1, for trials.
