@@ -19,6 +19,7 @@ pub mod feature_table;
 pub mod formula;
 pub mod job;
 pub mod labels;
+pub mod mine;
 pub mod normalize;
 pub mod pipeline;
 pub mod reference;

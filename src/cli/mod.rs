@@ -5,6 +5,7 @@ pub mod backfill;
 pub mod cluster;
 pub mod evaluate;
 pub mod export;
+pub mod mine;
 pub mod run;
 pub mod sql;
 pub mod synth;
@@ -60,6 +61,9 @@ pub enum Command {
     Executor(Box<cluster::ExecutorArgs>),
     /// Run a scheduler and executors in this process on 127.0.0.1 (trials and tests).
     Standalone(cluster::StandaloneArgs),
+    /// Training data for the upstream Q2Q model, mined from behaviour logs.
+    #[command(subcommand)]
+    Mine(mine::MineCommand),
 }
 
 impl Cli {
@@ -75,6 +79,7 @@ impl Cli {
             Command::Scheduler(args) => cluster::scheduler(args).await,
             Command::Executor(args) => cluster::executor(*args).await,
             Command::Standalone(args) => cluster::standalone(args).await,
+            Command::Mine(command) => mine::run(command).await,
         }
     }
 }

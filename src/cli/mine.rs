@@ -1,0 +1,166 @@
+//! `q2q-prior mine ...`: training data for the upstream Q2Q model (see [`crate::mine`]).
+
+use bytesize::ByteSize;
+use clap::{Args, Subcommand};
+
+use crate::config::{ExecutionConfig, InputFormat, InputSpec};
+use crate::error::{Error, Result};
+use crate::evaluate::features::per_query_format;
+use crate::mine::pairs::PairParams;
+use crate::mine::{self, PairJob, SplitShares, Window};
+use crate::session;
+
+#[derive(Debug, Subcommand)]
+pub enum MineCommand {
+    /// Query pairs labelled by overlap x Jaccard of their co-purchased products.
+    Pairs(PairsArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Mine query pairs from purchases (paper section 3). S(q) = distinct products \
+    purchased from q; a pair (q, c) with at least --min-copurchases shared products gets \
+    overlap = |S(q)∩S(c)| / min(|S(q)|,|S(c)|), jaccard = |S(q)∩S(c)| / |S(q)∪S(c)| and \
+    label = overlap * jaccard. Each query keeps its top --top candidates by label, or the top \
+    --top-share of them when that is more; --negatives random queries without any shared product \
+    per kept pair are added with label 0. Pairs are enumerated through products (never a cartesian \
+    product of queries); products bought from more than --hot-cap queries count co-purchases among \
+    a deterministic sample of them. Rows: query, candidate, n_copurchase, n_union, n_min, jaccard, \
+    overlap, label, is_negative, split (train/validation/test by a hash of the query). A report \
+    by product bucket goes to stderr."
+)]
+pub struct PairsArgs {
+    /// Engagement: query, product_id and purchases columns (other columns are ignored).
+    #[arg(long, env = "Q2Q_ENGAGEMENT", value_name = "URI")]
+    pub engagement: String,
+    /// Engagement format [default: from the extension].
+    #[arg(long, value_enum)]
+    pub engagement_format: Option<InputFormat>,
+    /// Output file: .parquet, .csv or .ndjson, local or object store.
+    #[arg(long, short = 'o', value_name = "URI")]
+    pub output: String,
+    /// First dt=YYYY-MM-DD folder of the window (inclusive) [default: all].
+    #[arg(long, value_name = "DATE")]
+    pub from: Option<chrono::NaiveDate>,
+    /// Last dt=YYYY-MM-DD folder of the window (inclusive) [default: all].
+    #[arg(long, value_name = "DATE")]
+    pub to: Option<chrono::NaiveDate>,
+    /// Fewest distinct co-purchased products for a pair.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub min_copurchases: u32,
+    /// Candidates kept per query ...
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub top: u64,
+    /// ... or this share of its candidates when that is more.
+    #[arg(long, default_value_t = 0.6)]
+    pub top_share: f64,
+    /// Products bought from more queries than this count co-purchases among a sample of this
+    /// many.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(2..))]
+    pub hot_cap: u64,
+    /// Random negatives per kept pair.
+    #[arg(long, default_value_t = 1.0)]
+    pub negatives: f64,
+    /// Seed of the sampling and the negatives.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Shares of queries in validation and test, VALIDATION,TEST (the rest trains).
+    #[arg(long, default_value = "0.1,0.1", value_name = "V,T")]
+    pub split: String,
+    /// Memory limit for the query engine that reads the input, e.g. 4GiB.
+    #[arg(long, env = "Q2Q_MEMORY_LIMIT", value_name = "SIZE")]
+    pub memory_limit: Option<ByteSize>,
+}
+
+pub async fn run(command: MineCommand) -> Result<()> {
+    match command {
+        MineCommand::Pairs(args) => pairs(args).await,
+    }
+}
+
+fn parse_split(text: &str) -> Result<SplitShares> {
+    let bad = || {
+        Error::config(format!(
+            "--split '{text}': expected VALIDATION,TEST shares in [0, 1] with a sum below 1, e.g. 0.1,0.1"
+        ))
+    };
+    let (v, t) = text.split_once(',').ok_or_else(bad)?;
+    let (validation, test) = (
+        v.trim().parse::<f64>().map_err(|_| bad())?,
+        t.trim().parse::<f64>().map_err(|_| bad())?,
+    );
+    if !(0.0..1.0).contains(&validation) || !(0.0..1.0).contains(&test) || validation + test >= 1.0
+    {
+        return Err(bad());
+    }
+    Ok(SplitShares { validation, test })
+}
+
+async fn pairs(args: PairsArgs) -> Result<()> {
+    if !(args.top_share > 0.0 && args.top_share <= 1.0) {
+        return Err(Error::config(format!(
+            "--top-share {}: expected a share in (0, 1]",
+            args.top_share
+        )));
+    }
+    if !(args.negatives.is_finite() && args.negatives >= 0.0) {
+        return Err(Error::config(format!(
+            "--negatives {}: expected a ratio >= 0",
+            args.negatives
+        )));
+    }
+    if let (Some(from), Some(to)) = (args.from, args.to)
+        && from > to
+    {
+        return Err(Error::config(format!("--from {from} is after --to {to}")));
+    }
+    let split = parse_split(&args.split)?;
+    let format = per_query_format(&args.output).map_err(|_| {
+        Error::config(format!(
+            "--output {}: use a .parquet, .csv or .ndjson file",
+            args.output
+        ))
+    })?;
+    let params = PairParams {
+        min_copurchases: args.min_copurchases,
+        top_n: args.top as usize,
+        top_share: args.top_share,
+        hot_cap: args.hot_cap as usize,
+        negative_ratio: args.negatives,
+        seed: args.seed,
+    };
+    let spec = InputSpec {
+        format: args.engagement_format,
+        ..InputSpec::new(args.engagement)
+    };
+    let window = Window {
+        from: args.from.map(|d| d.to_string()),
+        to: args.to.map(|d| d.to_string()),
+    };
+    let ctx = session::new_context(&ExecutionConfig {
+        memory_limit: args.memory_limit,
+        ..Default::default()
+    })?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let listener = tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            super::run::shutdown_signal().await;
+            tracing::warn!("stopping: cleaning up the staging output");
+            cancel.cancel();
+        }
+    });
+    let job = PairJob {
+        engagement: spec,
+        window,
+        params,
+        split,
+        output: args.output.clone(),
+        format,
+    };
+    let report = mine::mine_pairs(&ctx, &job, &cancel).await;
+    listener.abort();
+    eprintln!("{}", report?);
+    eprintln!("  wrote {}", args.output);
+    Ok(())
+}
