@@ -274,3 +274,114 @@ fn bad_input_is_named_and_nothing_is_written() {
     assert!(stderr(&o).contains("dt partition"), "{}", stderr(&o));
     assert!(!out.exists());
 }
+
+#[test]
+fn ance_rows_subtract_co_purchase_pairs_from_the_retrieval() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = dir.path().join("pairs.parquet");
+    let o = mine(&["--engagement", &fixture(), "-o", pairs.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let retrieval = root().join("fixtures/table2/retrieval.csv");
+    let out = dir.path().join("ance.ndjson");
+    let ance = |extra: &[&str]| {
+        let mut args = vec![
+            "mine",
+            "ance",
+            "--retrieval",
+            retrieval.to_str().unwrap(),
+            "--pairs",
+            pairs.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        run(&args)
+    };
+    let o = ance(&["--negatives", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let goya = rows
+        .iter()
+        .find(|r| r["query"] == "goya lady fingers")
+        .unwrap();
+    // positives: the Table 2 candidates, best label first (retrieved or not)
+    assert_eq!(
+        goya["positives"],
+        serde_json::json!([
+            "lady fingers for tiramisu prime",
+            "lady finger cookies for tiramisu",
+            "ladyfinger cookies",
+            "lady fingers for trifle",
+            "sponge fingers biscuit"
+        ])
+    );
+    // retrieved: ladyfinger cookies (co-purchase: out), itself (out), tiramisu cake (2 shared
+    // purchases only: a hard negative), lady fingers for trifle (out), savoiardi biscuits,
+    // unrelated query 03, sponge cake mix; the best 3 by rank
+    assert_eq!(
+        goya["hard_negatives"],
+        serde_json::json!(["tiramisu cake", "savoiardi biscuits", "unrelated query 03"])
+    );
+    assert_eq!(goya["hard_negative_ranks"], serde_json::json!([3, 5, 6]));
+    assert_eq!(
+        goya["hard_negative_scores"],
+        serde_json::json!([0.93, 0.88, 0.41])
+    );
+    assert_eq!(
+        (goya["n_retrieved"].as_i64(), goya["n_subtracted"].as_i64()),
+        (Some(6), Some(2))
+    );
+    // a query not retrieved for still has its positives, and empty negative lists
+    let prime = rows
+        .iter()
+        .find(|r| r["query"] == "lady fingers for tiramisu prime")
+        .unwrap();
+    assert_eq!(prime["hard_negatives"], serde_json::json!([]));
+    assert!(
+        stderr(&o).contains("3 retrieved candidates subtracted"),
+        "{}",
+        stderr(&o)
+    );
+
+    // --skip-top 3: ranks 1-3 are never negatives
+    let o = ance(&["--negatives", "3", "--skip-top", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let goya: serde_json::Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["query"] == "goya lady fingers")
+        .unwrap();
+    assert_eq!(
+        goya["hard_negatives"],
+        serde_json::json!([
+            "savoiardi biscuits",
+            "unrelated query 03",
+            "sponge cake mix"
+        ])
+    );
+
+    // bad retrieval: a rank of 0 names the input, column and row; nothing written
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "query,candidate,score,rank\na,b,0.5,0\n").unwrap();
+    let out2 = dir.path().join("never.parquet");
+    let o = run(&[
+        "mine",
+        "ance",
+        "--retrieval",
+        bad.to_str().unwrap(),
+        "--pairs",
+        pairs.to_str().unwrap(),
+        "-o",
+        out2.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    for e in ["retrieval", "rank", "a rank >= 1"] {
+        assert!(stderr(&o).contains(e), "{e}: {}", stderr(&o));
+    }
+    assert!(!out2.exists());
+}

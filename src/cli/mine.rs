@@ -3,9 +3,10 @@
 use bytesize::ByteSize;
 use clap::{Args, Subcommand};
 
-use crate::config::{ExecutionConfig, InputFormat, InputSpec};
+use crate::config::{ExecutionConfig, InputFormat, InputSpec, OutputFormat};
 use crate::error::{Error, Result};
 use crate::evaluate::features::per_query_format;
+use crate::mine::ance::{self, AnceJob};
 use crate::mine::pairs::PairParams;
 use crate::mine::{self, PairJob, SplitShares, Window};
 use crate::session;
@@ -14,6 +15,39 @@ use crate::session;
 pub enum MineCommand {
     /// Query pairs labelled by overlap x Jaccard of their co-purchased products.
     Pairs(PairsArgs),
+    /// Hard negatives from the bi-encoder's retrieval minus co-purchase pairs (InfoNCE rows).
+    Ance(AnceArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    long_about = "One InfoNCE training row per query, from the current bi-encoder's retrieval \
+    (query, candidate, score, rank: its top-K per query) and the pairs from `mine pairs`: \
+    positives are the query's co-purchase pairs (retrieved or not), best label first; hard \
+    negatives are its retrieved candidates that are not co-purchase pairs in either direction \
+    (nor the query itself), best rank first, after skipping --skip-top ranks. Columns: query, \
+    split, positives, positive_labels, hard_negatives, hard_negative_scores, hard_negative_ranks \
+    (lists), n_retrieved, n_subtracted. Totals go to stderr."
+)]
+pub struct AnceArgs {
+    /// The bi-encoder's retrieval: query, candidate, score, rank.
+    #[arg(long, value_name = "URI")]
+    pub retrieval: String,
+    /// The mined pairs (`mine pairs` output).
+    #[arg(long, value_name = "URI")]
+    pub pairs: String,
+    /// Output file: .parquet (list columns), or .ndjson.
+    #[arg(long, short = 'o', value_name = "URI")]
+    pub output: String,
+    /// Hard negatives per query, at most.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    pub negatives: u64,
+    /// Never take ranks 1..=N as negatives (often unlabelled positives).
+    #[arg(long, default_value_t = 0)]
+    pub skip_top: u64,
+    /// Memory limit for the query engine, e.g. 4GiB.
+    #[arg(long, env = "Q2Q_MEMORY_LIMIT", value_name = "SIZE")]
+    pub memory_limit: Option<ByteSize>,
 }
 
 #[derive(Debug, Args)]
@@ -75,6 +109,7 @@ pub struct PairsArgs {
 pub async fn run(command: MineCommand) -> Result<()> {
     match command {
         MineCommand::Pairs(args) => pairs(args).await,
+        MineCommand::Ance(args) => ance(args).await,
     }
 }
 
@@ -159,6 +194,44 @@ async fn pairs(args: PairsArgs) -> Result<()> {
         format,
     };
     let report = mine::mine_pairs(&ctx, &job, &cancel).await;
+    listener.abort();
+    eprintln!("{}", report?);
+    eprintln!("  wrote {}", args.output);
+    Ok(())
+}
+
+async fn ance(args: AnceArgs) -> Result<()> {
+    let format = match per_query_format(&args.output) {
+        Ok(OutputFormat::Csv) | Err(_) => {
+            return Err(Error::config(format!(
+                "--output {}: the rows have list columns; use a .parquet or .ndjson file",
+                args.output
+            )));
+        }
+        Ok(format) => format,
+    };
+    let job = AnceJob {
+        retrieval: InputSpec::new(args.retrieval),
+        pairs: InputSpec::new(args.pairs),
+        negatives: args.negatives,
+        skip_top: args.skip_top,
+        output: args.output.clone(),
+        format,
+    };
+    let ctx = session::new_context(&ExecutionConfig {
+        memory_limit: args.memory_limit,
+        ..Default::default()
+    })?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let listener = tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            super::run::shutdown_signal().await;
+            tracing::warn!("stopping: cleaning up the staging output");
+            cancel.cancel();
+        }
+    });
+    let report = ance::mine_ance(&ctx, &job, &cancel).await;
     listener.abort();
     eprintln!("{}", report?);
     eprintln!("  wrote {}", args.output);

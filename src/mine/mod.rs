@@ -2,11 +2,14 @@
 //!
 //! - [`pairs`]: query pairs labelled by overlap x Jaccard of their co-purchased products, with
 //!   random negatives and a split by query.
+//! - [`ance`]: hard negatives from the bi-encoder's retrieval minus co-purchase pairs, one InfoNCE
+//!   row per query.
 //!
 //! This module reads the engagement input (checked like the job's inputs), hands the purchases to
 //! the in-memory miner and writes its rows atomically (Parquet, CSV or NDJSON, local or object
 //! store).
 
+pub mod ance;
 pub mod pairs;
 
 use std::sync::Arc;
