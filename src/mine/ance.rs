@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{InputSpec, OutputFormat};
 use crate::error::Result;
 use crate::pipeline::checks::{self, Check, Severity};
-use crate::pipeline::inputs::{self, Input};
+use crate::pipeline::inputs;
 use crate::sink;
 use crate::storage::OutputLocation;
 
@@ -58,51 +58,9 @@ impl std::fmt::Display for AnceReport {
     }
 }
 
-/// Opens an input, requires its columns and runs its FAIL checks (input, column, example row).
-async fn open_checked(
-    ctx: &SessionContext,
-    role: &'static str,
-    spec: &InputSpec,
-    columns: &[(&'static str, fn(&DataType) -> bool, &'static str)],
-    row_checks: Vec<Check>,
-) -> Result<(Input, u64)> {
-    let mut input = inputs::open_table(ctx, role, spec).await?;
-    let mut typed = Vec::new();
-    for (name, accept, expected) in columns {
-        let data_type = input.require(name, *accept, expected)?;
-        let target = if checks::is_string(&data_type) {
-            DataType::Utf8
-        } else if inputs::is_integer(&data_type) {
-            DataType::Int64
-        } else if *name == "is_negative" {
-            DataType::Boolean
-        } else {
-            DataType::Float64
-        };
-        typed.push(cast(col(*name), target).alias(*name));
-    }
-    input.checks = row_checks;
-    let (rows, results) = checks::evaluate(&input.raw, &input.checks).await?;
-    if rows == 0 {
-        return Err(inputs::no_rows(&input).into());
-    }
-    if let Some(failed) = results
-        .iter()
-        .find(|r| r.violations > 0 && r.check.severity == Severity::Fail)
-    {
-        return Err(failed.to_bad_input(input.role, &input.uri).into());
-    }
-    input.typed = input.raw.clone().select(typed)?;
-    Ok((input, rows))
-}
-
-fn is_boolean(t: &DataType) -> bool {
-    matches!(t, DataType::Boolean)
-}
-
 /// Opens both inputs and plans the InfoNCE rows.
 pub async fn plan(ctx: &SessionContext, job: &AnceJob) -> Result<(DataFrame, u64)> {
-    let (retrieval, retrieval_rows) = open_checked(
+    let (retrieval, retrieval_rows) = inputs::open_checked(
         ctx,
         "retrieval",
         &job.retrieval,
@@ -132,7 +90,7 @@ pub async fn plan(ctx: &SessionContext, job: &AnceJob) -> Result<(DataFrame, u64
         ],
     )
     .await?;
-    let (pairs, _) = open_checked(
+    let (pairs, _) = inputs::open_checked(
         ctx,
         "pairs",
         &job.pairs,
@@ -146,7 +104,7 @@ pub async fn plan(ctx: &SessionContext, job: &AnceJob) -> Result<(DataFrame, u64
             ),
             (
                 "is_negative",
-                is_boolean,
+                inputs::is_boolean,
                 "a boolean is_negative (from `mine pairs`)",
             ),
             (

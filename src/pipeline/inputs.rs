@@ -650,6 +650,54 @@ async fn detect_from_listing(
     })
 }
 
+/// A column a command requires: its name, the types it accepts, and what an error says is expected.
+pub type Required = (&'static str, fn(&DataType) -> bool, &'static str);
+
+/// Opens an input of a command other than the feature job (`mine ance`, `evaluate neighbours`):
+/// requires `columns`, refuses an empty input, runs the FAIL `row_checks` (the error names the
+/// input, the column and an example row) and sets `typed` to the required columns cast to Utf8,
+/// Int64, Boolean or Float64. Returns the input and its row count.
+pub async fn open_checked(
+    ctx: &SessionContext,
+    role: &'static str,
+    spec: &InputSpec,
+    columns: &[Required],
+    row_checks: Vec<checks::Check>,
+) -> Result<(Input, u64)> {
+    let mut input = open_table(ctx, role, spec).await?;
+    let mut typed = Vec::new();
+    for (name, accept, expected) in columns {
+        let data_type = input.require(name, *accept, expected)?;
+        let target = if checks::is_string(&data_type) {
+            DataType::Utf8
+        } else if is_integer(&data_type) {
+            DataType::Int64
+        } else if is_boolean(&data_type) {
+            DataType::Boolean
+        } else {
+            DataType::Float64
+        };
+        typed.push(cast(col(*name), target).alias(*name));
+    }
+    input.checks = row_checks;
+    let (rows, results) = checks::evaluate(&input.raw, &input.checks).await?;
+    if rows == 0 {
+        return Err(no_rows(&input).into());
+    }
+    if let Some(failed) = results
+        .iter()
+        .find(|r| r.violations > 0 && r.check.severity == checks::Severity::Fail)
+    {
+        return Err(failed.to_bad_input(input.role, &input.uri).into());
+    }
+    input.typed = input.raw.clone().select(typed)?;
+    Ok((input, rows))
+}
+
+pub fn is_boolean(t: &DataType) -> bool {
+    matches!(t, DataType::Boolean)
+}
+
 pub fn is_integer(t: &DataType) -> bool {
     t.is_integer()
 }
