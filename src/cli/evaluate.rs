@@ -11,11 +11,82 @@ use crate::error::{Error, Result};
 use crate::evaluate::chart;
 use crate::evaluate::features::{self, EvaluateSpec, Segments};
 use crate::evaluate::metrics::Gain;
+use crate::evaluate::neighbours::{self, Ideal, NeighbourList, NeighboursSpec};
 
 #[derive(Debug, Subcommand)]
 pub enum EvaluateCommand {
     /// How well each score ranks products against held-out outcomes, by query segment.
     Features(FeaturesArgs),
+    /// How well the upstream model's neighbour lists match behaviour labels (NDCG@3, Recall@100/1000).
+    Neighbours(NeighboursArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Score neighbour lists (query, neighbour, score: the Q2Q model's output, or \
+    retrieval output with a `candidate` column) against behaviour labels (query, candidate, label: \
+    `mine pairs` output, label = overlap x Jaccard). For each listed query with a positive label: \
+    NDCG@k graded by the label (the reranking stage; the paper uses k = 3, the neighbours the prior \
+    averages) and Recall@k over the positively labelled neighbours (the retrieval stage; 100 and \
+    1000). Ties in scores count as a random order; a query is never its own neighbour.\n\n\
+    Give several lists as NAME=URI to compare models side by side; two lists get a paired \
+    comparison (first minus second). With --engagement, queries are also split into head / torso \
+    / tail by traffic (their largest impression count). Every mean has a 95% bootstrap interval \
+    over queries. The table goes to stdout (--json for machines)."
+)]
+pub struct NeighboursArgs {
+    /// A neighbour list, as NAME=URI or URI (named after the file); repeat to compare models.
+    #[arg(long = "neighbours", required = true, value_name = "[NAME=]URI")]
+    pub neighbours: Vec<String>,
+    /// Behaviour labels: query, candidate, label >= 0 (e.g. `mine pairs` output).
+    #[arg(long, value_name = "URI")]
+    pub labels: String,
+    /// Engagement (query, impressions) to segment queries by traffic.
+    #[arg(long, value_name = "URI")]
+    pub engagement: Option<String>,
+    /// Traffic thresholds TAIL_BELOW,HEAD_FROM (with --engagement).
+    #[arg(
+        long,
+        default_value = "20,1000",
+        value_name = "T,H",
+        requires = "engagement"
+    )]
+    pub segments: String,
+    /// Cutoff of NDCG.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ndcg_at: u64,
+    /// Cutoffs of recall.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "100,1000",
+        value_name = "K,..."
+    )]
+    pub recall_at: Vec<u64>,
+    /// Gain of a label in DCG (labels from `mine pairs` are in [0, 1]).
+    #[arg(long, value_enum, default_value_t = Gain::Linear)]
+    pub gain: Gain,
+    /// Which positives the ideal DCG ranks.
+    #[arg(long, value_enum, default_value_t = Ideal::All)]
+    pub ideal: Ideal,
+    /// Paired comparison A,B of two list names (A - B per query) [default: the two lists, when two].
+    #[arg(long, value_name = "A,B")]
+    pub compare: Option<String>,
+    /// Bootstrap resamples of queries for the intervals (0: none).
+    #[arg(long, default_value_t = 1000)]
+    pub bootstrap: usize,
+    /// Seed of the bootstrap.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Write every query's metrics per list: .parquet, .csv or .ndjson.
+    #[arg(long, value_name = "URI")]
+    pub per_query: Option<String>,
+    /// Memory limit for the query engine, e.g. 4GiB.
+    #[arg(long, env = "Q2Q_MEMORY_LIMIT", value_name = "SIZE")]
+    pub memory_limit: Option<ByteSize>,
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +149,7 @@ pub struct FeaturesArgs {
 pub async fn run(command: EvaluateCommand) -> Result<()> {
     match command {
         EvaluateCommand::Features(args) => features_command(args).await,
+        EvaluateCommand::Neighbours(args) => neighbours_command(args).await,
     }
 }
 
@@ -155,6 +227,114 @@ async fn features_command(args: FeaturesArgs) -> Result<()> {
             )));
         }
     }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &evaluation).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{evaluation}")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `NAME=URI` or a bare URI (named after its file). A name is letters, digits, `_`, `-` and `.`;
+/// anything else before the first `=` (a Hive folder such as `dt=2026-01-01/`, a URL) is a URI.
+fn neighbour_list(text: &str) -> Result<NeighbourList> {
+    let named = text.split_once('=').filter(|(name, uri)| {
+        !name.is_empty()
+            && !uri.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            && !uri.starts_with(|c: char| c.is_ascii_digit())
+    });
+    let (name, uri) = match named {
+        Some((name, uri)) => (name.to_string(), uri.to_string()),
+        None => {
+            let file = text
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or(text);
+            let stem = file.split('.').next().unwrap_or(file);
+            (
+                if stem.is_empty() { file } else { stem }.to_string(),
+                text.to_string(),
+            )
+        }
+    };
+    if uri.trim().is_empty() {
+        return Err(Error::config(format!(
+            "--neighbours '{text}': expected NAME=URI or a URI"
+        )));
+    }
+    Ok(NeighbourList {
+        name,
+        input: InputSpec::new(uri),
+    })
+}
+
+async fn neighbours_command(args: NeighboursArgs) -> Result<()> {
+    let lists = args
+        .neighbours
+        .iter()
+        .map(|t| neighbour_list(t))
+        .collect::<Result<Vec<_>>>()?;
+    for (i, list) in lists.iter().enumerate() {
+        if lists[..i].iter().any(|l| l.name == list.name) {
+            return Err(Error::config(format!(
+                "--neighbours: two lists are named '{}'; name them NAME=URI",
+                list.name
+            )));
+        }
+    }
+    let compare = match &args.compare {
+        Some(text) => {
+            let (a, b) = text.split_once(',').ok_or_else(|| {
+                Error::config(format!(
+                    "--compare '{text}': expected two list names, e.g. new,old"
+                ))
+            })?;
+            let (a, b) = (a.trim().to_string(), b.trim().to_string());
+            if a == b {
+                return Err(Error::config(format!(
+                    "--compare {a},{b}: compare two different lists"
+                )));
+            }
+            Some((a, b))
+        }
+        None if lists.len() == 2 => Some((lists[0].name.clone(), lists[1].name.clone())),
+        None => None,
+    };
+    let mut recall_at = args.recall_at.clone();
+    if recall_at.contains(&0) {
+        return Err(Error::config("--recall-at: cutoffs are >= 1"));
+    }
+    recall_at.sort_unstable();
+    recall_at.dedup();
+    if let Some(path) = &args.per_query {
+        features::per_query_format(path)?;
+    }
+    let spec = NeighboursSpec {
+        lists,
+        labels: InputSpec::new(args.labels),
+        engagement: args.engagement.map(InputSpec::new),
+        segments: Segments::parse(&args.segments)?,
+        ndcg_at: args.ndcg_at as usize,
+        recall_at: recall_at.into_iter().map(|k| k as usize).collect(),
+        gain: args.gain,
+        ideal: args.ideal,
+        compare,
+        bootstrap: args.bootstrap,
+        seed: args.seed,
+        per_query: args.per_query,
+        execution: ExecutionConfig {
+            memory_limit: args.memory_limit,
+            ..Default::default()
+        },
+    };
+    let evaluation = neighbours::evaluate(&spec).await?;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &evaluation).map_err(std::io::Error::from)?;

@@ -53,7 +53,7 @@ impl Segments {
         })
     }
 
-    fn of(&self, traffic: f64) -> usize {
+    pub(super) fn of(&self, traffic: f64) -> usize {
         if traffic >= self.head_from {
             0
         } else if traffic >= self.tail_below {
@@ -198,7 +198,7 @@ async fn scalar(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Result<
 /// Labels of relevant outcomes that are not candidates, by query.
 async fn missing_relevant(
     ctx: &datafusion::prelude::SessionContext,
-) -> Result<HashMap<String, Vec<i64>>> {
+) -> Result<HashMap<String, Vec<f64>>> {
     let batches = ctx
         .sql(
             "SELECT o.query, o.label FROM outcomes AS o \
@@ -208,7 +208,7 @@ async fn missing_relevant(
         .await?
         .collect()
         .await?;
-    let mut missing: HashMap<String, Vec<i64>> = HashMap::new();
+    let mut missing: HashMap<String, Vec<f64>> = HashMap::new();
     for batch in &batches {
         let queries = cast(batch.column(0), &DataType::Utf8)?;
         let queries = queries.as_string::<i32>();
@@ -217,7 +217,7 @@ async fn missing_relevant(
             missing
                 .entry(queries.value(row).to_string())
                 .or_default()
-                .push(labels.value(row));
+                .push(labels.value(row) as f64);
         }
     }
     Ok(missing)
@@ -231,7 +231,7 @@ fn quote(name: &str) -> String {
 async fn collect(
     ctx: &datafusion::prelude::SessionContext,
     spec: &EvaluateSpec,
-    missing: &HashMap<String, Vec<i64>>,
+    missing: &HashMap<String, Vec<f64>>,
 ) -> Result<PerQuery> {
     let scores: Vec<String> = spec
         .scores
@@ -256,8 +256,8 @@ async fn collect(
     };
     // candidates of the current query, per score
     let mut current: Option<(String, f64)> = None;
-    let mut rows: Vec<Vec<(f64, i64)>> = vec![Vec::new(); n];
-    let mut finish = |query: String, traffic: f64, rows: &mut Vec<Vec<(f64, i64)>>| {
+    let mut rows: Vec<Vec<(f64, f64)>> = vec![Vec::new(); n];
+    let mut finish = |query: String, traffic: f64, rows: &mut Vec<Vec<(f64, f64)>>| {
         let none = Vec::new();
         let missing = missing.get(&query).unwrap_or(&none);
         let metrics: Option<Vec<QueryMetrics>> = rows
@@ -295,7 +295,7 @@ async fn collect(
                 } else {
                     column.value(row)
                 };
-                rows[s].push((score, labels.value(row)));
+                rows[s].push((score, labels.value(row) as f64));
             }
         }
     }
@@ -466,7 +466,7 @@ pub fn per_query_format(path: &str) -> Result<OutputFormat> {
     }
 }
 
-fn fmt_interval(i: &Interval, signed: bool) -> String {
+pub(super) fn fmt_interval(i: &Interval, signed: bool) -> String {
     let v = |x: f64| {
         if signed {
             format!("{x:+.4}")
@@ -483,7 +483,7 @@ fn fmt_interval(i: &Interval, signed: bool) -> String {
     }
 }
 
-fn fmt_p(p: Option<f64>) -> String {
+pub(super) fn fmt_p(p: Option<f64>) -> String {
     match p {
         None => "-".into(),
         Some(p) if p < 1e-4 => "<1e-4".into(),

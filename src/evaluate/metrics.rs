@@ -14,10 +14,10 @@ pub enum Gain {
 }
 
 impl Gain {
-    pub fn of(self, label: i64) -> f64 {
+    pub fn of(self, label: f64) -> f64 {
         match self {
-            Gain::Exponential => 2f64.powi(label as i32) - 1.0,
-            Gain::Linear => label as f64,
+            Gain::Exponential => label.exp2() - 1.0,
+            Gain::Linear => label,
         }
     }
 }
@@ -35,17 +35,17 @@ pub struct QueryMetrics {
 /// Returns `None` when the query has no relevant outcome (label > 0) at all: the metrics are
 /// undefined there.
 pub fn query_metrics(
-    candidates: &[(f64, i64)],
-    missing: &[i64],
+    candidates: &[(f64, f64)],
+    missing: &[f64],
     k: usize,
     gain: Gain,
 ) -> Option<QueryMetrics> {
-    let relevant = candidates.iter().filter(|(_, l)| *l > 0).count()
-        + missing.iter().filter(|l| **l > 0).count();
+    let relevant = candidates.iter().filter(|(_, l)| *l > 0.0).count()
+        + missing.iter().filter(|l| **l > 0.0).count();
     if relevant == 0 {
         return None;
     }
-    let mut order: Vec<(f64, i64)> = candidates.to_vec();
+    let mut order: Vec<(f64, f64)> = candidates.to_vec();
     // NaN scores sort last: they carry no ranking information
     order.sort_by(|a, b| {
         b.0.partial_cmp(&a.0)
@@ -65,7 +65,7 @@ pub fn query_metrics(
         }
         let group = &order[start..end];
         let m = group.len();
-        let r = group.iter().filter(|(_, l)| *l > 0).count();
+        let r = group.iter().filter(|(_, l)| *l > 0.0).count();
         if start < k {
             let top = end.min(k);
             let mean_gain = group.iter().map(|(_, l)| gain.of(*l)).sum::<f64>() / m as f64;
@@ -79,13 +79,13 @@ pub fn query_metrics(
         start = end;
     }
 
-    let mut ideal: Vec<i64> = candidates
+    let mut ideal: Vec<f64> = candidates
         .iter()
         .map(|(_, l)| *l)
         .chain(missing.iter().copied())
-        .filter(|l| *l > 0)
+        .filter(|l| *l > 0.0)
         .collect();
-    ideal.sort_unstable_by(|a, b| b.cmp(a));
+    ideal.sort_unstable_by(|a, b| b.total_cmp(a));
     let idcg: f64 = ideal
         .iter()
         .take(k)
@@ -129,7 +129,7 @@ mod tests {
     #[test]
     fn hand_computed_without_ties() {
         // ranking: l=0, l=3, l=1 ; ideal: 3, 1
-        let c = [(0.9, 0), (0.5, 3), (0.1, 1)];
+        let c = [(0.9, 0.0), (0.5, 3.0), (0.1, 1.0)];
         let m = query_metrics(&c, &[], 10, Gain::Exponential).unwrap();
         let dcg = 7.0 / 3f64.log2() + 1.0 / 4f64.log2();
         let idcg = 7.0 + 1.0 / 3f64.log2();
@@ -141,17 +141,17 @@ mod tests {
         close(m.ndcg, 0.0);
         close(m.recall, 0.0);
         // a relevant outcome the candidates miss: in the ideal and the denominator only
-        let m = query_metrics(&c, &[2], 10, Gain::Linear).unwrap();
+        let m = query_metrics(&c, &[2.0], 10, Gain::Linear).unwrap();
         let dcg = 3.0 / 3f64.log2() + 1.0 / 4f64.log2();
         let idcg = 3.0 + 2.0 / 3f64.log2() + 1.0 / 4f64.log2();
         close(m.ndcg, dcg / idcg);
         close(m.recall, 2.0 / 3.0);
-        assert!(query_metrics(&[(1.0, 0)], &[0], 10, Gain::Linear).is_none());
+        assert!(query_metrics(&[(1.0, 0.0)], &[0.0], 10, Gain::Linear).is_none());
     }
 
     /// Every order of the tied items, equally likely: the plain metrics averaged.
-    fn brute_force(c: &[(f64, i64)], k: usize) -> QueryMetrics {
-        fn permutations(items: Vec<(f64, i64)>) -> Vec<Vec<(f64, i64)>> {
+    fn brute_force(c: &[(f64, f64)], k: usize) -> QueryMetrics {
+        fn permutations(items: Vec<(f64, f64)>) -> Vec<Vec<(f64, f64)>> {
             if items.len() <= 1 {
                 return vec![items];
             }
@@ -177,7 +177,7 @@ mod tests {
         let mut total = QueryMetrics::default();
         for p in &valid {
             // distinct scores per position so the metric sees a strict order
-            let strict: Vec<(f64, i64)> = p
+            let strict: Vec<(f64, f64)> = p
                 .iter()
                 .enumerate()
                 .map(|(i, (_, l))| (-(i as f64), *l))
@@ -193,13 +193,23 @@ mod tests {
     #[test]
     fn ties_give_the_expectation_over_random_orders() {
         for (c, k) in [
-            (vec![(0.0, 0), (0.0, 2), (0.0, 0), (0.0, 1)], 2),
+            (vec![(0.0, 0.0), (0.0, 2.0), (0.0, 0.0), (0.0, 1.0)], 2),
             (
-                vec![(1.0, 0), (0.5, 0), (0.5, 3), (0.5, 0), (0.2, 1), (0.2, 0)],
+                vec![
+                    (1.0, 0.0),
+                    (0.5, 0.0),
+                    (0.5, 3.0),
+                    (0.5, 0.0),
+                    (0.2, 1.0),
+                    (0.2, 0.0),
+                ],
                 3,
             ),
-            (vec![(0.3, 1), (0.3, 1), (0.3, 0), (0.1, 2)], 1),
-            (vec![(0.3, 0), (0.3, 0), (0.3, 0), (0.3, 4), (0.3, 0)], 10),
+            (vec![(0.3, 1.0), (0.3, 1.0), (0.3, 0.0), (0.1, 2.0)], 1),
+            (
+                vec![(0.3, 0.0), (0.3, 0.0), (0.3, 0.0), (0.3, 4.0), (0.3, 0.0)],
+                10,
+            ),
         ] {
             let tie_aware = query_metrics(&c, &[], k, Gain::Exponential).unwrap();
             let expected = brute_force(&c, k);
