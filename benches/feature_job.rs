@@ -28,6 +28,7 @@ fn main() {
             seed,
             format: OutputFormat::Parquet,
             later_period: false,
+            bestseller_queries: 0,
         },
         dir.path(),
     )

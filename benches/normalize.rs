@@ -35,6 +35,7 @@ fn main() {
             seed: 42,
             format: OutputFormat::Parquet,
             later_period: false,
+            bestseller_queries: 0,
         },
         dir.path(),
     )

@@ -132,6 +132,11 @@ pub struct SynthSpec {
     /// Also write `engagement_later.<ext>`: a second period of the same traffic and relevance with
     /// independent randomness, as held-out outcomes for `evaluate features` and labels for export.
     pub later_period: bool,
+    /// One bestseller product (`BESTSELLER-0`, a gift card say) bought once from this many
+    /// distinct queries spread evenly over all of them (0: none): the hot product that makes
+    /// co-purchase mining quadratic without sampling (`mine pairs --hot-cap`). Draws no random
+    /// numbers, so the rest of the data is the same with or without it.
+    pub bestseller_queries: usize,
 }
 
 /// Where it went and how much.
@@ -478,6 +483,9 @@ fn neighbours_of(qi: usize, cat: &Catalogue, rng: &mut ChaCha8Rng, out: &mut Vec
     }
 }
 
+/// The product id of `SynthSpec::bestseller_queries`.
+pub const BESTSELLER: &str = "BESTSELLER-0";
+
 /// Seed offset of the later period's random stream.
 const LATER_PERIOD_STREAM: u64 = 0x1A7E_0000_5EED;
 
@@ -488,6 +496,7 @@ fn write_engagement(
     rng: &mut ChaCha8Rng,
     path: &Path,
     format: OutputFormat,
+    bestseller_queries: usize,
 ) -> Result<(u64, [u64; 3])> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("query", DataType::Utf8, false),
@@ -501,7 +510,13 @@ fn write_engagement(
     let mut buffers = EngagementBuffers::new();
     let mut rows = Vec::new();
     let mut segments = [0u64; 3];
-    for q in &catalogue.queries {
+    let stride = catalogue
+        .queries
+        .len()
+        .checked_div(bestseller_queries)
+        .unwrap_or(0)
+        .max(1);
+    for (i, q) in catalogue.queries.iter().enumerate() {
         match engagement_of(q, rng, &mut rows) {
             s if s >= 1000 => segments[0] += 1,
             s if s >= 20 => segments[1] += 1,
@@ -509,6 +524,9 @@ fn write_engagement(
         }
         for (product, counts) in &rows {
             buffers.push(&q.text, product, *counts);
+        }
+        if bestseller_queries > 0 && i % stride == 0 && i / stride < bestseller_queries {
+            buffers.push(&q.text, BESTSELLER, [1, 1, 1, 1]);
         }
         if buffers.len >= BATCH_ROWS {
             buffers.flush(&mut writer)?;
@@ -530,8 +548,13 @@ pub fn generate(spec: &SynthSpec, dir: &Path) -> Result<SynthOutput> {
     };
 
     let engagement_path = dir.join(format!("engagement.{ext}"));
-    let (engagement_rows, [head_queries, torso_queries, tail_queries]) =
-        write_engagement(&catalogue, &mut rng, &engagement_path, spec.format)?;
+    let (engagement_rows, [head_queries, torso_queries, tail_queries]) = write_engagement(
+        &catalogue,
+        &mut rng,
+        &engagement_path,
+        spec.format,
+        spec.bestseller_queries,
+    )?;
 
     let neighbours_path = dir.join(format!("neighbours.{ext}"));
     let neighbour_schema = Arc::new(Schema::new(vec![
@@ -571,7 +594,13 @@ pub fn generate(spec: &SynthSpec, dir: &Path) -> Result<SynthOutput> {
         // its own stream, so the first period is the same with or without it
         let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ LATER_PERIOD_STREAM);
         let path = dir.join(format!("engagement_later.{ext}"));
-        let (rows, _) = write_engagement(&catalogue, &mut rng, &path, spec.format)?;
+        let (rows, _) = write_engagement(
+            &catalogue,
+            &mut rng,
+            &path,
+            spec.format,
+            spec.bestseller_queries,
+        )?;
         Some((path, rows))
     } else {
         None
@@ -608,6 +637,7 @@ mod tests {
             seed: 7,
             format: OutputFormat::Parquet,
             later_period: false,
+            bestseller_queries: 0,
         };
         let a = build_catalogue(&spec, &mut ChaCha8Rng::seed_from_u64(7));
         let b = build_catalogue(&spec, &mut ChaCha8Rng::seed_from_u64(7));

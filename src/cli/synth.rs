@@ -34,6 +34,10 @@ pub struct SynthArgs {
     /// `evaluate features` (held-out outcomes) and `export lightgbm` (labels).
     #[arg(long)]
     pub later_period: bool,
+    /// Add a bestseller product (BESTSELLER-0) bought once from this many distinct queries: the
+    /// hot product of co-purchase mining (`mine pairs --hot-cap`).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub bestseller_queries: u64,
 }
 
 pub async fn run(args: SynthArgs) -> Result<()> {
@@ -43,6 +47,7 @@ pub async fn run(args: SynthArgs) -> Result<()> {
         seed: args.seed,
         format: args.format,
         later_period: args.later_period,
+        bestseller_queries: args.bestseller_queries as usize,
     };
     let out = tokio::task::spawn_blocking(move || synth::generate(&spec, &args.out))
         .await
