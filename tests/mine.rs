@@ -385,3 +385,50 @@ fn ance_rows_subtract_co_purchase_pairs_from_the_retrieval() {
     }
     assert!(!out2.exists());
 }
+
+#[test]
+fn a_bestseller_is_sampled_and_the_report_says_what_was_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let o = run(&[
+        "synth",
+        "--queries",
+        "3000",
+        "--bestseller-queries",
+        "500",
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let engagement = data.join("engagement.parquet");
+    let mined = |cap: &str| {
+        let out = dir.path().join(format!("pairs-{cap}.parquet"));
+        let o = mine(&[
+            "--engagement",
+            engagement.to_str().unwrap(),
+            "--hot-cap",
+            cap,
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stderr(&o)
+    };
+    // the 100-999 bucket: products, purchases, pairs counted, sampled, purchases dropped, pairs dropped
+    let bucket = |report: &str| -> Vec<u64> {
+        report
+            .lines()
+            .find(|l| l.trim_start().starts_with("100-999"))
+            .unwrap_or_else(|| panic!("{report}"))
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap())
+            .collect()
+    };
+    let pairs = |n: u64| n * (n - 1) / 2;
+    assert_eq!(
+        bucket(&mined("50")),
+        [1, 500, pairs(50), 1, 450, pairs(500) - pairs(50)]
+    );
+    assert_eq!(bucket(&mined("1000")), [1, 500, pairs(500), 0, 0, 0]);
+}
