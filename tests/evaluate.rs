@@ -362,6 +362,11 @@ fn neighbour_fixture(dir: &Path) -> (String, String, String, String) {
     }
     // labels of a query no list has
     labels.push_str("elsewhere,c1,0.5,false\n");
+    // a listed query whose labels are all 0: left out, and counted
+    labels.push_str("unlabelled,c1,0,true\nunlabelled,c2,0,true\n");
+    a.push_str("unlabelled,c1,0.5\nunlabelled,c2,0.4\nunlabelled,c3,0.3\n");
+    // a pair labelled twice: the larger label counts
+    labels.push_str("q1,c0,0.05,false\nq1,c0,0.75,false\n");
     let paths = [
         write(dir, "a.csv", &a),
         write(dir, "b.csv", &b),
@@ -446,6 +451,8 @@ for q in sorted(listed):
                 ref = relevant[:k].sum() / len(pos)
                 worst = max(worst, abs(ref - float(mine[f"recall_at_{k}"])))
                 checked["recall"] += 1
+# exactly the evaluated queries, once per list
+assert len(ours) == 2 * checked["queries"], (len(ours), checked)
 print(json.dumps({"worst": worst, **checked}))
 "##;
 
@@ -529,6 +536,7 @@ fn neighbour_report_segments_compares_and_is_reproducible() {
     assert_ne!(report["segments"], json("2")["segments"]);
     assert_eq!(report["compare"], serde_json::json!(["a", "b"]));
     assert_eq!(report["labelled_queries_not_listed"], 1);
+    assert_eq!(report["listed_queries_without_positive_label"], 1);
     let segments = report["segments"].as_array().unwrap();
     let names: Vec<&str> = segments
         .iter()

@@ -238,16 +238,18 @@ async fn features_command(args: FeaturesArgs) -> Result<()> {
     Ok(())
 }
 
-/// `NAME=URI` or a bare URI (named after its file). A name is letters, digits, `_`, `-` and `.`;
-/// anything else before the first `=` (a Hive folder such as `dt=2026-01-01/`, a URL) is a URI.
+/// `NAME=URI` or a bare URI (named after its file). Text that names an existing local path is a
+/// URI (a relative Hive folder such as `dt=2026-01-01/`); otherwise text before the first `=` made
+/// of letters, digits, `_`, `-` and `.` is a name (a URL's `s3://...` never is). Write
+/// `./key=value/...` for a relative Hive path that does not exist yet.
 fn neighbour_list(text: &str) -> Result<NeighbourList> {
     let named = text.split_once('=').filter(|(name, uri)| {
-        !name.is_empty()
+        !std::path::Path::new(text).exists()
+            && !name.is_empty()
             && !uri.is_empty()
             && name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-            && !uri.starts_with(|c: char| c.is_ascii_digit())
     });
     let (name, uri) = match named {
         Some((name, uri)) => (name.to_string(), uri.to_string()),
@@ -344,4 +346,40 @@ async fn neighbours_command(args: NeighboursArgs) -> Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::neighbour_list;
+
+    #[test]
+    fn neighbour_lists_are_named_or_named_after_their_file() {
+        let parts = |t: &str| {
+            let l = neighbour_list(t).unwrap();
+            (l.name, l.input.uri)
+        };
+        assert_eq!(
+            parts("new=out/lists.parquet"),
+            ("new".into(), "out/lists.parquet".into())
+        );
+        assert_eq!(
+            parts("out/lists.parquet"),
+            ("lists".into(), "out/lists.parquet".into())
+        );
+        assert_eq!(
+            parts("s3://b/dt=2026-01-01/"),
+            ("dt=2026-01-01".into(), "s3://b/dt=2026-01-01/".into())
+        );
+        assert_eq!(
+            parts("bi-v2=s3://b/x.parquet"),
+            ("bi-v2".into(), "s3://b/x.parquet".into())
+        );
+        // an existing Hive folder is a path, not NAME=URI (absolute here: tests share the cwd)
+        let dir = tempfile::tempdir().unwrap();
+        let hive = dir.path().join("model=bi");
+        std::fs::create_dir(&hive).unwrap();
+        let text = hive.to_str().unwrap();
+        assert_eq!(parts(text), ("model=bi".into(), text.to_string()));
+        assert!(neighbour_list("name=").is_ok_and(|l| l.name == "name="));
+    }
 }
