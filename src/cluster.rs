@@ -8,6 +8,9 @@
 //! ([`client_state`]): its queries are planned by the scheduler and run by the executors, and the
 //! client streams the result into the same sink a local run writes with.
 //!
+//! The merge plan's custom parts travel with [`codecs`] (src/pipeline/merge/codec.rs), which the
+//! client, the scheduler and the executors all use.
+//!
 //! Inputs are read by the executors: paths must mean the same file on every host (a shared
 //! filesystem) or be object-store URLs, whose stores every process builds from its own environment
 //! ([`crate::storage::EnvStoreRegistry`]).
@@ -28,8 +31,12 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::prelude::SessionConfig;
 
+use datafusion_proto::logical_plan::LogicalExtensionCodec;
+use datafusion_proto::physical_plan::PhysicalExtensionCodec;
+
 use crate::config::ExecutionConfig;
 use crate::error::{Error, Result};
+use crate::pipeline::merge::codec;
 use crate::{session, storage};
 
 /// The scheduler address of a `df://HOST:PORT` URL, checked.
@@ -55,6 +62,16 @@ pub fn parse_url(url: &str) -> Result<String> {
 /// that its queries run on the cluster at `url`.
 pub fn client_state(state: SessionState, url: &str) -> Result<SessionState> {
     let scheduler = parse_url(url)?;
+    // the planner Ballista installs takes its codec from the config it upgrades
+    let (logical, physical) = codecs();
+    let config = state
+        .config()
+        .clone()
+        .with_ballista_logical_extension_codec(logical)
+        .with_ballista_physical_extension_codec(physical);
+    let state = SessionStateBuilder::new_from_existing(state)
+        .with_config(config)
+        .build();
     // upgrading swaps in Ballista's function set: ours are registered again
     let state = state.upgrade_for_ballista(scheduler)?;
     // Ballista 55's adaptive planner stalls a job for good when an executor dies during it
@@ -69,6 +86,18 @@ pub fn client_state(state: SessionState, url: &str) -> Result<SessionState> {
         .build();
     session::register_functions(&mut state)?;
     Ok(state)
+}
+
+/// Ballista's codecs plus the merge plan's table and operator: the client encodes with them, the
+/// scheduler and the executors decode.
+pub fn codecs() -> (
+    Arc<dyn LogicalExtensionCodec>,
+    Arc<dyn PhysicalExtensionCodec>,
+) {
+    (
+        Arc::new(codec::LogicalCodec::default()),
+        Arc::new(codec::PhysicalCodec::default()),
+    )
 }
 
 fn df_error(e: Error) -> DataFusionError {
@@ -132,7 +161,7 @@ pub struct SchedulerOptions {
 pub async fn run_scheduler(options: &SchedulerOptions) -> Result<()> {
     let execution = ExecutionConfig::default();
     let timeout = options.executor_timeout.as_secs().max(1);
-    let config = SchedulerConfig {
+    let mut config = SchedulerConfig {
         bind_host: options.bind.ip().to_string(),
         bind_port: options.bind.port(),
         external_host: options
@@ -145,6 +174,9 @@ pub async fn run_scheduler(options: &SchedulerOptions) -> Result<()> {
         ..SchedulerConfig::default()
     }
     .with_override_session_builder(scheduler_session_builder(execution));
+    let (logical, physical) = codecs();
+    config.override_logical_codec = Some(logical);
+    config.override_physical_codec = Some(physical);
     let cluster = BallistaCluster::new_from_config(&config)
         .await
         .map_err(ballista_error)?;
@@ -212,6 +244,8 @@ pub async fn run_executor(options: &ExecutorOptions) -> Result<()> {
         override_function_registry: Some(Arc::new(function_registry()?)),
         override_runtime_producer: Some(runtime_producer(&execution, options.work_dir.clone())),
         override_config_producer: Some(config_producer),
+        override_logical_codec: Some(codecs().0),
+        override_physical_codec: Some(codecs().1),
         ..ExecutorProcessConfig::default()
     };
     if let Some(n) = options.concurrency {

@@ -240,15 +240,6 @@ async fn run_until(
     options: &RunOptions,
 ) -> Result<JobSummary> {
     let on_cluster = config.execution.cluster.is_some();
-    let config = &if on_cluster && config.execution.plan == PlanKind::Merge {
-        // the merge operator has no Ballista codec: the cluster runs the SQL stages
-        tracing::info!("on a cluster the SQL plan runs (execution.plan = \"sql\")");
-        let mut config = config.clone();
-        config.execution.plan = PlanKind::Sql;
-        config
-    } else {
-        config.clone()
-    };
     let start = Instant::now();
     let (_, _, output) = config.job_paths()?;
     let progress = if options.quiet {
@@ -299,7 +290,8 @@ async fn run_until(
 
     let merge = config.execution.plan == PlanKind::Merge;
     summary.plan = match (merge, on_cluster) {
-        (true, _) => "merge",
+        (true, false) => "merge",
+        (true, true) => "merge (cluster)",
         (false, false) => "sql",
         (false, true) => "sql (cluster)",
     };
@@ -307,6 +299,13 @@ async fn run_until(
         // the operator computes the neighbour sets itself: nothing to materialise
         pipeline::register_job_views(&ctx, &inputs, &config.execution, &config.features, &[])
             .await?;
+        if on_cluster {
+            // the operator's own counts stay on the executors: count with the SQL stage instead
+            let ns_start = Instant::now();
+            (summary.neighbour_set_rows, summary.queries_with_prior) =
+                cancellable(cancel, neighbour_set_counts(&ctx)).await?;
+            summary.neighbour_sets_time = ns_start.elapsed();
+        }
     } else {
         progress.set_message("computing neighbour sets");
         tracing::info!("computing neighbour sets");
@@ -327,15 +326,9 @@ async fn run_until(
             ),
         )
         .await?;
+        let (rows, queries) = cancellable(cancel, neighbour_set_counts(&ctx)).await?;
         summary.neighbour_set_rows = if on_cluster {
-            cancellable(cancel, async {
-                Ok(ctx
-                    .table(pipeline::neighbour_sets::STAGE.name)
-                    .await?
-                    .count()
-                    .await? as u64)
-            })
-            .await?
+            rows
         } else {
             timings
                 .materialized
@@ -343,15 +336,7 @@ async fn run_until(
                 .map(|(_, rows, _)| rows)
                 .sum::<u64>()
         };
-        summary.queries_with_prior = cancellable(cancel, async {
-            Ok(ctx
-                .table(pipeline::neighbour_sets::STAGE.name)
-                .await?
-                .filter(col("rank").eq(lit(1i64)))?
-                .count()
-                .await? as u64)
-        })
-        .await?;
+        summary.queries_with_prior = queries;
         summary.neighbour_sets_time = ns_start.elapsed();
     }
 
@@ -381,7 +366,7 @@ async fn run_until(
     .await?;
     summary.written = written;
     summary.features_time = features_start.elapsed();
-    if merge {
+    if merge && !on_cluster {
         let mut profile = MergeProfile::default();
         for exec in pipeline::merge::find_merges(&plan) {
             let m = exec.measured();
@@ -394,6 +379,14 @@ async fn run_until(
     summary.total_time = start.elapsed();
     progress.finish_and_clear();
     Ok(summary)
+}
+
+/// Rows of the neighbour-set stage, and queries with a neighbour set (rank 1 rows).
+async fn neighbour_set_counts(ctx: &SessionContext) -> Result<(u64, u64)> {
+    let sets = ctx.table(pipeline::neighbour_sets::STAGE.name).await?;
+    let rows = sets.clone().count().await? as u64;
+    let queries = sets.filter(col("rank").eq(lit(1i64)))?.count().await? as u64;
+    Ok((rows, queries))
 }
 
 /// The table `run` writes: the `features` view (with the partition columns of a partitioned

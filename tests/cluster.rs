@@ -129,11 +129,27 @@ impl Cluster {
         std::thread::sleep(Duration::from_secs(2));
     }
 
+    /// Tasks `name`'s log shows started so far.
+    fn tasks(&self, name: &str) -> usize {
+        self.log(name).matches("Execute task").count()
+    }
+
     /// Waits until `name`'s log shows more than `after` started tasks.
     fn wait_for_task(&self, name: &str, after: usize) {
+        self.wait_for_any_task(&[(name, after)]);
+    }
+
+    /// Waits until one of the executors shows more started tasks than its count; returns which.
+    fn wait_for_any_task(&self, executors: &[(&str, usize)]) -> usize {
         let deadline = Instant::now() + Duration::from_secs(120);
-        while self.log(name).matches("Execute task").count() <= after {
-            assert!(Instant::now() < deadline, "{name} got no task");
+        loop {
+            if let Some(i) = executors
+                .iter()
+                .position(|(name, after)| self.tasks(name) > *after)
+            {
+                return i;
+            }
+            assert!(Instant::now() < deadline, "{executors:?} got no task");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -191,7 +207,18 @@ fn the_job_backfill_and_sql_on_two_executors_equal_the_local_run() {
     ));
     let expected = read_features(&local);
     assert!(expected.len() > 10_000, "{}", expected.len());
+    // the default plan: the merge operator, carried to the executors by the project's codecs
     assert_same_features(&read_features(&remote), &expected);
+    assert!(log.contains("merge (cluster)"), "{log}");
+    // the SQL stages give the same rows on the cluster too
+    let remote_sql = dir.join("cluster-sql.parquet");
+    let log = ok(&run_job(
+        &engagement,
+        &neighbours,
+        remote_sql.to_str().unwrap(),
+        &["--top-k", "10", "--cluster", &cluster.url, "--plan", "sql"],
+    ));
+    assert_same_features(&read_features(&remote_sql), &expected);
     assert!(log.contains("sql (cluster)"), "{log}");
     // both executors ran tasks of it
     for i in 0..2 {
@@ -356,9 +383,11 @@ fn the_job_survives_losing_an_executor() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // the victim has started a task of the job (a fixed sleep could land after the job)
-    cluster.wait_for_task("executor-1", 0);
-    let mut victim = cluster.executors.remove(1);
+    // the victim has started a task of the job (a fixed sleep could land after the job); which
+    // executor the scheduler picks first is up to it
+    let victim = cluster.wait_for_any_task(&[("executor-0", 0), ("executor-1", 0)]);
+    let survivor = format!("executor-{}", 1 - victim);
+    let mut victim = cluster.executors.remove(victim);
     victim.kill().unwrap();
     victim.wait().unwrap();
 
@@ -395,9 +424,9 @@ fn the_job_survives_losing_an_executor() {
             .spawn()
             .unwrap()
     };
-    let tasks_so_far = cluster.log("executor-0").matches("Execute task").count();
+    let tasks_so_far = cluster.tasks(&survivor);
     let doomed = job();
-    cluster.wait_for_task("executor-0", tasks_so_far);
+    cluster.wait_for_task(&survivor, tasks_so_far);
     let mut last = cluster.executors.remove(0);
     last.kill().unwrap();
     last.wait().unwrap();
@@ -460,7 +489,7 @@ fn a_standalone_cluster_runs_the_job_and_stops_on_ctrl_c() {
     );
     job(&here, &[]);
     let url = format!("df://127.0.0.1:{port}");
-    assert!(job(&there, &["--cluster", &url]).contains("sql (cluster)"));
+    assert!(job(&there, &["--cluster", &url]).contains("merge (cluster)"));
     assert_same_features(&read_features(&there), &read_features(&here));
     assert!(work.join("executor-0").is_dir() && work.join("executor-1").is_dir());
 
@@ -522,7 +551,7 @@ fn a_cluster_job_reads_and_writes_s3() {
         ])
         .output()
         .unwrap();
-    assert!(ok(&out).contains("sql (cluster)"));
+    assert!(ok(&out).contains("merge (cluster)"));
     drop(stop);
     assert_eq!(moto.keys("out/"), ["out/features.parquet"]);
 

@@ -256,10 +256,6 @@ impl JobArgs {
         if self.cluster.is_some() {
             config.execution.cluster = self.cluster.clone();
         }
-        if config.execution.cluster.is_some() {
-            // the merge operator has no Ballista codec: the cluster runs the SQL stages
-            config.execution.plan = crate::config::PlanKind::Sql;
-        }
         if self.timeout_secs.is_some() {
             config.execution.timeout_secs = self.timeout_secs;
         }

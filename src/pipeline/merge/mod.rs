@@ -16,8 +16,10 @@
 //!
 //! The operator is a [`TableProvider`] (`features`) whose scan plans `history` and `neighbours`
 //! in the session it runs in, so the same table works in `run`, in the SQL shell and per input
-//! partition.
+//! partition. On a Ballista cluster, [`codec`] carries the table to the scheduler and the operator
+//! to the executors.
 
+pub mod codec;
 pub mod emit;
 pub mod index;
 
@@ -33,7 +35,9 @@ use datafusion::common::{Result, internal_err, plan_err};
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::logical_expr::{Expr, LogicalPlan, TableType};
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_expr::{
+    Distribution, EquivalenceProperties, PhysicalExpr, PhysicalSortExpr,
+};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::expressions::Column;
 use datafusion::physical_plan::metrics::{
@@ -140,6 +144,22 @@ impl MergedFeatures {
             history,
             neighbours,
             params: params.into(),
+        })
+    }
+
+    /// The table as a codec decodes it (on a Ballista scheduler).
+    pub fn from_parts(
+        schema: SchemaRef,
+        history: LogicalPlan,
+        neighbours: LogicalPlan,
+        params: MergeParams,
+    ) -> Result<Self> {
+        check_schema(&schema)?;
+        Ok(MergedFeatures {
+            schema,
+            history,
+            neighbours,
+            params,
         })
     }
 }
@@ -305,6 +325,14 @@ impl ExecutionPlan for PriorMergeExec {
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
         vec![&self.history, &self.neighbours]
+    }
+
+    /// Each child as one partition: the operator reads all of both. Locally that is the coalesce
+    /// `execute` would do anyway; on Ballista it makes each child a stage of its own whose whole
+    /// output the operator's single task reads (a multi-partition child would hand that task
+    /// only its partition's share of the shuffle).
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![Distribution::SinglePartition; 2]
     }
 
     fn apply_expressions(
