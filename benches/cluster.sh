@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The feature job locally and on a Ballista cluster on this machine, side by side (docs/DISTRIBUTED.md):
-#   local       q2q-prior run (default merge plan)
-#   local-sql   q2q-prior run --plan sql (the plan the cluster runs)
-#   cluster-1   --cluster: a scheduler and 1 executor with 2 task slots
-#   cluster-2   --cluster: a scheduler and 2 executors with 1 task slot each
-# Both clusters are separate processes on 127.0.0.1 started once; the rounds alternate between the
-# four. Every cluster output is checked against the local one (benches/compare/agree.py).
+#   local          q2q-prior run (default merge plan)
+#   local-sql      q2q-prior run --plan sql
+#   cluster-1      --cluster: a scheduler and 1 executor with 2 task slots (merge plan)
+#   cluster-2      --cluster: a scheduler and 2 executors with 1 task slot each (merge plan)
+#   cluster-2-sql  --cluster --plan sql on another such cluster of 2 x 1 slot
+# The clusters are separate processes on 127.0.0.1 started once; the rounds alternate between the
+# five. Every cluster output is checked against the local one (benches/compare/agree.py).
 #
 #   benches/cluster.sh [--queries 100000] [--runs 3] [--top-k 10] [--bin PATH]
 #
@@ -93,6 +94,7 @@ start_cluster() {
 }
 start_cluster one 1 2
 start_cluster two 2 1
+start_cluster three 2 1
 
 # CPU seconds (user + system) of the given processes so far
 cpu_of() {
@@ -136,7 +138,9 @@ for round in $(seq 1 "$runs"); do
     measure cluster-1 "$cluster_pids_one" "$bin" "${job[@]}" -o "$work/cluster-1.parquet" --cluster "$cluster_url_one"
     # shellcheck disable=SC2154
     measure cluster-2 "$cluster_pids_two" "$bin" "${job[@]}" -o "$work/cluster-2.parquet" --cluster "$cluster_url_two"
-    for other in local-sql cluster-1 cluster-2; do
+    # shellcheck disable=SC2154
+    measure cluster-2-sql "$cluster_pids_three" "$bin" "${job[@]}" -o "$work/cluster-2-sql.parquet" --cluster "$cluster_url_three" --plan sql
+    for other in local-sql cluster-1 cluster-2 cluster-2-sql; do
         "$python" benches/compare/agree.py "$work/$other.parquet" "$work/local.parquet" >&2
     done
 done
@@ -152,6 +156,8 @@ executor_rss() {
 echo "executor-peak cluster-1 $(executor_rss ${cluster_pids_one#* })" >> "$results"
 # shellcheck disable=SC2086
 echo "executor-peak cluster-2 $(executor_rss ${cluster_pids_two#* })" >> "$results"
+# shellcheck disable=SC2086
+echo "executor-peak cluster-2-sql $(executor_rss ${cluster_pids_three#* })" >> "$results"
 rows=$("$python" -c 'import pyarrow.parquet as pq, sys; print(pq.ParquetFile(sys.argv[1]).metadata.num_rows)' "$work/local.parquet")
 
 "$python" - "$results" "$queries" "$rows" "$runs" <<'EOF'
@@ -166,9 +172,9 @@ for line in open(path):
         by.setdefault(f[0], []).append((float(f[1]), float(f[2]), int(f[3])))
 med = {k: [statistics.median(x[i] for x in v) for i in range(3)] for k, v in by.items()}
 print(f"{queries} queries, {rows:,} output rows; medians of {runs} runs")
-print(f"{'':<10} {'wall s':>8} {'cpu s':>8} {'client RSS MiB':>15} {'executor RSS MiB':>17} {'wall / local':>13} {'wall / local-sql':>17}")
-for k in ["local", "local-sql", "cluster-1", "cluster-2"]:
+print(f"{'':<14} {'wall s':>8} {'cpu s':>8} {'client RSS MiB':>15} {'executor RSS MiB':>17} {'wall / local':>13} {'wall / local-sql':>17}")
+for k in ["local", "local-sql", "cluster-1", "cluster-2", "cluster-2-sql"]:
     w, c, r = med[k]
     e = f"{peak[k] / 1024:17.0f}" if k in peak else f"{'-':>17}"
-    print(f"{k:<10} {w:8.2f} {c:8.2f} {r / 1024:15.0f} {e} {w / med['local'][0]:13.2f} {w / med['local-sql'][0]:17.2f}")
+    print(f"{k:<14} {w:8.2f} {c:8.2f} {r / 1024:15.0f} {e} {w / med['local'][0]:13.2f} {w / med['local-sql'][0]:17.2f}")
 EOF
