@@ -2,7 +2,6 @@
 
 use chrono::NaiveDate;
 use clap::Args;
-use tokio_util::sync::CancellationToken;
 
 use super::{JobArgs, OutputArgs};
 use crate::backfill::{self, Request};
@@ -79,18 +78,8 @@ pub async fn run(args: BackfillArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let cancel = CancellationToken::new();
-    let listener = tokio::spawn({
-        let cancel = cancel.clone();
-        async move {
-            super::run::shutdown_signal().await;
-            tracing::warn!("stopping: cleaning up staged partitions");
-            cancel.cancel();
-        }
-    });
-    let result = backfill::run(&config, &request, &cancel).await;
-    listener.abort();
-    let report = result?;
+    let stop = super::run::StopOnSignal::new("stopping: cleaning up staged partitions");
+    let report = backfill::run(&config, &request, &stop.token).await?;
     eprint!("{report}");
     if !report.failed.is_empty() {
         return Err(Error::PartitionsFailed(report.failed.len()));

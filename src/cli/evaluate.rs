@@ -227,12 +227,17 @@ async fn features_command(args: FeaturesArgs) -> Result<()> {
             )));
         }
     }
+    print_report(&evaluation, args.json)
+}
+
+/// The report on stdout: as its table, or as JSON.
+fn print_report<T: serde::Serialize + std::fmt::Display>(report: &T, json: bool) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &evaluation).map_err(std::io::Error::from)?;
+    if json {
+        serde_json::to_writer_pretty(&mut out, report).map_err(std::io::Error::from)?;
         writeln!(out)?;
     } else {
-        write!(out, "{evaluation}")?;
+        write!(out, "{report}")?;
     }
     out.flush()?;
     Ok(())
@@ -337,15 +342,7 @@ async fn neighbours_command(args: NeighboursArgs) -> Result<()> {
         },
     };
     let evaluation = neighbours::evaluate(&spec).await?;
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &evaluation).map_err(std::io::Error::from)?;
-        writeln!(out)?;
-    } else {
-        write!(out, "{evaluation}")?;
-    }
-    out.flush()?;
-    Ok(())
+    print_report(&evaluation, args.json)
 }
 
 #[cfg(test)]

@@ -176,15 +176,7 @@ async fn pairs(args: PairsArgs) -> Result<()> {
         memory_limit: args.memory_limit,
         ..Default::default()
     })?;
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let listener = tokio::spawn({
-        let cancel = cancel.clone();
-        async move {
-            super::run::shutdown_signal().await;
-            tracing::warn!("stopping: cleaning up the staging output");
-            cancel.cancel();
-        }
-    });
+    let stop = super::run::StopOnSignal::new("stopping: cleaning up the staging output");
     let job = PairJob {
         engagement: spec,
         window,
@@ -193,9 +185,8 @@ async fn pairs(args: PairsArgs) -> Result<()> {
         output: args.output.clone(),
         format,
     };
-    let report = mine::mine_pairs(&ctx, &job, &cancel).await;
-    listener.abort();
-    eprintln!("{}", report?);
+    let report = mine::mine_pairs(&ctx, &job, &stop.token).await?;
+    eprintln!("{report}");
     eprintln!("  wrote {}", args.output);
     Ok(())
 }
@@ -222,18 +213,9 @@ async fn ance(args: AnceArgs) -> Result<()> {
         memory_limit: args.memory_limit,
         ..Default::default()
     })?;
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let listener = tokio::spawn({
-        let cancel = cancel.clone();
-        async move {
-            super::run::shutdown_signal().await;
-            tracing::warn!("stopping: cleaning up the staging output");
-            cancel.cancel();
-        }
-    });
-    let report = ance::mine_ance(&ctx, &job, &cancel).await;
-    listener.abort();
-    eprintln!("{}", report?);
+    let stop = super::run::StopOnSignal::new("stopping: cleaning up the staging output");
+    let report = ance::mine_ance(&ctx, &job, &stop.token).await?;
+    eprintln!("{report}");
     eprintln!("  wrote {}", args.output);
     Ok(())
 }

@@ -33,20 +33,38 @@ pub async fn run(args: RunArgs) -> Result<()> {
         print!("{}", job::explain(&config).await?);
         return Ok(());
     }
-    let cancel = CancellationToken::new();
-    let listener = tokio::spawn({
-        let cancel = cancel.clone();
-        async move {
-            shutdown_signal().await;
-            tracing::warn!("stopping: cleaning up the staging output");
-            cancel.cancel();
-        }
-    });
-    let result = job::run(&config, &cancel).await;
-    listener.abort();
-    let summary = result?;
+    let stop = StopOnSignal::new("stopping: cleaning up the staging output");
+    let summary = job::run(&config, &stop.token).await?;
     eprintln!("{summary}");
     Ok(())
+}
+
+/// A cancellation token that Ctrl-C or SIGTERM cancels (logging `message` first) for as long as
+/// this value lives: commands pass `token` to work that cleans up its staging output when cancelled.
+pub struct StopOnSignal {
+    pub token: CancellationToken,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl StopOnSignal {
+    pub fn new(message: &'static str) -> Self {
+        let token = CancellationToken::new();
+        let listener = tokio::spawn({
+            let token = token.clone();
+            async move {
+                shutdown_signal().await;
+                tracing::warn!("{message}");
+                token.cancel();
+            }
+        });
+        StopOnSignal { token, listener }
+    }
+}
+
+impl Drop for StopOnSignal {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what cron, Airflow and Kubernetes send to stop a task).

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use clap::Args;
-use tokio_util::sync::CancellationToken;
 
 use super::JobArgs;
 use crate::config::OutputFormat;
@@ -335,17 +334,8 @@ async fn write_output(shell: &Shell, sql: &str, output: &str, status: Status) ->
             "-o {output}: the last statement returns no rows to write (it is DDL or SET): end with a query"
         )));
     }
-    let cancel = CancellationToken::new();
-    let listener = tokio::spawn({
-        let cancel = cancel.clone();
-        async move {
-            super::run::shutdown_signal().await;
-            cancel.cancel();
-        }
-    });
-    let written = sink::write_atomic(df, &location, format, &cancel, |_| {}).await;
-    listener.abort();
-    let written = written?;
+    let stop = super::run::StopOnSignal::new("stopping: cleaning up the staging output");
+    let written = sink::write_atomic(df, &location, format, &stop.token, |_| {}).await?;
     if !status.quiet {
         eprintln!(
             "wrote {} row(s) ({} bytes) to {output}",

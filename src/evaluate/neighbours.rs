@@ -288,13 +288,7 @@ async fn open_list(ctx: &SessionContext, spec: &InputSpec) -> Result<(DataFrame,
         vec![
             checks::key_check("query", &DataType::Utf8),
             checks::key_check(column, &DataType::Utf8),
-            Check {
-                id: "score_null_or_not_finite",
-                column: "score",
-                severity: Severity::Fail,
-                violation: col("score").is_null().or(checks::not_finite("score")),
-                expected: "a finite score",
-            },
+            checks::finite_check("score_null_or_not_finite", "score", "a finite score"),
         ],
     )
     .await?;

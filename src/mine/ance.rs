@@ -73,13 +73,7 @@ pub async fn plan(ctx: &SessionContext, job: &AnceJob) -> Result<(DataFrame, u64
         vec![
             checks::key_check("query", &DataType::Utf8),
             checks::key_check("candidate", &DataType::Utf8),
-            Check {
-                id: "score_null_or_not_finite",
-                column: "score",
-                severity: Severity::Fail,
-                violation: col("score").is_null().or(checks::not_finite("score")),
-                expected: "a finite score",
-            },
+            checks::finite_check("score_null_or_not_finite", "score", "a finite score"),
             Check {
                 id: "rank_below_1",
                 column: "rank",
@@ -116,13 +110,7 @@ pub async fn plan(ctx: &SessionContext, job: &AnceJob) -> Result<(DataFrame, u64
         vec![
             checks::key_check("query", &DataType::Utf8),
             checks::key_check("candidate", &DataType::Utf8),
-            Check {
-                id: "label_null_or_not_finite",
-                column: "label",
-                severity: Severity::Fail,
-                violation: col("label").is_null().or(checks::not_finite("label")),
-                expected: "a finite label",
-            },
+            checks::finite_check("label_null_or_not_finite", "label", "a finite label"),
         ],
     )
     .await?;

@@ -69,6 +69,17 @@ pub fn null_or_empty(column: &str, data_type: &DataType) -> Expr {
     }
 }
 
+/// A FAIL check that `column` is neither null nor NaN nor infinite.
+pub fn finite_check(id: &'static str, column: &'static str, expected: &'static str) -> Check {
+    Check {
+        id,
+        column,
+        severity: Severity::Fail,
+        violation: col(column).is_null().or(not_finite(column)),
+        expected,
+    }
+}
+
 pub fn not_finite(column: &str) -> Expr {
     let c = col(column);
     isnan(c.clone())
