@@ -155,12 +155,7 @@ pub async fn run(command: EvaluateCommand) -> Result<()> {
 
 async fn features_command(args: FeaturesArgs) -> Result<()> {
     let compare = match &args.compare {
-        Some(text) => {
-            let (a, b) = text.split_once(',').ok_or_else(|| {
-                Error::config(format!("--compare '{text}': expected two scores, e.g. f,h"))
-            })?;
-            Some((a.trim().to_string(), b.trim().to_string()))
-        }
+        Some(text) => Some(parse_compare(text, "scores", "f,h")?),
         None if args.scores.iter().any(|s| s == "f") && args.scores.iter().any(|s| s == "h") => {
             Some(("f".to_string(), "h".to_string()))
         }
@@ -182,13 +177,6 @@ async fn features_command(args: FeaturesArgs) -> Result<()> {
                 "--scores: '{score}' is listed twice"
             )));
         }
-    }
-    if let Some((a, b)) = &compare
-        && a == b
-    {
-        return Err(Error::config(format!(
-            "--compare {a},{b}: compare two different scores"
-        )));
     }
     if let Some(path) = &args.per_query {
         features::per_query_format(path)?;
@@ -228,6 +216,22 @@ async fn features_command(args: FeaturesArgs) -> Result<()> {
         }
     }
     print_report(&evaluation, args.json)
+}
+
+/// `--compare A,B`: two different names of `what` (scores, lists).
+fn parse_compare(text: &str, what: &str, example: &str) -> Result<(String, String)> {
+    let (a, b) = text.split_once(',').ok_or_else(|| {
+        Error::config(format!(
+            "--compare '{text}': expected two {what}, e.g. {example}"
+        ))
+    })?;
+    let (a, b) = (a.trim().to_string(), b.trim().to_string());
+    if a == b {
+        return Err(Error::config(format!(
+            "--compare {a},{b}: compare two different {what}"
+        )));
+    }
+    Ok((a, b))
 }
 
 /// The report on stdout: as its table, or as JSON.
@@ -297,20 +301,7 @@ async fn neighbours_command(args: NeighboursArgs) -> Result<()> {
         }
     }
     let compare = match &args.compare {
-        Some(text) => {
-            let (a, b) = text.split_once(',').ok_or_else(|| {
-                Error::config(format!(
-                    "--compare '{text}': expected two list names, e.g. new,old"
-                ))
-            })?;
-            let (a, b) = (a.trim().to_string(), b.trim().to_string());
-            if a == b {
-                return Err(Error::config(format!(
-                    "--compare {a},{b}: compare two different lists"
-                )));
-            }
-            Some((a, b))
-        }
+        Some(text) => Some(parse_compare(text, "lists", "new,old")?),
         None if lists.len() == 2 => Some((lists[0].name.clone(), lists[1].name.clone())),
         None => None,
     };

@@ -71,6 +71,31 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (at - lo as f64)
 }
 
+/// The paired comparison `a - b` of one metric over the same queries.
+#[derive(Debug, Clone, Serialize)]
+pub struct Paired {
+    pub metric: String,
+    pub difference: Interval,
+    pub p_value: Option<f64>,
+    pub wins: u64,
+    pub ties: u64,
+    pub losses: u64,
+}
+
+/// `differences` (a - b per query) summarised: their mean's `interval`, a paired t-test and the
+/// queries where a wins, ties (within 1e-12) or loses.
+pub fn paired(metric: impl Into<String>, interval: Interval, differences: &[f64]) -> Paired {
+    let count = |f: fn(f64) -> bool| differences.iter().filter(|d| f(**d)).count() as u64;
+    Paired {
+        metric: metric.into(),
+        difference: interval,
+        p_value: paired_t_test(differences),
+        wins: count(|d| d > 1e-12),
+        ties: count(|d| d.abs() <= 1e-12),
+        losses: count(|d| d < -1e-12),
+    }
+}
+
 /// Two-sided p-value of a paired t-test that the mean of `differences` is 0.
 pub fn paired_t_test(differences: &[f64]) -> Option<f64> {
     let n = differences.len();

@@ -12,7 +12,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Sche
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::bootstrap::{self, Interval};
+use super::bootstrap::{self, Interval, Paired};
 use super::metrics::{Gain, QueryMetrics, query_metrics};
 use crate::config::{ExecutionConfig, InputSpec, OutputFormat};
 use crate::error::{Error, Result};
@@ -91,17 +91,6 @@ pub struct ScoreResult {
     pub ndcg: Interval,
     pub mrr: Interval,
     pub recall: Interval,
-}
-
-/// The paired comparison `a - b` on one segment.
-#[derive(Debug, Clone, Serialize)]
-pub struct Paired {
-    pub metric: &'static str,
-    pub difference: Interval,
-    pub p_value: Option<f64>,
-    pub wins: u64,
-    pub ties: u64,
-    pub losses: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -360,16 +349,11 @@ fn summarise(spec: &EvaluateSpec, data: &PerQuery, total_queries: u64, absent: u
                     .chunks_exact(width)
                     .map(|row| row[n * 3 + metric])
                     .collect();
-                let count =
-                    |f: fn(f64) -> bool| differences.iter().filter(|d| f(**d)).count() as u64;
-                paired.push(Paired {
-                    metric: name,
-                    difference: intervals[n * 3 + metric],
-                    p_value: bootstrap::paired_t_test(&differences),
-                    wins: count(|d| d > 1e-12),
-                    ties: count(|d| d.abs() <= 1e-12),
-                    losses: count(|d| d < -1e-12),
-                });
+                paired.push(bootstrap::paired(
+                    *name,
+                    intervals[n * 3 + metric],
+                    &differences,
+                ));
             }
         }
         segments.push(SegmentResult {
@@ -554,7 +538,7 @@ impl fmt::Display for Evaluation {
             )?;
             for s in &self.segments {
                 for p in &s.paired {
-                    let metric = match p.metric {
+                    let metric = match p.metric.as_str() {
                         "mrr" => "mrr".to_string(),
                         m => format!("{m}@{k}"),
                     };

@@ -19,7 +19,7 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::bootstrap::{self, Interval};
+use super::bootstrap::{self, Interval, Paired};
 use super::features::{SEGMENTS, Segments, fmt_interval, fmt_p, per_query_format};
 use super::metrics::{Gain, query_metrics};
 use crate::config::{ExecutionConfig, InputSpec};
@@ -92,17 +92,6 @@ pub struct MetricValue {
 pub struct ListResult {
     pub list: String,
     pub metrics: Vec<MetricValue>,
-}
-
-/// The paired comparison `a - b` of one metric on one segment.
-#[derive(Debug, Clone, Serialize)]
-pub struct Paired {
-    pub metric: String,
-    pub difference: Interval,
-    pub p_value: Option<f64>,
-    pub wins: u64,
-    pub ties: u64,
-    pub losses: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -527,16 +516,11 @@ fn summarise(
                     .chunks_exact(columns)
                     .map(|row| row[n * width + m])
                     .collect();
-                let count =
-                    |f: fn(f64) -> bool| differences.iter().filter(|d| f(**d)).count() as u64;
-                paired.push(Paired {
-                    metric: metric.clone(),
-                    difference: intervals[n * width + m],
-                    p_value: bootstrap::paired_t_test(&differences),
-                    wins: count(|d| d > 1e-12),
-                    ties: count(|d| d.abs() <= 1e-12),
-                    losses: count(|d| d < -1e-12),
-                });
+                paired.push(bootstrap::paired(
+                    metric.clone(),
+                    intervals[n * width + m],
+                    &differences,
+                ));
             }
         }
         segments.push(SegmentResult {
