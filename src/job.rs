@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::pipeline::{self, inputs};
 use crate::session;
 use crate::sink::{self, WriteStats};
-use crate::storage::OutputLocation;
+use crate::storage::{self, OutputLocation};
 use tokio_util::sync::CancellationToken;
 
 /// What a run did, printed on stderr at the end.
@@ -241,7 +241,15 @@ async fn run_until(
 ) -> Result<JobSummary> {
     let on_cluster = config.execution.cluster.is_some();
     let start = Instant::now();
-    let (_, _, output) = config.job_paths()?;
+    let (engagement, neighbours, output) = config.job_paths()?;
+    storage::refuse_overlap(
+        output,
+        false,
+        &[
+            (inputs::ENGAGEMENT, &engagement.uri),
+            (inputs::NEIGHBOURS, &neighbours.uri),
+        ],
+    )?;
     let progress = if options.quiet {
         ProgressBar::hidden()
     } else {
@@ -264,6 +272,8 @@ async fn run_until(
         None => cancellable(cancel, session::open(config)).await?,
     };
     let location = OutputLocation::resolve(ctx.runtime_env().as_ref(), output)?;
+    // before any work: an unwritable destination fails now; dead runs' staging files go
+    cancellable(cancel, sink::staging::prepare(&location)).await?;
 
     progress.set_message("checking inputs");
     tracing::info!("checking inputs");

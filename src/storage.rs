@@ -182,26 +182,137 @@ impl OutputLocation {
             local_dir,
         })
     }
+}
 
-    /// A sibling path for staging. It starts with `_` (skipped by pyarrow, Spark, Hive) and ends in
-    /// `.partial` (skipped by DataFusion, which selects files by extension), so readers of the
-    /// destination's folder never see it; the process id and a timestamp keep concurrent runs apart.
-    pub fn staging_sibling(&self) -> ObjectPath {
-        let name = self.path.filename().unwrap_or("output");
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let staged = format!("_q2q_staging.{}.{nanos}.{name}.partial", std::process::id());
-        let parts: Vec<_> = self.path.parts().collect();
-        match parts.split_last() {
-            Some((_, parents)) => parents
-                .iter()
-                .cloned()
-                .chain([staged.as_str().into()])
-                .collect(),
-            None => ObjectPath::from(staged),
+/// Where a URI points, for telling whether an output overlaps an input: its store (`file` or
+/// scheme + bucket) and its path as segments, local paths absolute with `.`, `..` and symlinks
+/// resolved; and the glob below the path, if any.
+#[derive(Debug, Clone, PartialEq)]
+struct Place {
+    store: String,
+    segments: Vec<String>,
+    glob: Option<String>,
+}
+
+impl Place {
+    fn of(uri: &str) -> Result<Place> {
+        let (fixed, glob) = match uri.find(GLOB_CHARS) {
+            Some(at) => {
+                let split = uri[..at].rfind('/').map_or(0, |i| i + 1);
+                (&uri[..split], Some(uri[split..].to_string()))
+            }
+            None => (uri, None),
+        };
+        if uri.contains("://") && !uri.starts_with("file://") {
+            let url = Url::parse(fixed)
+                .map_err(|e| Error::config(format!("'{uri}' is not a valid URL: {e}")))?;
+            let scheme = match url.scheme() {
+                "s3a" => "s3",
+                "gcs" => "gs",
+                other => other,
+            };
+            return Ok(Place {
+                store: format!("{scheme}://{}", url.authority()),
+                segments: url
+                    .path_segments()
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect(),
+                glob,
+            });
+        }
+        let local = fixed.strip_prefix("file://").unwrap_or(fixed);
+        let local = if local.is_empty() { "." } else { local };
+        let absolute = std::path::absolute(local)
+            .map_err(|e| Error::config(format!("'{uri}' is not a valid path: {e}")))?;
+        Ok(Place {
+            store: "file".into(),
+            segments: resolved(&absolute),
+            glob,
+        })
+    }
+
+    fn starts_with(&self, other: &Place) -> bool {
+        self.store == other.store && self.segments.starts_with(&other.segments)
+    }
+
+    /// Whether the file at `self` (no glob) is one that `input` reads.
+    fn read_by(&self, input: &Place) -> bool {
+        if !self.starts_with(input) {
+            return false;
+        }
+        let Some(glob) = &input.glob else {
+            return true;
+        };
+        // the glob decides, as when the input is listed
+        let prefix = format!("/{}/", input.segments.join("/"));
+        let path: ObjectPath = self.segments.iter().map(|s| s.as_str()).collect();
+        ListingTableUrl::parse(format!("{prefix}{glob}"))
+            .map(|url| url.contains(&path, false))
+            .unwrap_or(true)
+    }
+}
+
+/// `path`'s segments with symlinks resolved in its longest existing part and `.`/`..` folded
+/// in the rest.
+fn resolved(path: &std::path::Path) -> Vec<String> {
+    let mut existing = path;
+    let mut rest = Vec::new();
+    let base = loop {
+        match existing.canonicalize() {
+            Ok(real) => break real,
+            Err(_) => match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_owned());
+                    existing = parent;
+                }
+                _ => break existing.to_path_buf(),
+            },
+        }
+    };
+    let mut segments: Vec<String> = Vec::new();
+    let parts = base
+        .components()
+        .map(|c| c.as_os_str().to_owned())
+        .chain(rest.into_iter().rev());
+    for part in parts {
+        match part.to_string_lossy().as_ref() {
+            "/" | "." | "" => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other.to_string()),
         }
     }
+    segments
+}
+
+/// Refuses an output that is, contains or lies inside one of `inputs` ((role, URI) pairs):
+/// writing there would replace input files, or a backfill's cleanup would delete them. `folder`
+/// says the output is a folder that files are written below (backfill), not a file (`run`).
+pub fn refuse_overlap(output: &str, folder: bool, inputs: &[(&str, &str)]) -> Result<()> {
+    let out = Place::of(output)?;
+    for (role, uri) in inputs {
+        let input = Place::of(uri)?;
+        let relation = if out.segments == input.segments && out.store == input.store {
+            Some("is the same place as")
+        } else if input.starts_with(&out) {
+            Some("contains")
+        } else if (folder && out.starts_with(&input)) || (!folder && out.read_by(&input)) {
+            Some("lies inside")
+        } else {
+            None
+        };
+        if let Some(relation) = relation {
+            return Err(Error::config(format!(
+                "the output '{output}' {relation} the {role} input '{uri}': writing there would \
+                 replace or delete input files; choose an output outside the inputs"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -225,6 +336,61 @@ mod tests {
         assert_eq!(url.prefix().as_ref(), "tmp/x/engagement.csv");
         let url = table_url("file:///tmp/x/").unwrap();
         assert!(url.is_collection());
+    }
+
+    #[test]
+    fn outputs_overlapping_inputs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("in/e")).unwrap();
+        std::fs::write(d.join("in/e/part-0.csv"), "x").unwrap();
+        std::os::unix::fs::symlink(d.join("in"), d.join("link")).unwrap();
+        let p = |s: &str| d.join(s).to_string_lossy().into_owned();
+        let e = p("in/e/");
+        let refused = |out: &str, folder: bool, input: &str| {
+            refuse_overlap(out, folder, &[("engagement", input)]).is_err()
+        };
+        assert!(refused(&p("in/e/part-0.csv"), false, &p("in/e/part-0.csv")));
+        assert!(
+            refused(&p("in/e/f.parquet"), false, &e),
+            "inside a folder input"
+        );
+        assert!(refused(&p("in/x/../e/f.parquet"), false, &e), "after ..");
+        assert!(
+            refused(&p("link/e/f.parquet"), false, &e),
+            "through a symlink"
+        );
+        assert!(refused(
+            &format!("file://{}", p("in/e/f.parquet")),
+            false,
+            &e
+        ));
+        assert!(
+            refused(&p("in/e"), true, &e),
+            "a backfill output equal to an input"
+        );
+        assert!(
+            refused(&p("in"), true, &e),
+            "a backfill output containing an input"
+        );
+        assert!(
+            refused(&p("in/e/sub"), true, &e),
+            "a backfill output inside an input"
+        );
+        assert!(!refused(&p("out/f.parquet"), false, &e));
+        assert!(!refused(&p("in/f.parquet"), false, &e), "beside it is fine");
+        assert!(
+            !refused(&p("in/e/f.parquet"), false, &p("in/e/*.csv")),
+            "not matched by the glob"
+        );
+        assert!(
+            refused(&p("in/e/f.csv"), false, &p("in/e/*.csv")),
+            "matched by the glob"
+        );
+        assert!(refused("s3://b/e/", true, "s3://b/e/dt=1/"));
+        assert!(refused("s3a://b/e/f.parquet", false, "s3://b/e/"));
+        assert!(!refused("s3://b/out/", true, "s3://b/e/"));
+        assert!(!refused("s3://other/e/", true, "s3://b/e/"));
     }
 
     #[test]
@@ -255,7 +421,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let uri = dir.path().join("out/features.parquet");
         let loc = OutputLocation::resolve(&runtime, uri.to_str().unwrap()).unwrap();
-        let staged = loc.staging_sibling();
+        let staged = crate::sink::staging::sibling(&loc);
         assert!(staged.filename().unwrap().starts_with("_q2q_staging."));
         assert_eq!(staged.parts().count(), loc.path.parts().count());
     }

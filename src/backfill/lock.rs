@@ -31,6 +31,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
+use crate::process::{self, host_name};
 use crate::sink::sha256_writer::hex;
 
 /// Who holds a lock (or a takeover token).
@@ -61,12 +62,10 @@ impl Owner {
         Owner {
             run_id: run_id.to_string(),
             host: host_name(),
-            boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
-            pid_ns: std::fs::read_link("/proc/self/ns/pid")
-                .ok()
-                .map(|p| p.to_string_lossy().into_owned()),
+            boot_id: process::boot_id(),
+            pid_ns: process::pid_namespace(),
             pid,
-            start_ticks: process_start_ticks(pid),
+            start_ticks: process::start_ticks(pid),
             timeout_secs: Some(timeout.as_secs()),
             renewed_at: now_secs(),
         }
@@ -86,7 +85,7 @@ impl Owner {
         if !self.on_this_machine(me) || self.pid == me.pid {
             return false;
         }
-        match process_start_ticks(self.pid) {
+        match process::start_ticks(self.pid) {
             None => true,
             Some(started) => self.start_ticks.is_some_and(|mine| mine != started),
         }
@@ -356,35 +355,6 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn read_trimmed(path: &str) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
-pub fn host_name() -> String {
-    read_trimmed("/proc/sys/kernel/hostname")
-        .or_else(|| read_trimmed("/etc/hostname"))
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown-host".into())
-}
-
-/// The start time (clock ticks since boot) of the live, non-zombie process `pid` in this PID
-/// namespace; `None` when there is none. Only Linux can tell: elsewhere, a lock is taken over
-/// only after its timeout (owners there record no boot id, so they never count as local).
-fn process_start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // fields after the command name (which may hold spaces and parentheses): state is field 3,
-    // starttime field 22
-    let (_, rest) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    match fields.first() {
-        Some(&"Z") | Some(&"X") | None => None,
-        Some(_) => fields.get(19)?.parse().ok(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,7 +410,7 @@ mod tests {
         let pid = child.id();
         let owner = Owner {
             pid,
-            start_ticks: process_start_ticks(pid),
+            start_ticks: process::start_ticks(pid),
             ..Owner::me("run-other", LONG)
         };
         assert!(owner.start_ticks.is_some());

@@ -165,10 +165,19 @@ fn validate(config: &JobConfig, request: &Request) -> Result<String> {
     if request.parallel == 0 {
         return Err(Error::config("--parallel must be at least 1"));
     }
-    config.input_specs()?;
+    let (engagement, neighbours) = config.input_specs()?;
     let output = config.output.clone().ok_or_else(|| {
         Error::config("no output: set `output` or --output to the feature store's folder")
     })?;
+    // its cleanup deletes files no manifest lists: never below an input
+    crate::storage::refuse_overlap(
+        &output,
+        true,
+        &[
+            ("engagement", &engagement.uri),
+            ("neighbours", &neighbours.uri),
+        ],
+    )?;
     let name = output
         .trim_end_matches('/')
         .rsplit('/')
@@ -206,7 +215,7 @@ fn prepare(config: &JobConfig, request: &Request) -> Result<Backfill> {
     let run_id = format!(
         "{}-{}-{}",
         started.format("%Y%m%dT%H%M%S%.6fZ"),
-        lock::host_name(),
+        crate::process::host_name(),
         std::process::id()
     );
     Ok(Backfill {
@@ -463,7 +472,7 @@ pub async fn run(
     report.failed.sort_by_key(|(d, _)| *d);
     report.elapsed = start.elapsed();
     if interrupted {
-        eprintln!("{report}");
+        eprintln!("{}", crate::redact::text(&report.to_string()));
         return Err(Error::Interrupted);
     }
     Ok(report)

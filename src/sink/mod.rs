@@ -29,6 +29,7 @@ use crate::storage::OutputLocation;
 
 mod parallel_parquet;
 pub mod sha256_writer;
+pub mod staging;
 pub use parallel_parquet::ParallelParquetWriter;
 pub use sha256_writer::Sha256Writer;
 
@@ -76,19 +77,11 @@ pub async fn write_plan_atomic(
     cancel: &CancellationToken,
     mut on_batch: impl FnMut(&RecordBatch),
 ) -> Result<WriteStats> {
-    let created_dir = match &location.local_dir {
-        Some(dir) if !dir.exists() => {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                Error::config(format!(
-                    "cannot create output folder {}: {e}",
-                    dir.display()
-                ))
-            })?;
-            Some(dir)
-        }
-        _ => None,
+    let created_dirs = match &location.local_dir {
+        Some(dir) => create_missing_dirs(dir)?,
+        None => Vec::new(),
     };
-    let staging = location.staging_sibling();
+    let staging = staging::sibling(location);
     let mut result = write_to(
         plan,
         task,
@@ -109,12 +102,39 @@ pub async fn write_plan_atomic(
     }
     if result.is_err() {
         discard(location, &staging).await;
-        if let Some(dir) = created_dir {
-            // only succeeds when empty: never removes anything but what this run created
+        // deepest first; only succeeds when empty: never removes anything but what this run created
+        for dir in created_dirs.iter().rev() {
             let _ = std::fs::remove_dir(dir);
         }
     }
     result
+}
+
+/// Creates `dir` and its missing ancestors; returns those it created, outermost first.
+fn create_missing_dirs(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
+    let missing: Vec<std::path::PathBuf> = dir
+        .ancestors()
+        .take_while(|d| !d.exists())
+        .map(std::path::Path::to_path_buf)
+        .collect();
+    let mut created = Vec::with_capacity(missing.len());
+    for d in missing.into_iter().rev() {
+        match std::fs::create_dir(&d) {
+            Ok(()) => created.push(d),
+            // a concurrent run made it: not ours to remove
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                for d in created.iter().rev() {
+                    let _ = std::fs::remove_dir(d);
+                }
+                return Err(Error::config(format!(
+                    "cannot create output folder {}: {e}",
+                    d.display()
+                )));
+            }
+        }
+    }
+    Ok(created)
 }
 
 /// The next batch of the stream, or `None` at its end; `Err(Interrupted)` once cancelled.
