@@ -323,7 +323,7 @@ async fn row_checks(report: &mut Report, input: &Input, config: &JobConfig) -> R
             .detail(format!("{} rows", scan.rows))
             .with_count(scan.rows),
     );
-    for result in scan.results {
+    for result in scan.results.iter().cloned() {
         let status = match (result.violations, result.check.severity) {
             (0, _) => Status::Pass,
             (_, Severity::Warn) => Status::Warn,
@@ -363,7 +363,35 @@ async fn row_checks(report: &mut Report, input: &Input, config: &JobConfig) -> R
     });
     line.example = duplicates.example;
     report.push(line);
+    if input.summed_from.is_some() && !report_has_failed(report, input.role) {
+        let overflow = inputs::sum_overflow(input, &scan).await?;
+        let mut line = match &overflow {
+            None => Line::new(Status::Pass, input.role, inputs::SumOverflow::ID)
+                .detail("every key's summed counts fit 64-bit integers"),
+            Some(o) => Line::new(Status::Fail, input.role, inputs::SumOverflow::ID)
+                .detail(format!(
+                    "{} key(s) sum to more {} than fits",
+                    o.keys, o.column
+                ))
+                .with_count(o.keys),
+        };
+        if let Some(o) = overflow {
+            line.column = Some(o.column.to_string());
+            line.example = o.example;
+        }
+        line.expected = Some(inputs::SumOverflow::EXPECTED.to_string());
+        report.push(line);
+    }
     Ok(true)
+}
+
+/// Whether `report` has a FAIL line for `role` already (a count that is not a valid count makes
+/// its sums meaningless).
+fn report_has_failed(report: &Report, role: &str) -> bool {
+    report
+        .checks
+        .iter()
+        .any(|l| l.input == role && l.status == Status::Fail)
 }
 
 impl Line {

@@ -147,6 +147,38 @@ fn merge_plan_equals_sql_plan_on_csv_and_partitioned_inputs() {
 }
 
 #[test]
+fn merge_plan_equals_sql_plan_with_integer_product_ids() {
+    let data = tempfile::tempdir().unwrap();
+    synth(data.path(), "3000", "13", false);
+    // synth's ids (B018015095) as INT, odd ones negated: numeric order differs from text order
+    let e = data.path().join("engagement.int.parquet");
+    let copy = format!(
+        "COPY (SELECT query, CAST(CASE WHEN id % 2 = 1 THEN -id ELSE id END AS INT) AS product_id, \
+         impressions, clicks, adds, purchases \
+         FROM (SELECT *, CAST(substr(product_id, 2) AS BIGINT) AS id FROM '{}')) TO '{}'",
+        data.path().join("engagement.parquet").display(),
+        e.display()
+    );
+    let out = run(&["sql", "-c", &copy]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let n = data.path().join("neighbours.parquet");
+    for extra in [
+        &[][..],
+        &["--prior-weighting", "score", "--target-partitions", "3"],
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (merge, sql) = both_plans(e.to_str().unwrap(), n.to_str().unwrap(), dir.path(), extra);
+        assert!(merge.len() > 50_000, "{extra:?}: only {} rows", merge.len());
+        assert_same_features(&merge, &sql);
+        let negative = merge
+            .iter()
+            .filter(|r| r.product_id.starts_with('-'))
+            .count();
+        assert!(negative > 0 && negative < merge.len());
+    }
+}
+
+#[test]
 fn merge_plan_equals_sql_plan_on_the_fixtures() {
     for fixture in ["tiny", "demo"] {
         let dir = tempfile::tempdir().unwrap();

@@ -1,7 +1,7 @@
 //! Property test: on random small inputs (with ties, duplicates, self-pairs, neighbours without
 //! history, zero impressions) the engine's feature table equals the plain in-memory reference
 //! implementation of the semantics (`q2q_prior::reference`), for random parameters, with either
-//! plan (merge and sql).
+//! plan (merge and sql), with string product ids (CSV) or integer ones (Parquet, `INT`).
 
 mod common;
 
@@ -16,6 +16,8 @@ use q2q_prior::reference::{self, EngagementRow, NeighbourRow};
 // Includes an uppercase and a spaced query so ties are broken in byte order, not locale order.
 const QUERIES: [&str; 9] = ["a", "b", "c", "d", "e", "ab", "ba", "B", "a b"];
 const PRODUCTS: [&str; 4] = ["P1", "P2", "P3", "P4"];
+// Integer ids whose numeric order (-5, 9, 20, 100) is not their text order.
+const INTEGER_PRODUCTS: [i32; 4] = [100, 9, -5, 20];
 const SCORES: [f64; 7] = [0.0, 0.2, 0.5, 0.5, 0.7, 0.9, 1.0];
 
 #[derive(Debug, Clone)]
@@ -23,6 +25,8 @@ struct Case {
     engagement: Vec<EngagementRow>,
     neighbours: Vec<NeighbourRow>,
     params: FeatureParams,
+    /// product ids are [`INTEGER_PRODUCTS`] in an `INT` Parquet column
+    integer_ids: bool,
 }
 
 fn counts() -> impl Strategy<Value = [i64; 4]> {
@@ -44,10 +48,18 @@ fn case() -> impl Strategy<Value = Case> {
         prop::bool::ANY,
         prop::bool::ANY,
         prop::bool::ANY,
+        prop::bool::ANY,
     );
     (engagement, neighbours, duplicates, params).prop_map(
         |(engagement, neighbours, duplicates, p)| {
-            let (top_k, high_min, low_gamma, half_beta, no_smoothing, by_score) = p;
+            let (top_k, high_min, low_gamma, half_beta, no_smoothing, by_score, integer_ids) = p;
+            let row = |q: usize, p: usize, c: [i64; 4]| {
+                let mut r = row(q, p, c);
+                if integer_ids {
+                    r.product_id = INTEGER_PRODUCTS[p].to_string();
+                }
+                r
+            };
             let mut rows: Vec<EngagementRow> = engagement
                 .iter()
                 .map(|(&(q, p), c)| row(q, p, *c))
@@ -86,9 +98,43 @@ fn case() -> impl Strategy<Value = Case> {
                     },
                     ..FeatureParams::default()
                 },
+                integer_ids,
             }
         },
     )
+}
+
+/// Engagement as Parquet with an `INT` product_id column.
+fn parquet_of_engagement(path: &std::path::Path, rows: &[EngagementRow]) {
+    use datafusion::arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
+    use std::sync::Arc;
+    let counts = |f: fn(&EngagementRow) -> i64| -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(f)))
+    };
+    let batch = RecordBatch::try_from_iter([
+        (
+            "query",
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.query.as_str()),
+            )) as ArrayRef,
+        ),
+        (
+            "product_id",
+            Arc::new(Int32Array::from_iter_values(
+                rows.iter().map(|r| r.product_id.parse::<i32>().unwrap()),
+            )),
+        ),
+        ("impressions", counts(|r| r.impressions)),
+        ("clicks", counts(|r| r.clicks)),
+        ("adds", counts(|r| r.adds)),
+        ("purchases", counts(|r| r.purchases)),
+    ])
+    .unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer =
+        datafusion::parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
 }
 
 fn row(q: usize, p: usize, c: [i64; 4]) -> EngagementRow {
@@ -129,9 +175,19 @@ proptest! {
     #[test]
     fn engine_equals_reference(case in case()) {
         let dir = tempfile::tempdir().unwrap();
-        let e = common::write(dir.path(), "engagement.csv", &csv_of_engagement(&case.engagement));
+        let e = if case.integer_ids {
+            let path = dir.path().join("engagement.parquet");
+            parquet_of_engagement(&path, &case.engagement);
+            path
+        } else {
+            common::write(dir.path(), "engagement.csv", &csv_of_engagement(&case.engagement))
+        };
         let n = common::write(dir.path(), "neighbours.csv", &csv_of_neighbours(&case.neighbours));
-        let expected = reference::features(&case.engagement, &case.neighbours, &case.params);
+        let mut expected = reference::features(&case.engagement, &case.neighbours, &case.params);
+        if case.integer_ids {
+            // integer ids sort numerically (the reference keys them as text)
+            expected.sort_by_key(|r| (r.query.clone(), r.product_id.parse::<i32>().unwrap()));
+        }
         for plan in [PlanKind::Merge, PlanKind::Sql] {
             let out = dir.path().join(format!("features.{plan:?}.parquet"));
             let config = JobConfig {

@@ -110,18 +110,61 @@ pub fn key_check(column: &'static str, data_type: &DataType) -> Check {
     }
 }
 
-/// Checks of the engagement input; `columns` lists the count columns it actually has.
+/// A WARN check for keys made only of white space: well defined (they are keys like any other,
+/// and `normalize` turns them into ""), but seldom what an upstream job meant to write.
+pub fn blank_check(column: &'static str, data_type: &DataType) -> Option<Check> {
+    if !is_string(data_type) {
+        return None;
+    }
+    let c = col(column);
+    let trimmed = datafusion::functions::string::expr_fn::btrim(vec![c.clone(), lit(BLANKS)]);
+    Some(Check {
+        id: match column {
+            "query" => "query_blank",
+            "product_id" => "product_id_blank",
+            _ => "neighbour_blank",
+        },
+        column,
+        severity: Severity::Warn,
+        violation: trimmed.eq(lit("")).and(c.not_eq(lit(""))),
+        expected: "a key with a visible character (keys of only white space are kept as they are)",
+    })
+}
+
+/// What [`blank_check`] counts as white space: ASCII white space, no-break and ideographic spaces.
+const BLANKS: &str = " \t\n\r\u{0b}\u{0c}\u{a0}\u{3000}";
+
+/// Checks of the engagement input; `counts` lists the count columns it actually has, with their
+/// types.
 pub fn engagement_checks(
     query_type: &DataType,
     product_type: &DataType,
-    counts: &[&'static str],
+    counts: &[(&'static str, DataType)],
     has_h: bool,
 ) -> Vec<Check> {
     let mut checks = vec![
         key_check("query", query_type),
         key_check("product_id", product_type),
     ];
-    for &column in counts {
+    checks.extend(blank_check("query", query_type));
+    checks.extend(blank_check("product_id", product_type));
+    for (column, data_type) in counts {
+        let column = *column;
+        if *data_type == DataType::UInt64 {
+            // the job counts in BIGINT: a larger unsigned count cannot be represented
+            checks.push(Check {
+                id: match column {
+                    "impressions" => "impressions_above_bigint",
+                    "clicks" => "clicks_above_bigint",
+                    "adds" => "adds_above_bigint",
+                    _ => "purchases_above_bigint",
+                },
+                column,
+                severity: Severity::Fail,
+                violation: col(column).gt(lit(i64::MAX as u64)),
+                expected: "a count <= 9223372036854775807 (the job counts in 64-bit signed integers)",
+            });
+        }
         checks.push(Check {
             id: match column {
                 "impressions" => "impressions_null_or_negative",
@@ -135,7 +178,8 @@ pub fn engagement_checks(
             expected: "a count >= 0",
         });
     }
-    if counts.contains(&"clicks") {
+    let has = |name: &str| counts.iter().any(|(c, _)| *c == name);
+    if has("clicks") {
         checks.push(Check {
             id: "clicks_above_impressions",
             column: "clicks",
@@ -144,7 +188,7 @@ pub fn engagement_checks(
             expected: "clicks <= impressions",
         });
     }
-    if counts.contains(&"purchases") && counts.contains(&"clicks") {
+    if has("purchases") && has("clicks") {
         checks.push(Check {
             id: "purchases_above_clicks",
             column: "purchases",
@@ -170,7 +214,7 @@ pub fn engagement_checks(
 
 /// Checks of the neighbours input.
 pub fn neighbour_checks(query_type: &DataType, neighbour_type: &DataType) -> Vec<Check> {
-    vec![
+    let mut checks = vec![
         key_check("query", query_type),
         key_check("neighbour", neighbour_type),
         Check {
@@ -190,18 +234,42 @@ pub fn neighbour_checks(query_type: &DataType, neighbour_type: &DataType) -> Vec
             violation: col("query").eq(col("neighbour")),
             expected: "neighbour != query (self-pairs are dropped)",
         },
-    ]
+    ];
+    checks.extend(blank_check("query", query_type));
+    checks.extend(blank_check("neighbour", neighbour_type));
+    checks
 }
 
 /// Counts rows and violations of every check in one scan of `df`, then fetches one example row
 /// for each check that found something. Returns the row count and one result per check.
 pub async fn evaluate(df: &DataFrame, checks: &[Check]) -> Result<(u64, Vec<CheckResult>)> {
+    let (rows, results, _) = evaluate_with_totals(df, checks, &[]).await?;
+    Ok((rows, results))
+}
+
+/// Integers of any width summed without overflow (up to 2^127).
+pub fn wide_sum(column: &str) -> Expr {
+    sum(datafusion::logical_expr::cast(
+        col(column),
+        DataType::Decimal128(38, 0),
+    ))
+}
+
+/// [`evaluate`], and in the same scan the exact total of each integer column of `totals`.
+pub async fn evaluate_with_totals(
+    df: &DataFrame,
+    checks: &[Check],
+    totals: &[&str],
+) -> Result<(u64, Vec<CheckResult>, Vec<i128>)> {
     let mut aggregates = vec![count(lit(1i64)).alias("__rows")];
     for (i, check) in checks.iter().enumerate() {
         aggregates.push(
             sum(when(check.violation.clone(), lit(1i64)).otherwise(lit(0i64))?)
                 .alias(format!("__c{i}")),
         );
+    }
+    for (i, column) in totals.iter().enumerate() {
+        aggregates.push(wide_sum(column).alias(format!("__t{i}")));
     }
     let batches = df.clone().aggregate(vec![], aggregates)?.collect().await?;
     let batch = batches.first().filter(|b| b.num_rows() == 1);
@@ -216,6 +284,9 @@ pub async fn evaluate(df: &DataFrame, checks: &[Check]) -> Result<(u64, Vec<Chec
         })
     };
     let rows = value(0);
+    let sums: Vec<i128> = (0..totals.len())
+        .map(|i| decimal(batch, 1 + checks.len() + i))
+        .collect();
     let mut results = Vec::with_capacity(checks.len());
     for (i, check) in checks.iter().enumerate() {
         let violations = value(i + 1);
@@ -239,8 +310,25 @@ pub async fn evaluate(df: &DataFrame, checks: &[Check]) -> Result<(u64, Vec<Chec
             example,
         });
     }
-    Ok((rows, results))
+    Ok((rows, results, sums))
 }
+
+/// The Decimal128 value in the first row of column `i` of `batch` (0 when absent or null).
+pub fn decimal(batch: Option<&RecordBatch>, i: usize) -> i128 {
+    use datafusion::arrow::datatypes::Decimal128Type;
+    batch.map_or(0, |b| {
+        let column = b.column(i).as_primitive::<Decimal128Type>();
+        if column.is_null(0) {
+            0
+        } else {
+            column.value(0)
+        }
+    })
+}
+
+/// Values longer than this are cut in messages (with their length), so that a huge key does not
+/// make a huge error.
+const SHOWN_CHARS: usize = 200;
 
 /// Renders one row as `col=value, col=value`, strings quoted, for error messages.
 pub fn render_row(batch: &RecordBatch, row: usize) -> Result<String> {
@@ -248,7 +336,12 @@ pub fn render_row(batch: &RecordBatch, row: usize) -> Result<String> {
     let mut parts = Vec::with_capacity(batch.num_columns());
     for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
         let formatter = ArrayFormatter::try_new(column.as_ref(), &options)?;
-        let value = formatter.value(row).to_string();
+        let mut value = formatter.value(row).to_string();
+        if value.chars().count() > SHOWN_CHARS {
+            let bytes = value.len();
+            value = value.chars().take(SHOWN_CHARS).collect();
+            value.push_str(&format!("… ({bytes} bytes)"));
+        }
         if is_string(field.data_type()) && !column.is_null(row) {
             parts.push(format!("{}={:?}", field.name(), value));
         } else {

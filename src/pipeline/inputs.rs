@@ -19,7 +19,7 @@ use datafusion::datasource::file_format::file_compression_type::FileCompressionT
 use datafusion::datasource::file_format::json::JsonFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl, helpers,
 };
 use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::logical_expr::{Expr, cast, col, lit};
@@ -69,6 +69,9 @@ pub struct Input {
     pub partitions: Partitions,
     /// Query keys go through `normalize_query` (see [`crate::normalize`]).
     pub normalize: bool,
+    /// The typed rows before `typed` adds up the counts of each key (`on_duplicate = "sum"`, or
+    /// variants merged by normalization); `None` when nothing is summed.
+    pub summed_from: Option<DataFrame>,
 }
 
 /// Hive-style partition folders (`market=US/dt=2026-01-01/…`) of an input: their column names, in
@@ -186,11 +189,16 @@ pub async fn check(inputs: &Inputs, params: &FeatureParams) -> Result<InputRepor
         if scan.rows == 0 {
             return Err(no_rows(input).into());
         }
-        for result in scan.results.into_iter().filter(|r| r.violations > 0) {
+        for result in scan.results.iter().filter(|r| r.violations > 0) {
             match result.check.severity {
                 Severity::Fail => return Err(result.to_bad_input(input.role, &input.uri).into()),
-                Severity::Warn => report.warnings.push((input.role.to_string(), result)),
+                Severity::Warn => report
+                    .warnings
+                    .push((input.role.to_string(), result.clone())),
             }
+        }
+        if let Some(overflow) = sum_overflow(input, &scan).await? {
+            return Err(overflow.to_bad_input(input).into());
         }
         if input.role == ENGAGEMENT {
             report.engagement_rows = scan.rows;
@@ -215,14 +223,122 @@ pub async fn check(inputs: &Inputs, params: &FeatureParams) -> Result<InputRepor
 pub struct CheckScan {
     pub rows: u64,
     pub results: Vec<CheckResult>,
+    /// For an input whose counts are summed per key: each count column's exact total.
+    pub totals: Vec<(&'static str, i128)>,
+}
+
+/// Count columns that are summed, and present in the input's files.
+fn summed_counts(input: &Input) -> Vec<&'static str> {
+    if input.summed_from.is_none() {
+        return Vec::new();
+    }
+    let schema = input.raw.schema();
+    ["impressions", "clicks", "adds", "purchases"]
+        .into_iter()
+        .filter(|c| schema.qualified_field_with_unqualified_name(c).is_ok())
+        .collect()
 }
 
 /// Runs an input's row checks ([`Input::checks`]) in one scan.
 pub async fn scan_checks(input: &Input) -> Result<CheckScan> {
-    let (rows, results) = checks::evaluate(&input.raw, &input.checks)
+    let columns = summed_counts(input);
+    let (rows, results, totals) = checks::evaluate_with_totals(&input.raw, &input.checks, &columns)
         .await
         .map_err(|e| unreadable_rows(input, e))?;
-    Ok(CheckScan { rows, results })
+    Ok(CheckScan {
+        rows,
+        results,
+        totals: columns.into_iter().zip(totals).collect(),
+    })
+}
+
+/// A count whose sum over one key's rows does not fit the job's 64-bit integers.
+#[derive(Debug, Clone)]
+pub struct SumOverflow {
+    pub column: &'static str,
+    /// Keys whose sum is too large.
+    pub keys: u64,
+    /// The first such key (by key order) with its sum.
+    pub example: Option<String>,
+}
+
+impl SumOverflow {
+    pub const ID: &'static str = "sum_above_bigint";
+    pub const EXPECTED: &'static str =
+        "sums of each key's rows <= 9223372036854775807 (the job counts in 64-bit signed integers)";
+
+    pub fn to_bad_input(&self, input: &Input) -> BadInput {
+        let mut bad = BadInput::new(
+            input.role,
+            &input.uri,
+            format!(
+                "{} key(s) sum to more {} than a 64-bit count holds (check '{}')",
+                self.keys,
+                self.column,
+                Self::ID
+            ),
+        )
+        .column(self.column)
+        .expected(Self::EXPECTED);
+        if let Some(example) = &self.example {
+            bad = bad.example(example.clone());
+        }
+        bad
+    }
+}
+
+/// The first count column whose per-key sums overflow, when the scan's totals say one might: a
+/// column whose total fits cannot overflow for any key, so the per-key aggregation runs only
+/// for a column whose total does not (never, for real counts).
+pub async fn sum_overflow(input: &Input, scan: &CheckScan) -> Result<Option<SumOverflow>> {
+    let Some(rows) = &input.summed_from else {
+        return Ok(None);
+    };
+    let key: Vec<Expr> = input
+        .partitions
+        .columns
+        .iter()
+        .map(|c| ident(c.as_str()))
+        .chain([col("query"), col("product_id")])
+        .collect();
+    for &(column, total) in &scan.totals {
+        if total <= i64::MAX as i128 {
+            continue;
+        }
+        let too_large = lit(datafusion::common::ScalarValue::Decimal128(
+            Some(i64::MAX as i128),
+            38,
+            0,
+        ));
+        let sums = rows
+            .clone()
+            .aggregate(key.clone(), vec![checks::wide_sum(column).alias(column)])?
+            .filter(col(column).gt(too_large))?;
+        let keys = sums.clone().count().await? as u64;
+        if keys == 0 {
+            continue;
+        }
+        let first = sums
+            .sort(
+                key.iter()
+                    .map(|k| k.clone().sort(true, true))
+                    .collect::<Vec<_>>(),
+            )?
+            .limit(0, Some(1))?
+            .collect()
+            .await?;
+        let example = first
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .map(|b| checks::render_row(b, 0))
+            .transpose()?;
+        return Ok(Some(SumOverflow {
+            column,
+            keys,
+            example,
+        }));
+    }
+    Ok(None)
 }
 
 /// The error for an input without rows.
@@ -463,6 +579,22 @@ pub async fn open_table(
             ))
             .into());
     }
+    if format == InputFormat::Csv {
+        duplicated_header(store.as_ref(), &files[0], compression)
+            .await
+            .map_err(|column| {
+                BadInput::new(
+                    role,
+                    uri,
+                    format!(
+                        "the header line of {} names column '{column}' more than once",
+                        files[0].location
+                    ),
+                )
+                .column(column)
+                .expected("distinct column names in the header line")
+            })?;
+    }
     let partitions = if !spec.partitioned || urls.len() > 1 {
         Partitions::default()
     } else {
@@ -520,7 +652,51 @@ pub async fn open_table(
         checks: Vec::new(),
         partitions,
         normalize: spec.normalize,
+        summed_from: None,
     })
+}
+
+/// `Err(name)` when the header line of a CSV file names a column twice (DataFusion keeps one
+/// field of each name and then fails on every row: "incorrect number of fields for line 1").
+/// Reads the first MiB only; a file it cannot read is left to the scan to report.
+async fn duplicated_header(
+    store: &dyn object_store::ObjectStore,
+    file: &ObjectMeta,
+    compression: FileCompressionType,
+) -> std::result::Result<(), String> {
+    use object_store::ObjectStoreExt;
+    use std::io::BufRead;
+    let Ok(head) = store
+        .get_range(&file.location, 0..file.size.min(1 << 20))
+        .await
+    else {
+        return Ok(());
+    };
+    let Ok(reader) = compression.convert_read(std::io::Cursor::new(head.to_vec())) else {
+        return Ok(());
+    };
+    let mut line = Vec::new();
+    if std::io::BufReader::new(reader)
+        .read_until(b'\n', &mut line)
+        .is_err()
+    {
+        return Ok(());
+    }
+    let Ok((schema, _)) = datafusion::arrow::csv::reader::Format::default()
+        .with_header(true)
+        .infer_schema(line.as_slice(), Some(0))
+    else {
+        return Ok(());
+    };
+    let mut seen = std::collections::HashSet::new();
+    match schema
+        .fields()
+        .iter()
+        .find(|f| !seen.insert(f.name().clone()))
+    {
+        Some(dup) => Err(dup.name().clone()),
+        None => Ok(()),
+    }
 }
 
 /// Reads Hive partitions from file paths: every file must sit under the same `key=` levels.
@@ -536,11 +712,20 @@ fn partitions_of(
         };
         let segments: Vec<&str> = segments.collect();
         let folders = &segments[..segments.len().saturating_sub(1)];
-        let (keys, vals): (Vec<String>, Vec<String>) = folders
+        let (keys, raw): (Vec<String>, Vec<String>) = folders
             .iter()
             .filter_map(|s| s.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .unzip();
+        // the values as DataFusion gives them in the partition columns: percent-decoded (Spark
+        // writes `a:b` as `a%3Ab`), so that filtering a slice by its value finds its rows
+        let vals: Vec<String> = helpers::parse_partitions_for_path(
+            url,
+            &file.location,
+            keys.iter().map(String::as_str),
+        )
+        .map(|decoded| decoded.into_iter().map(|v| v.into_owned()).collect())
+        .unwrap_or(raw);
         match &columns {
             None => columns = Some(keys),
             Some(known) if *known != keys => {
@@ -785,13 +970,13 @@ fn type_engagement(mut input: Input, params: &FeatureParams) -> Result<Input> {
         KEY,
     )?
     .ok_or_else(|| missing(&input, "product_id", KEY))?;
-    column_type(&input, "impressions", is_integer, COUNT)?
+    let impressions = column_type(&input, "impressions", is_integer, COUNT)?
         .ok_or_else(|| missing(&input, "impressions", COUNT))?;
     let has_h = column_type(&input, "h", is_number, FLOAT)?.is_some();
-    let mut present: Vec<&'static str> = vec!["impressions"];
+    let mut present: Vec<(&'static str, DataType)> = vec![("impressions", impressions)];
     for name in COUNT_COLUMNS {
         match column_type(&input, name, is_integer, COUNT)? {
-            Some(_) => present.push(name),
+            Some(data_type) => present.push((name, data_type)),
             None if has_h => {}
             None => {
                 return Err(missing(
@@ -817,7 +1002,7 @@ fn type_engagement(mut input: Input, params: &FeatureParams) -> Result<Input> {
     input.checks = checks::engagement_checks(&query, &product, &present, has_h);
 
     let count_or_zero = |name: &str| -> Expr {
-        if present.contains(&name) {
+        if present.iter().any(|(c, _)| *c == name) {
             cast(col(name), DataType::Int64)
         } else {
             lit(0i64)
@@ -850,6 +1035,7 @@ fn type_engagement(mut input: Input, params: &FeatureParams) -> Result<Input> {
             ])
             .collect::<Vec<Expr>>(),
     )?;
+    input.summed_from = summed.then(|| typed.clone());
     input.typed = match summed {
         false => typed,
         true => typed.aggregate(
@@ -930,6 +1116,61 @@ fn type_neighbours(mut input: Input) -> Result<Input> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::arrow::array::AsArray;
+
+    #[tokio::test]
+    async fn partition_values_are_decoded_as_datafusion_decodes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        for m in ["US", "a%3Ab", "x y"] {
+            let folder = dir.path().join(format!("market={m}"));
+            std::fs::create_dir_all(&folder).unwrap();
+            std::fs::write(folder.join("p.csv"), "query\nq\n").unwrap();
+        }
+        let ctx = SessionContext::new();
+        let url = ListingTableUrl::parse(format!("{}/", dir.path().display())).unwrap();
+        let store = ctx.runtime_env().object_store(&url).unwrap();
+        let files: Vec<ObjectMeta> = url
+            .list_all_files(&ctx.state(), store.as_ref(), ".csv")
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        eprintln!(
+            "{:?}",
+            files
+                .iter()
+                .map(|f| f.location.to_string())
+                .collect::<Vec<_>>()
+        );
+        let partitions = partitions_of(&url, &files).unwrap();
+        assert_eq!(partitions.columns, ["market"]);
+        let listed = ctx
+            .read_csv(
+                format!("{}/", dir.path().display()),
+                datafusion::prelude::CsvReadOptions::new()
+                    .table_partition_cols(vec![("market".into(), DataType::Utf8)]),
+            )
+            .await
+            .unwrap()
+            .select_columns(&["market"])
+            .unwrap()
+            .sort(vec![col("market").sort(true, true)])
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let from_datafusion: Vec<String> = listed
+            .iter()
+            .flat_map(|b| {
+                let c = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
+                let c = c.as_string::<i32>();
+                c.iter().map(|v| v.unwrap().to_string()).collect::<Vec<_>>()
+            })
+            .collect();
+        let ours: Vec<String> = partitions.values.into_iter().flatten().collect();
+        assert_eq!(ours, from_datafusion);
+    }
 
     #[test]
     fn suffixes_name_format_and_compression() {

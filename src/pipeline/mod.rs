@@ -168,6 +168,26 @@ impl Slice {
     }
 }
 
+/// Selects one partition's rows. DataFusion turns `column = 'value'` on a partition column into
+/// the folder prefix `column=value/` to list, without escaping the value, so a value that was
+/// escaped in its folder name (`a%3Ab` for `a:b`, as Spark writes it) would list nothing. Such
+/// values are compared with `IS NOT DISTINCT FROM` instead (the same for partition values, which
+/// are never null), which DataFusion evaluates on the decoded values of every listed file.
+fn partition_filter(column: &str, value: &str) -> datafusion::prelude::Expr {
+    let plain = value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if plain {
+        ident(column).eq(lit(value))
+    } else {
+        datafusion::logical_expr::binary_expr(
+            ident(column),
+            datafusion::logical_expr::Operator::IsNotDistinctFrom,
+            lit(value),
+        )
+    }
+}
+
 /// Splits the job by the engagement input's partition folders (e.g. `market=US/`): each slice gets
 /// its own session (sharing `ctx`'s runtime) with the partition's engagement rows, and the
 /// neighbour rows of the same partition when the neighbours input is partitioned by the same
@@ -195,7 +215,7 @@ pub fn slices(
         let only = |df: DataFrame, columns: &[String]| -> Result<DataFrame> {
             let mut df = df;
             for (k, v) in partition.iter().filter(|(k, _)| columns.contains(k)) {
-                df = df.filter(ident(k.as_str()).eq(lit(v.as_str())))?;
+                df = df.filter(partition_filter(k, v))?;
             }
             let keep: Vec<_> = df
                 .schema()

@@ -10,14 +10,16 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::builder::make_view;
 use datafusion::arrow::array::{
-    ArrayRef, Float64Builder, Int64Builder, RecordBatch, StringBuilder, StringViewArray,
+    ArrayRef, Float64Builder, Int64Array, Int64Builder, RecordBatch, StringBuilder,
+    StringViewArray, UInt64Array,
 };
 use datafusion::arrow::buffer::{Buffer, ScalarBuffer};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::Result;
 
 use super::MergeParams;
-use super::index::Index;
+use super::index::{Index, Products};
 use crate::formula;
 
 /// Produces the feature rows of an [`Index`] in batches of about `batch_size` rows.
@@ -80,9 +82,40 @@ impl Strings {
     }
 }
 
+/// The product_id column being built: strings, or integers cast at the end to the input's type.
+enum ProductIds {
+    Strings(Strings),
+    Integers {
+        values: Vec<i128>,
+        data_type: DataType,
+    },
+}
+
+impl ProductIds {
+    fn finish(&mut self) -> Result<ArrayRef> {
+        match self {
+            ProductIds::Strings(s) => s.finish(),
+            ProductIds::Integers { values, data_type } => {
+                let values = std::mem::take(values);
+                // the values came from a column of `data_type`: they fit it
+                let wide: ArrayRef = if data_type.is_unsigned_integer() {
+                    Arc::new(UInt64Array::from_iter_values(
+                        values.into_iter().map(|v| v as u64),
+                    ))
+                } else {
+                    Arc::new(Int64Array::from_iter_values(
+                        values.into_iter().map(|v| v as i64),
+                    ))
+                };
+                Ok(cast(&wide, data_type)?)
+            }
+        }
+    }
+}
+
 struct Columns {
     query: Strings,
-    product: Strings,
+    product: ProductIds,
     h: Float64Builder,
     prior: Float64Builder,
     alpha: Float64Builder,
@@ -97,7 +130,13 @@ impl Columns {
     fn new(schema: &SchemaRef, rows: usize) -> Self {
         Columns {
             query: Strings::new(schema.field(0).data_type(), rows, rows * 24),
-            product: Strings::new(schema.field(1).data_type(), rows, rows * 12),
+            product: match schema.field(1).data_type() {
+                t if t.is_integer() => ProductIds::Integers {
+                    values: Vec::with_capacity(rows),
+                    data_type: t.clone(),
+                },
+                t => ProductIds::Strings(Strings::new(t, rows, rows * 12)),
+            },
             h: Float64Builder::with_capacity(rows),
             prior: Float64Builder::with_capacity(rows),
             alpha: Float64Builder::with_capacity(rows),
@@ -219,18 +258,25 @@ impl<'a> Emitter<'a> {
                 Strings::Utf8(b) => b.append_value(name),
             }
             let product = pair.product as usize;
-            match &mut columns.product {
-                Strings::View(v) => {
+            match (&mut columns.product, &index.products) {
+                (ProductIds::Strings(Strings::View(v)), Products::Strings(products)) => {
                     // short ids (most): the view travelled with the row; no look at the string
                     let view = u128::from(pair.view[0]) | (u128::from(pair.view[1]) << 64);
                     if view as u32 <= 12 {
                         v.views.push(view);
                     } else {
-                        let view = v.view_of(&index.products[product]);
+                        let view = v.view_of(&products[product]);
                         v.views.push(view);
                     }
                 }
-                Strings::Utf8(b) => b.append_value(&index.products[product]),
+                (ProductIds::Strings(Strings::Utf8(b)), Products::Strings(products)) => {
+                    b.append_value(&products[product])
+                }
+                (ProductIds::Integers { values, .. }, Products::Integers(products)) => {
+                    values.push(products[product])
+                }
+                // MergedFeatures checks that the schema's product_id is the history's
+                _ => unreachable!("product_id types of the index and the schema agree"),
             }
             columns.h.append_value(pair.h);
             columns.prior.append_value(pair.prior);

@@ -1,7 +1,8 @@
 //! The merge plan's in-memory index, built from the `history` and `neighbours` streams:
 //!
-//! - queries and products interned to dense `u32` ids, renumbered so that id order is the strings'
-//!   byte order (the order `ORDER BY query, product_id` gives), so sorting ids sorts strings;
+//! - queries and products interned to dense `u32` ids, renumbered so that id order is the keys'
+//!   order (the order `ORDER BY query, product_id` gives: byte order for strings, numeric order for
+//!   integer product ids), so sorting ids sorts keys;
 //! - the history grouped by query (CSR: one offset per query, rows sorted by product);
 //! - C_q for every query, with the semantics of `sql/neighbour_sets.sql`: self-pairs, rows
 //!   scoring below `min_score` and neighbours without history dropped; the highest score of a
@@ -12,7 +13,9 @@
 //! distinct string once. Every allocation is reserved from the session's memory pool first, so a
 //! `--memory-limit` too small for the index fails with a clear error instead of over-committing.
 
+use std::borrow::Borrow;
 use std::cmp::Ordering;
+use std::hash::Hash;
 use std::mem::size_of;
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,8 +23,8 @@ use std::time::Instant;
 use datafusion::arrow::array::builder::make_view;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
-use datafusion::common::{DataFusionError, HashMap, Result, internal_datafusion_err};
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, UInt64Type};
+use datafusion::common::{DataFusionError, HashMap, Result, internal_datafusion_err, internal_err};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::memory_pool::MemoryReservation;
 use futures::StreamExt;
@@ -29,61 +32,185 @@ use futures::StreamExt;
 use super::{MergeMetrics, MergeParams};
 use crate::config::PriorWeighting;
 
-/// Distinct strings and their ids, in first-seen order until [`Interner::into_sorted`].
-#[derive(Default)]
-pub struct Interner {
-    ids: HashMap<Arc<str>, u32>,
-    strings: Vec<Arc<str>>,
-    /// The last string looked up and its id: inputs often arrive grouped by query.
+/// A key the index interns: a string (queries, product ids) or an integer product id (any
+/// integer type fits an `i128`, and orders as SQL orders it).
+pub trait Key: Clone + Eq + Hash + Ord + Borrow<Self::Borrowed> {
+    type Borrowed: ?Sized + Hash + Eq;
+    fn own(key: &Self::Borrowed) -> Self;
+    /// Bytes the key costs besides its map entry and slot.
+    fn heap_bytes(key: &Self::Borrowed) -> usize;
+}
+
+impl Key for Arc<str> {
+    type Borrowed = str;
+    fn own(key: &str) -> Self {
+        Arc::from(key)
+    }
+    fn heap_bytes(key: &str) -> usize {
+        key.len() + 16
+    }
+}
+
+impl Key for i128 {
+    type Borrowed = i128;
+    fn own(key: &i128) -> Self {
+        *key
+    }
+    fn heap_bytes(_: &i128) -> usize {
+        0
+    }
+}
+
+/// Distinct keys and their ids, in first-seen order until [`Interner::into_sorted`].
+pub struct Interner<K> {
+    ids: HashMap<K, u32>,
+    keys: Vec<K>,
+    /// The last key looked up and its id: inputs often arrive grouped by query.
     last: Option<u32>,
 }
 
-/// Bytes one interned string costs besides its text: map entry, vector slot, `Arc` header.
-const STRING_OVERHEAD: usize = 2 * size_of::<Arc<str>>() + size_of::<u32>() + 16 + 8;
+impl<K> Default for Interner<K> {
+    fn default() -> Self {
+        Interner {
+            ids: HashMap::default(),
+            keys: Vec::new(),
+            last: None,
+        }
+    }
+}
 
-impl Interner {
-    /// The id of `s`, adding it if new; `Some(bytes)` of new memory when it was added.
-    fn intern(&mut self, s: &str) -> Result<(u32, usize)> {
+impl<K: Key> Interner<K> {
+    /// Bytes one interned key costs besides [`Key::heap_bytes`]: map entry, vector slot.
+    const OVERHEAD: usize = 2 * size_of::<K>() + size_of::<u32>() + 8;
+
+    /// The id of `key`, adding it if new, with the bytes of new memory (0 when it was known).
+    fn intern(&mut self, key: &K::Borrowed) -> Result<(u32, usize)> {
         if let Some(last) = self.last
-            && *self.strings[last as usize] == *s
+            && self.keys[last as usize].borrow() == key
         {
             return Ok((last, 0));
         }
-        if let Some(&id) = self.ids.get(s) {
+        if let Some(&id) = self.ids.get(key) {
             self.last = Some(id);
             return Ok((id, 0));
         }
-        let id = u32::try_from(self.strings.len())
+        let id = u32::try_from(self.keys.len())
             .map_err(|_| internal_datafusion_err!("more than 2^32 distinct keys"))?;
-        let text: Arc<str> = Arc::from(s);
-        self.ids.insert(Arc::clone(&text), id);
-        self.strings.push(text);
+        let owned = K::own(key);
+        self.ids.insert(owned.clone(), id);
+        self.keys.push(owned);
         self.last = Some(id);
-        Ok((id, s.len() + STRING_OVERHEAD))
+        Ok((id, K::heap_bytes(key) + Self::OVERHEAD))
     }
 
-    fn get(&self, s: &str) -> Option<u32> {
-        self.ids.get(s).copied()
+    fn get(&self, key: &K::Borrowed) -> Option<u32> {
+        self.ids.get(key).copied()
     }
 
     fn len(&self) -> usize {
-        self.strings.len()
+        self.keys.len()
     }
 
-    /// The strings in byte order, and for each first-seen id its position in that order.
-    fn into_sorted(self) -> (Vec<Arc<str>>, Vec<u32>) {
+    /// The keys in order, and for each first-seen id its position in that order.
+    fn into_sorted(self) -> (Vec<K>, Vec<u32>) {
         drop(self.ids);
-        let mut order: Vec<u32> = (0..self.strings.len() as u32).collect();
-        order.sort_unstable_by(|&a, &b| self.strings[a as usize].cmp(&self.strings[b as usize]));
+        let mut order: Vec<u32> = (0..self.keys.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| self.keys[a as usize].cmp(&self.keys[b as usize]));
         let mut rank = vec![0u32; order.len()];
         for (position, &id) in order.iter().enumerate() {
             rank[id as usize] = position as u32;
         }
         let sorted = order
             .iter()
-            .map(|&id| Arc::clone(&self.strings[id as usize]))
+            .map(|&id| self.keys[id as usize].clone())
             .collect();
         (sorted, rank)
+    }
+}
+
+/// The product ids of the index, by id: strings, or integers of the input's integer type.
+pub enum Products {
+    Strings(Vec<Arc<str>>),
+    Integers(Vec<i128>),
+}
+
+/// The product interner of the history's product column type.
+enum ProductInterner {
+    Strings(Interner<Arc<str>>),
+    Integers(Interner<i128>),
+}
+
+impl ProductInterner {
+    fn len(&self) -> usize {
+        match self {
+            ProductInterner::Strings(i) => i.len(),
+            ProductInterner::Integers(i) => i.len(),
+        }
+    }
+
+    /// Interns row `i` of `column`, a string column or one of integers.
+    fn intern(&mut self, column: &ProductColumn<'_>, i: usize) -> Result<(u32, usize)> {
+        match (self, column) {
+            (ProductInterner::Strings(interner), ProductColumn::Strings(c)) => {
+                interner.intern(c.value(i))
+            }
+            (ProductInterner::Integers(interner), ProductColumn::Signed(c)) => {
+                interner.intern(&i128::from(c.value(i)))
+            }
+            (ProductInterner::Integers(interner), ProductColumn::Unsigned(c)) => {
+                interner.intern(&i128::from(c.value(i)))
+            }
+            _ => internal_err!("product_id changed type between batches of history"),
+        }
+    }
+
+    /// The products in key order, and for each first-seen id its position in that order.
+    fn into_sorted(self) -> (Products, Vec<u32>) {
+        match self {
+            ProductInterner::Strings(i) => {
+                let (keys, rank) = i.into_sorted();
+                (Products::Strings(keys), rank)
+            }
+            ProductInterner::Integers(i) => {
+                let (keys, rank) = i.into_sorted();
+                (Products::Integers(keys), rank)
+            }
+        }
+    }
+}
+
+/// One batch's product_id column, as the interner reads it.
+enum ProductColumn<'a> {
+    Strings(&'a datafusion::arrow::array::StringArray),
+    Signed(&'a datafusion::arrow::array::Int64Array),
+    Unsigned(&'a datafusion::arrow::array::UInt64Array),
+}
+
+impl ProductColumn<'_> {
+    fn is_null(&self, i: usize) -> bool {
+        match self {
+            ProductColumn::Strings(c) => c.is_null(i),
+            ProductColumn::Signed(c) => c.is_null(i),
+            ProductColumn::Unsigned(c) => c.is_null(i),
+        }
+    }
+}
+
+/// A product_id column of any accepted type, cast to the one [`ProductColumn`] reads.
+fn product_column(batch: &RecordBatch, index: usize) -> Result<Arc<dyn Array>> {
+    let column = batch.column(index);
+    match column.data_type() {
+        t if t.is_signed_integer() => numbers(batch, index, &DataType::Int64),
+        t if t.is_unsigned_integer() => numbers(batch, index, &DataType::UInt64),
+        _ => strings(batch, index),
+    }
+}
+
+fn read_products(column: &Arc<dyn Array>) -> ProductColumn<'_> {
+    match column.data_type() {
+        DataType::Int64 => ProductColumn::Signed(column.as_primitive::<Int64Type>()),
+        DataType::UInt64 => ProductColumn::Unsigned(column.as_primitive::<UInt64Type>()),
+        _ => ProductColumn::Strings(column.as_string::<i32>()),
     }
 }
 
@@ -113,8 +240,8 @@ pub struct Member {
 pub struct Index {
     /// Query strings by id.
     pub queries: Vec<Arc<str>>,
-    /// Product strings by id.
-    pub products: Vec<Arc<str>>,
+    /// Product ids by id.
+    pub products: Products,
     /// History of query `q`: `history[history_offsets[q]..history_offsets[q + 1]]`, by product.
     pub history: Vec<HistoryRow>,
     pub history_offsets: Vec<usize>,
@@ -184,15 +311,19 @@ pub async fn build(
     reservation: &mut MemoryReservation,
     metrics: &MergeMetrics,
 ) -> Result<Index> {
-    let mut queries = Interner::default();
-    let mut products = Interner::default();
+    let mut queries: Interner<Arc<str>> = Interner::default();
+    let mut products = if history.schema().field(1).data_type().is_integer() {
+        ProductInterner::Integers(Interner::default())
+    } else {
+        ProductInterner::Strings(Interner::default())
+    };
 
     let start = Instant::now();
     let mut rows: Vec<HistoryRow> = Vec::new();
     while let Some(batch) = history.next().await {
         let batch = batch?;
-        let (q, p) = (strings(&batch, 0)?, strings(&batch, 1)?);
-        let (q, p) = (q.as_string::<i32>(), p.as_string::<i32>());
+        let (q, p) = (strings(&batch, 0)?, product_column(&batch, 1)?);
+        let (q, p) = (q.as_string::<i32>(), read_products(&p));
         let impressions = numbers(&batch, 2, &DataType::Int64)?;
         let impressions = impressions.as_primitive::<Int64Type>();
         let h = numbers(&batch, 3, &DataType::Float64)?;
@@ -209,7 +340,7 @@ pub async fn build(
                 return Err(null_key("history", "product_id"));
             }
             let (query, new_q) = queries.intern(q.value(i))?;
-            let (product, new_p) = products.intern(p.value(i))?;
+            let (product, new_p) = products.intern(&p, i)?;
             grown += new_q + new_p;
             // As in sql/features.sql: a NULL h or impression count counts as 0.
             rows.push(HistoryRow {
@@ -280,19 +411,23 @@ pub async fn build(
             + queries.len() * (2 * size_of::<usize>() + size_of::<f64>()),
     )?;
     let (query_strings, query_rank) = queries.into_sorted();
-    let (product_strings, product_rank) = products.into_sorted();
+    let (product_keys, product_rank) = products.into_sorted();
     let n_queries = query_strings.len();
 
-    let views: Vec<[u64; 2]> = product_strings
-        .iter()
-        .map(|p| {
-            let view = match p.len() {
-                0..=12 => make_view(p.as_bytes(), 0, 0),
-                _ => u128::from(u32::MAX),
-            };
-            [view as u64, (view >> 64) as u64]
-        })
-        .collect();
+    let views: Vec<[u64; 2]> = match &product_keys {
+        Products::Strings(strings) => strings
+            .iter()
+            .map(|p| {
+                let view = match p.len() {
+                    0..=12 => make_view(p.as_bytes(), 0, 0),
+                    _ => u128::from(u32::MAX),
+                };
+                [view as u64, (view >> 64) as u64]
+            })
+            .collect(),
+        // integers are written from `products` directly
+        Products::Integers(keys) => vec![[0, 0]; keys.len()],
+    };
     for row in &mut rows {
         row.query = query_rank[row.query as usize];
         row.product = product_rank[row.product as usize];
@@ -358,7 +493,7 @@ pub async fn build(
 
     Ok(Index {
         queries: query_strings,
-        products: product_strings,
+        products: product_keys,
         history: rows,
         history_offsets,
         members,
@@ -385,7 +520,7 @@ mod tests {
 
     #[test]
     fn interned_ids_sort_like_the_strings_in_byte_order() {
-        let mut interner = Interner::default();
+        let mut interner: Interner<Arc<str>> = Interner::default();
         let words = ["b", "a b", "B", "ab", "a", "b", "é", "e"];
         let ids: Vec<u32> = words
             .iter()

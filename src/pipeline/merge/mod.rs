@@ -79,7 +79,8 @@ impl From<&FeatureParams> for MergeParams {
 }
 
 /// The types of the output columns ([`OUTPUT_COLUMNS`], those of `sql/features.sql`); the key
-/// columns are `Utf8` or `Utf8View`, as the inputs give them.
+/// columns are `Utf8` or `Utf8View`, as the inputs give them, and `product_id` may be of any
+/// integer type instead (written as the input types it).
 const TYPES: [DataType; 9] = [
     DataType::Utf8,
     DataType::Utf8,
@@ -96,8 +97,10 @@ fn check_schema(schema: &SchemaRef) -> Result<()> {
     let actual: Vec<(&str, &DataType)> = schema
         .fields()
         .iter()
-        .map(|f| match f.data_type() {
+        .enumerate()
+        .map(|(i, f)| match f.data_type() {
             DataType::Utf8View => (f.name().as_str(), &DataType::Utf8),
+            t if i == 1 && t.is_integer() => (f.name().as_str(), &DataType::Utf8),
             t => (f.name().as_str(), t),
         })
         .collect();
@@ -264,6 +267,18 @@ impl PriorMergeExec {
         schema: SchemaRef,
     ) -> Result<Self> {
         check_schema(&schema)?;
+        let integers = |s: &SchemaRef| {
+            s.fields()
+                .get(1)
+                .is_some_and(|f| f.data_type().is_integer())
+        };
+        if integers(&history.schema()) != integers(&schema) {
+            return plan_err!(
+                "PriorMergeExec: history's product_id and the output's differ in type ({:?} vs {})",
+                history.schema().fields().get(1).map(|f| f.data_type()),
+                schema.field(1).data_type()
+            );
+        }
         let ascending = SortOptions {
             descending: false,
             nulls_first: false,
