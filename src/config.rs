@@ -183,6 +183,13 @@ impl fmt::Display for InputFormat {
     }
 }
 
+/// The most plan partitions a job may ask for. Repartitioning keeps buffers per pair of
+/// partitions, outside `memory_limit`'s accounting, so memory grows with the square of the
+/// partitions: on the 8-row tiny fixture the SQL plan peaked at 0.43 GiB with 256, 4.1 GiB with
+/// 1,024 and 14.8 GiB with 5,000 (docs/BENCHMARKS.md). More partitions than cores only helps up
+/// to a few per core.
+pub const MAX_TARGET_PARTITIONS: usize = 256;
+
 /// How the job runs on this machine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -320,6 +327,7 @@ impl JobConfig {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::config(format!("cannot read config file {}: {e}", path.display()))
         })?;
+        crate::redact::remember(&text);
         let mut config = JobConfig::from_toml_str(&text)
             .map_err(|e| Error::config(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -393,10 +401,14 @@ impl JobConfig {
                 "backfill.date_partition must be a folder key such as \"dt\", got {key:?}"
             )));
         }
-        if self.execution.target_partitions == Some(0) {
-            return Err(Error::config(
-                "execution.target_partitions (--target-partitions) must be >= 1",
-            ));
+        if let Some(n) = self.execution.target_partitions
+            && !(1..=MAX_TARGET_PARTITIONS).contains(&n)
+        {
+            return Err(Error::config(format!(
+                "execution.target_partitions (--target-partitions) must be between 1 and \
+                 {MAX_TARGET_PARTITIONS}, got {n}: every partition of every operator keeps \
+                 buffers of its own, outside the memory limit"
+            )));
         }
         if let Some(url) = &self.execution.cluster {
             crate::cluster::parse_url(url)?;

@@ -150,7 +150,12 @@ impl BadInput {
 
 impl fmt::Display for BadInput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "bad input '{}' ({})", self.input, self.uri)?;
+        write!(
+            f,
+            "bad input '{}' ({})",
+            self.input,
+            crate::redact::text(&self.uri)
+        )?;
         if let Some(column) = &self.column {
             write!(f, ", column '{column}'")?;
         }

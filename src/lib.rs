@@ -22,6 +22,8 @@ pub mod labels;
 pub mod mine;
 pub mod normalize;
 pub mod pipeline;
+pub mod process;
+pub mod redact;
 pub mod reference;
 pub mod session;
 pub mod shell;

@@ -7,6 +7,9 @@ use clap::Parser;
 use q2q_prior::cli::Cli;
 
 fn main() -> ExitCode {
+    for arg in std::env::args_os() {
+        q2q_prior::redact::remember(&arg.to_string_lossy());
+    }
     let cli = Cli::parse();
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -29,7 +32,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", q2q_prior::redact::text(&e.to_string()));
             if let Some(hint) = e.hint() {
                 eprintln!("hint: {hint}");
             }
@@ -38,12 +41,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings only).
+/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings only), credentials redacted.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(q2q_prior::redact::LogWriter)
         .init();
 }

@@ -70,17 +70,17 @@ pub async fn run(args: BackfillArgs) -> Result<()> {
                 "{}\t{}\t{}\t{}\t{}\t{}",
                 p.folder,
                 p.action.name(),
-                p.action.reason(),
+                crate::redact::text(p.action.reason()),
                 p.engagement.len(),
                 p.engagement_files,
-                p.neighbours
+                crate::redact::text(&p.neighbours)
             );
         }
         return Ok(());
     }
     let stop = super::run::StopOnSignal::new("stopping: cleaning up staged partitions");
     let report = backfill::run(&config, &request, &stop.token).await?;
-    eprint!("{report}");
+    eprint!("{}", crate::redact::text(&report.to_string()));
     if !report.failed.is_empty() {
         return Err(Error::PartitionsFailed(report.failed.len()));
     }

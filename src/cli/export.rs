@@ -82,7 +82,7 @@ pub async fn run(command: ExportCommand) -> Result<()> {
                 _ = super::run::shutdown_signal() => return Err(crate::Error::Interrupted),
                 summary = lightgbm::export(&spec) => summary?,
             };
-            eprintln!("{summary}");
+            eprintln!("{}", crate::redact::text(&summary.to_string()));
             Ok(())
         }
     }

@@ -187,7 +187,7 @@ async fn pairs(args: PairsArgs) -> Result<()> {
     };
     let report = mine::mine_pairs(&ctx, &job, &stop.token).await?;
     eprintln!("{report}");
-    eprintln!("  wrote {}", args.output);
+    eprintln!("  wrote {}", crate::redact::text(&args.output));
     Ok(())
 }
 
@@ -216,6 +216,6 @@ async fn ance(args: AnceArgs) -> Result<()> {
     let stop = super::run::StopOnSignal::new("stopping: cleaning up the staging output");
     let report = ance::mine_ance(&ctx, &job, &stop.token).await?;
     eprintln!("{report}");
-    eprintln!("  wrote {}", args.output);
+    eprintln!("  wrote {}", crate::redact::text(&args.output));
     Ok(())
 }

@@ -35,7 +35,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     let stop = StopOnSignal::new("stopping: cleaning up the staging output");
     let summary = job::run(&config, &stop.token).await?;
-    eprintln!("{summary}");
+    eprintln!("{}", crate::redact::text(&summary.to_string()));
     Ok(())
 }
 

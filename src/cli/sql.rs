@@ -202,7 +202,7 @@ async fn run_item(shell: &mut Shell, item: &Item, status: Status) -> Result<Flow
 }
 
 fn report_error(e: &Error) {
-    eprintln!("Error: {e}");
+    eprintln!("Error: {}", crate::redact::text(&e.to_string()));
     if let Some(hint) = e.hint() {
         eprintln!("hint: {hint}");
     }

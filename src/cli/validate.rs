@@ -6,6 +6,7 @@ use clap::{Args, ValueEnum};
 
 use super::JobArgs;
 use crate::error::{Error, Result};
+use crate::redact;
 use crate::validate::{self, Options};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -53,10 +54,10 @@ pub async fn run(args: ValidateArgs) -> Result<()> {
     .await?;
     let mut out = std::io::stdout().lock();
     match args.format {
-        ReportFormat::Text => writeln!(out, "{report}")?,
+        ReportFormat::Text => writeln!(out, "{}", redact::text(&report.to_string()))?,
         ReportFormat::Json => {
-            serde_json::to_writer_pretty(&mut out, &report).map_err(std::io::Error::from)?;
-            writeln!(out)?;
+            let json = serde_json::to_string_pretty(&report).map_err(std::io::Error::from)?;
+            writeln!(out, "{}", redact::text(&json))?;
         }
     }
     out.flush()?;

@@ -77,7 +77,7 @@ impl Shell {
         let describe = |input: &inputs::Input| Source {
             name: input.role.to_string(),
             kind: "input",
-            detail: format!("{} {}", input.format, input.uri),
+            detail: format!("{} {}", input.format, crate::redact::text(&input.uri)),
         };
         match (&config.engagement, &config.neighbours) {
             (Some(e), Some(n)) => {
