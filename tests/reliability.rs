@@ -163,13 +163,7 @@ fn percent_escaped_partition_values_keep_their_rows() {
         }
     }
     // validate counts the usable neighbours per partition the same way
-    let report = run(&[
-        "validate",
-        "--engagement",
-        e.to_str().unwrap(),
-        "--neighbours",
-        n.to_str().unwrap(),
-    ]);
+    let report = validate_job(e.to_str().unwrap(), n.to_str().unwrap(), &[]);
     let text = String::from_utf8_lossy(&report.stdout);
     let line = text
         .lines()
@@ -342,15 +336,11 @@ fn summed_counts_that_overflow_are_bad_input() {
         assert!(err.contains(fragment), "lacks {fragment:?}: {err}");
     }
     assert!(!out.parent().unwrap().exists());
-    let report = run(&[
-        "validate",
-        "--engagement",
+    let report = validate_job(
         e.to_str().unwrap(),
-        "--neighbours",
         n.to_str().unwrap(),
-        "--on-duplicate",
-        "sum",
-    ]);
+        &["--on-duplicate", "sum"],
+    );
     assert_eq!(report.status.code(), Some(2));
     let text = String::from_utf8_lossy(&report.stdout);
     assert!(
@@ -409,13 +399,7 @@ fn unsigned_counts_above_bigint_are_bad_input() {
         assert!(err.contains(fragment), "lacks {fragment:?}: {err}");
     }
     assert!(!out.exists());
-    let report = run(&[
-        "validate",
-        "--engagement",
-        e.to_str().unwrap(),
-        "--neighbours",
-        n.to_str().unwrap(),
-    ]);
+    let report = validate_job(e.to_str().unwrap(), n.to_str().unwrap(), &[]);
     assert_eq!(report.status.code(), Some(2));
     let text = String::from_utf8_lossy(&report.stdout);
     assert!(
@@ -749,13 +733,7 @@ fn duplicated_columns_long_values_and_blank_keys() {
         err.contains("names column 'clicks' more than once"),
         "{err}"
     );
-    let report = run(&[
-        "validate",
-        "--engagement",
-        e.to_str().unwrap(),
-        "--neighbours",
-        n.to_str().unwrap(),
-    ]);
+    let report = validate_job(e.to_str().unwrap(), n.to_str().unwrap(), &[]);
     assert!(
         String::from_utf8_lossy(&report.stdout).contains("names column 'clicks' more than once")
     );
@@ -794,13 +772,7 @@ fn duplicated_columns_long_values_and_blank_keys() {
         err.contains("'query_blank'") && err.contains("'product_id_blank'"),
         "{err}"
     );
-    let report = run(&[
-        "validate",
-        "--engagement",
-        e.to_str().unwrap(),
-        "--neighbours",
-        n.to_str().unwrap(),
-    ]);
+    let report = validate_job(e.to_str().unwrap(), n.to_str().unwrap(), &[]);
     let text = String::from_utf8_lossy(&report.stdout);
     assert!(
         text.lines()

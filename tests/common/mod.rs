@@ -51,6 +51,19 @@ pub fn run_job(engagement: &str, neighbours: &str, output: &str, extra: &[&str])
     run(&args)
 }
 
+/// `q2q-prior validate` on two inputs, plus extra flags.
+pub fn validate_job(engagement: &str, neighbours: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "validate",
+        "--engagement",
+        engagement,
+        "--neighbours",
+        neighbours,
+    ];
+    args.extend(extra);
+    run(&args)
+}
+
 /// Parses a small engagement CSV (no quoting) with the columns in the input's order.
 pub fn parse_engagement(text: &str) -> Vec<EngagementRow> {
     text.lines()
