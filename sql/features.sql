@@ -1,14 +1,16 @@
 -- Stage 4, blend: the feature table, one row per (q,p) in history or prior (eq. 8 and 9).
 --
---   alpha = tanh( min(gamma, I(q,p)) / min(gamma, max over p' of I(q,p')) )  -- q2q_alpha; 0 when the
---                                                                           -- denominator is 0
---   F     = alpha * H + (1 - alpha) * Prior * beta                          -- q2q_blend
+--   alpha = q2q_confidence($blend, ...)  (src/formula.rs)
+--     paper: tanh( min(gamma, I(q,p)) / min(gamma, max over p' of I(q,p')) ); 0 when the
+--            denominator is 0
+--     bayes: (I(q,p) + kappa) / (I(q,p) + kappa + m)
+--   F     = alpha * H + (1 - alpha) * Prior * beta   -- q2q_blend
 --
 -- H, Prior and I are 0 where the pair has no row in history / prior.
 --
 -- Reads:  history, prior, neighbour_sets
 -- Output: features(query, product_id, h, prior, alpha, f, impressions, n_neighbours, n_contributing)
--- Parameters: $gamma, $beta
+-- Parameters: $blend, $gamma, $smoothing (kappa), $pseudo_impressions (m), $beta
 WITH pairs AS (
     SELECT
         COALESCE(h.query, p.query) AS query,
@@ -32,7 +34,10 @@ weighted AS (
         pairs.product_id,
         pairs.h,
         pairs.prior,
-        q2q_alpha(pairs.impressions, COALESCE(qi.max_impressions, 0), $gamma) AS alpha,
+        q2q_confidence(
+            $blend, pairs.impressions, COALESCE(qi.max_impressions, 0),
+            $gamma, $smoothing, $pseudo_impressions
+        ) AS alpha,
         pairs.impressions,
         COALESCE(ss.n_neighbours, 0) AS n_neighbours,
         pairs.n_contributing

@@ -3,7 +3,8 @@
 -- From the upstream model's lists, drop self-pairs, rows scoring below $min_score and neighbours
 -- that have no engagement row at all; keep the highest score of a duplicated (query, neighbour);
 -- keep the $top_k best by score, ties broken by neighbour ascending (byte order).
--- |C_q| = n_neighbours. Each kept neighbour gets a weight, and the set a total the prior divides by:
+-- |C_q| = n_neighbours. Each kept neighbour gets a weight, and the set a total the prior divides by
+-- (q2q_neighbour_weight, q2q_weight_total: src/formula.rs):
 --   mean  (default): weight 1,   weight_total |C_q|               (eq. 7)
 --   score:           weight s_c, weight_total sum of s over C_q; mean weights when every kept score is 0
 --
@@ -43,7 +44,6 @@ SELECT
     score,
     rank,
     n_neighbours,
-    CASE WHEN $prior_weighting = 'score' AND score_sum > 0 THEN score ELSE 1.0 END AS weight,
-    CASE WHEN $prior_weighting = 'score' AND score_sum > 0 THEN score_sum ELSE n_neighbours END
-        AS weight_total
+    q2q_neighbour_weight($prior_weighting, score, score_sum) AS weight,
+    q2q_weight_total($prior_weighting, n_neighbours, score_sum) AS weight_total
 FROM kept

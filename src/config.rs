@@ -10,7 +10,7 @@ use bytesize::ByteSize;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{Error, Result};
-use crate::formula::HistoryWeights;
+use crate::formula::{Confidence, HistoryWeights};
 
 /// A whole feature job.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -88,6 +88,10 @@ pub struct FeatureParams {
     /// kappa: added to impressions in H's denominator.
     pub smoothing: f64,
     pub prior_weighting: PriorWeighting,
+    /// How alpha weighs H against the prior in F.
+    pub blend: Blend,
+    /// m: the prior's worth in impressions under `blend = "bayes"`.
+    pub pseudo_impressions: f64,
     /// What to do when engagement has several rows for one (query, product_id).
     pub on_duplicate: DuplicatePolicy,
 }
@@ -104,12 +108,24 @@ impl Default for FeatureParams {
             purchase_weight: 4.0,
             smoothing: 10.0,
             prior_weighting: PriorWeighting::Mean,
+            blend: Blend::Paper,
+            pseudo_impressions: 30.0,
             on_duplicate: DuplicatePolicy::Error,
         }
     }
 }
 
 impl FeatureParams {
+    /// What alpha depends on besides the pair's impressions (see [`crate::formula::alpha`]).
+    pub fn confidence(&self) -> Confidence {
+        Confidence {
+            blend: self.blend,
+            gamma: self.gamma,
+            smoothing: self.smoothing,
+            pseudo_impressions: self.pseudo_impressions,
+        }
+    }
+
     pub fn history_weights(&self) -> HistoryWeights {
         HistoryWeights {
             click: self.click_weight,
@@ -129,6 +145,61 @@ pub enum PriorWeighting {
     Mean,
     /// sum(s_c * H(c,p)) / sum(s_c): weights neighbours by the model's score (an extension).
     Score,
+}
+
+impl PriorWeighting {
+    /// The name used in config, flags and SQL (`$prior_weighting`).
+    pub fn name(self) -> &'static str {
+        match self {
+            PriorWeighting::Mean => "mean",
+            PriorWeighting::Score => "score",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<PriorWeighting> {
+        <PriorWeighting as clap::ValueEnum>::from_str(name, true).ok()
+    }
+}
+
+/// The confidence alpha of F = alpha*H + (1-alpha)*Prior*beta ([`crate::formula::alpha`]).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Blend {
+    /// tanh(min(gamma, I) / min(gamma, max_p I)): eq. 9 of the paper, relative to the query's
+    /// most-shown product.
+    #[default]
+    Paper,
+    /// (I + kappa) / (I + kappa + m): the empirical-Bayes weight of the pair's own evidence against
+    /// a prior worth m impressions.
+    Bayes,
+}
+
+impl Blend {
+    /// The name used in config, flags and SQL (`$blend`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Blend::Paper => "paper",
+            Blend::Bayes => "bayes",
+        }
+    }
+
+    /// The blend named `name` (as in config and flags).
+    pub fn from_name(name: &str) -> Option<Blend> {
+        <Blend as clap::ValueEnum>::from_str(name, true).ok()
+    }
+
+    /// The blend with the parameters it reads, for the run summary.
+    pub fn describe(self, p: &FeatureParams) -> String {
+        match self {
+            Blend::Paper => format!("paper (gamma = {})", p.gamma),
+            Blend::Bayes => format!(
+                "bayes (m = {}, kappa = {})",
+                p.pseudo_impressions, p.smoothing
+            ),
+        }
+    }
 }
 
 /// Several engagement rows for one (query, product_id).
@@ -373,6 +444,12 @@ impl JobConfig {
                     "features.{key} ({flag}) must be a finite number >= 0, got {value}"
                 )));
             }
+        }
+        if !(p.pseudo_impressions.is_finite() && p.pseudo_impressions > 0.0) {
+            return Err(Error::config(format!(
+                "features.pseudo_impressions (--pseudo-impressions) must be a finite number > 0, got {}",
+                p.pseudo_impressions
+            )));
         }
         if !p.min_score.is_finite() {
             return Err(Error::config(format!(

@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Default)]
 pub struct JobSummary {
     pub output: String,
+    /// How the features were computed: weighting and blend, e.g. `prior mean, blend bayes (m = 30)`.
+    pub formulas: String,
     pub engagement_rows: u64,
     pub neighbour_rows: u64,
     /// Rows of `history`: distinct (query, product_id) engagement pairs.
@@ -82,6 +84,7 @@ impl fmt::Display for JobSummary {
             "q2q-prior run: wrote {} rows ({} bytes) to {} (plan: {})",
             self.written.rows, self.written.bytes, self.output, self.plan
         )?;
+        writeln!(f, "  features: {}", self.formulas)?;
         writeln!(
             f,
             "  stage            rows in                        rows out      wall"
@@ -255,8 +258,16 @@ async fn run_until(
     } else {
         spinner()
     };
+    let p = &config.features;
     let mut summary = JobSummary {
         output: output.to_string(),
+        formulas: format!(
+            "top_k {}, prior {}, blend {}, beta {}",
+            p.top_k,
+            p.prior_weighting.name(),
+            p.blend.describe(p),
+            p.beta
+        ),
         ..Default::default()
     };
 

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::config::{FeatureParams, PriorWeighting};
+use crate::config::FeatureParams;
 use crate::formula;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -61,7 +61,10 @@ pub fn features(
         .map(|(&key, c)| {
             (
                 key,
-                (c[0], formula::history(&weights, c[0], c[1], c[2], c[3])),
+                (
+                    c[0],
+                    formula::history(&weights, c[0] as f64, c[1] as f64, c[2] as f64, c[3] as f64),
+                ),
             )
         })
         .collect();
@@ -104,15 +107,10 @@ pub fn features(
     let mut prior: BTreeMap<(&str, &str), (f64, i64)> = BTreeMap::new();
     for (&q, set) in &sets {
         let score_sum: f64 = set.iter().map(|(_, s)| s).sum();
-        let by_score = p.prior_weighting == PriorWeighting::Score && score_sum > 0.0;
-        let total = if by_score {
-            score_sum
-        } else {
-            set.len() as f64
-        };
+        let total = formula::weight_total(p.prior_weighting, set.len() as f64, score_sum);
         let mut sums: BTreeMap<&str, (f64, i64)> = BTreeMap::new();
         for &(c, score) in set {
-            let weight = if by_score { score } else { 1.0 };
+            let weight = formula::neighbour_weight(p.prior_weighting, score, score_sum);
             for &(product, h) in &by_query[c] {
                 let entry = sums.entry(product).or_insert((0.0, 0));
                 entry.0 += weight * h;
@@ -120,7 +118,7 @@ pub fn features(
             }
         }
         for (product, (sum, n)) in sums {
-            prior.insert((q, product), (sum / total, n));
+            prior.insert((q, product), (formula::prior(sum, total), n));
         }
     }
 
@@ -134,7 +132,7 @@ pub fn features(
             let (prior_value, n_contributing) =
                 prior.get(&(q, product)).copied().unwrap_or((0.0, 0));
             let max_i = max_impressions.get(q).copied().unwrap_or(0);
-            let alpha = formula::alpha(impressions as f64, max_i as f64, p.gamma);
+            let alpha = formula::alpha(&p.confidence(), impressions as f64, max_i as f64);
             FeatureRow {
                 query: q.to_string(),
                 product_id: product.to_string(),

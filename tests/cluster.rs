@@ -220,6 +220,35 @@ fn the_job_backfill_and_sql_on_two_executors_equal_the_local_run() {
     ));
     assert_same_features(&read_features(&remote_sql), &expected);
     assert!(log.contains("sql (cluster)"), "{log}");
+    // the bayes blend travels too: in the merge operator's parameters and as the SQL plan's UDF
+    let bayes = [
+        "--top-k",
+        "10",
+        "--blend",
+        "bayes",
+        "--prior-weighting",
+        "score",
+    ];
+    let local_bayes = dir.join("local-bayes.parquet");
+    ok(&run_job(
+        &engagement,
+        &neighbours,
+        local_bayes.to_str().unwrap(),
+        &bayes,
+    ));
+    let expected_bayes = read_features(&local_bayes);
+    for plan in ["merge", "sql"] {
+        let remote = dir.join(format!("cluster-bayes-{plan}.parquet"));
+        let mut args = bayes.to_vec();
+        args.extend(["--cluster", &cluster.url, "--plan", plan]);
+        ok(&run_job(
+            &engagement,
+            &neighbours,
+            remote.to_str().unwrap(),
+            &args,
+        ));
+        assert_same_features(&read_features(&remote), &expected_bayes);
+    }
     // both executors ran tasks of it
     for i in 0..2 {
         let executor = cluster.log(&format!("executor-{i}"));

@@ -68,13 +68,13 @@ fn variant_queries_merge_their_engagement() {
     );
     assert_eq!(
         merged.h,
-        formula::history(&WEIGHTS, 150, 15, 3, 1),
+        formula::history(&WEIGHTS, 150.0, 15.0, 3.0, 1.0),
         "H of the summed counts"
     );
     // the pair that became a self-pair is gone: only 'sunglass trendi' is a neighbour
     assert_eq!(merged.n_neighbours, 1);
     let p2 = &rows[2];
-    assert_eq!(p2.prior, formula::history(&WEIGHTS, 20, 2, 0, 0));
+    assert_eq!(p2.prior, formula::history(&WEIGHTS, 20.0, 2.0, 0.0, 0.0));
     assert_eq!(p2.impressions, 0);
 }
 

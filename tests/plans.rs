@@ -82,9 +82,21 @@ fn merge_plan_equals_sql_plan_on_synthetic_data() {
     let n = data.path().join("neighbours.parquet");
     let (e, n) = (e.to_str().unwrap(), n.to_str().unwrap());
 
-    let cases: [&[&str]; 5] = [
+    let cases: [&[&str]; 7] = [
         &[],
         &["--top-k", "10"],
+        // the bayes blend, with each prior weighting
+        &["--blend", "bayes", "--top-k", "5"],
+        &[
+            "--blend",
+            "bayes",
+            "--pseudo-impressions",
+            "7.5",
+            "--prior-weighting",
+            "score",
+            "--beta",
+            "0.8",
+        ],
         // score weighting, a score threshold that drops rows, a low impression cap, half beta
         &[
             "--top-k",

@@ -1,7 +1,8 @@
 //! Property test: on random small inputs (with ties, duplicates, self-pairs, neighbours without
 //! history, zero impressions) the engine's feature table equals the plain in-memory reference
 //! implementation of the semantics (`q2q_prior::reference`), for random parameters, with either
-//! plan (merge and sql), with string product ids (CSV) or integer ones (Parquet, `INT`).
+//! plan (merge and sql), either blend (paper, bayes with m = 3 or 30), with string product ids
+//! (CSV) or integer ones (Parquet, `INT`).
 
 mod common;
 
@@ -9,7 +10,8 @@ use std::fmt::Write as _;
 
 use proptest::prelude::*;
 use q2q_prior::config::{
-    DuplicatePolicy, ExecutionConfig, FeatureParams, InputSpec, JobConfig, PlanKind, PriorWeighting,
+    Blend, DuplicatePolicy, ExecutionConfig, FeatureParams, InputSpec, JobConfig, PlanKind,
+    PriorWeighting,
 };
 use q2q_prior::reference::{self, EngagementRow, NeighbourRow};
 
@@ -49,10 +51,12 @@ fn case() -> impl Strategy<Value = Case> {
         prop::bool::ANY,
         prop::bool::ANY,
         prop::bool::ANY,
+        prop::sample::select(vec![None, Some(3.0), Some(30.0)]),
     );
     (engagement, neighbours, duplicates, params).prop_map(
         |(engagement, neighbours, duplicates, p)| {
-            let (top_k, high_min, low_gamma, half_beta, no_smoothing, by_score, integer_ids) = p;
+            let (top_k, high_min, low_gamma, half_beta, no_smoothing, by_score, integer_ids, bayes) =
+                p;
             let row = |q: usize, p: usize, c: [i64; 4]| {
                 let mut r = row(q, p, c);
                 if integer_ids {
@@ -91,6 +95,8 @@ fn case() -> impl Strategy<Value = Case> {
                     } else {
                         PriorWeighting::Mean
                     },
+                    blend: if bayes.is_some() { Blend::Bayes } else { Blend::Paper },
+                    pseudo_impressions: bayes.unwrap_or(30.0),
                     on_duplicate: if duplicates.is_empty() {
                         DuplicatePolicy::Error
                     } else {

@@ -210,7 +210,8 @@ fn meta_commands_list_describe_and_show_stage_sql() {
     let file = std::fs::read_to_string(root().join("sql/features.sql")).unwrap();
     assert!(
         text.starts_with(
-            "-- sql/features.sql, view `features`\n-- parameters: $gamma = 10000, $beta = 1\n"
+            "-- sql/features.sql, view `features`\n-- parameters: $blend = paper, $gamma = 10000, \
+             $smoothing = 10, $pseudo_impressions = 30, $beta = 1\n"
         ),
         "{text}"
     );

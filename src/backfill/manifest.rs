@@ -6,7 +6,7 @@ use object_store::ObjectMeta;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{BackfillConfig, FeatureParams, JobConfig, OutputFormat};
+use crate::config::{BackfillConfig, Blend, FeatureParams, JobConfig, OutputFormat};
 use crate::sink::sha256_writer::hex;
 
 pub const MANIFEST: &str = "_manifest.json";
@@ -52,7 +52,7 @@ pub fn config_hash(config: &JobConfig, features: &FeatureParams) -> String {
     #[derive(Serialize)]
     struct Semantics<'a> {
         layout: &'a str,
-        features: &'a FeatureParams,
+        features: Features<'a>,
         engagement_normalize: bool,
         neighbours_normalize: bool,
         format: OutputFormat,
@@ -67,7 +67,7 @@ pub fn config_hash(config: &JobConfig, features: &FeatureParams) -> String {
     } = &config.backfill;
     let semantics = Semantics {
         layout: FORMAT,
-        features,
+        features: Features::of(features),
         engagement_normalize: config.engagement.as_ref().is_some_and(|s| s.normalize),
         neighbours_normalize: config.neighbours.as_ref().is_some_and(|s| s.normalize),
         format: config.output_format().unwrap_or_default(),
@@ -76,6 +76,58 @@ pub fn config_hash(config: &JobConfig, features: &FeatureParams) -> String {
     };
     let json = serde_json::to_vec(&semantics).expect("plain data serializes");
     format!("sha256:{}", hex(&Sha256::digest(&json)))
+}
+
+/// [`FeatureParams`] as hashed: every field, in the order they had before `blend` existed, and
+/// the blend with its `pseudo_impressions` only when it is not the paper's (which reads neither),
+/// so partitions built before the blend existed stay current. Destructured without `..`: a new
+/// parameter does not compile until it is hashed here too.
+#[derive(Serialize)]
+struct Features<'a> {
+    top_k: &'a u32,
+    min_score: &'a f64,
+    gamma: &'a f64,
+    beta: &'a f64,
+    click_weight: &'a f64,
+    add_weight: &'a f64,
+    purchase_weight: &'a f64,
+    smoothing: &'a f64,
+    prior_weighting: &'a crate::config::PriorWeighting,
+    on_duplicate: &'a crate::config::DuplicatePolicy,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blend: Option<(&'a Blend, &'a f64)>,
+}
+
+impl<'a> Features<'a> {
+    fn of(features: &'a FeatureParams) -> Self {
+        let FeatureParams {
+            top_k,
+            min_score,
+            gamma,
+            beta,
+            click_weight,
+            add_weight,
+            purchase_weight,
+            smoothing,
+            prior_weighting,
+            blend,
+            pseudo_impressions,
+            on_duplicate,
+        } = features;
+        Features {
+            top_k,
+            min_score,
+            gamma,
+            beta,
+            click_weight,
+            add_weight,
+            purchase_weight,
+            smoothing,
+            prior_weighting,
+            on_duplicate,
+            blend: (*blend != Blend::Paper).then_some((blend, pseudo_impressions)),
+        }
+    }
 }
 
 /// A partition folder as found.
@@ -191,6 +243,34 @@ mod tests {
             run_id: "r".into(),
             created_timestamp: "t".into(),
         }
+    }
+
+    #[test]
+    fn the_blend_is_hashed_unless_it_is_the_papers() {
+        let config = JobConfig::default();
+        let hash = |f: &FeatureParams| config_hash(&config, f);
+        let paper = FeatureParams::default();
+        // the hash of the defaults computed by commit 905da49, before `blend` existed
+        assert_eq!(
+            hash(&paper),
+            "sha256:2ce9d59f4d008f32e62c782c2ec47773848a5e2aeafa57db719d677de90097ea",
+            "partitions built before the blend existed stay current"
+        );
+        let other_m = FeatureParams {
+            pseudo_impressions: 50.0,
+            ..paper.clone()
+        };
+        assert_eq!(hash(&paper), hash(&other_m), "the paper's blend reads no m");
+        let bayes = FeatureParams {
+            blend: Blend::Bayes,
+            ..paper.clone()
+        };
+        let bayes_50 = FeatureParams {
+            pseudo_impressions: 50.0,
+            ..bayes.clone()
+        };
+        assert_ne!(hash(&bayes), hash(&paper));
+        assert_ne!(hash(&bayes), hash(&bayes_50));
     }
 
     #[test]

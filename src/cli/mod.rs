@@ -124,6 +124,14 @@ pub struct JobArgs {
     /// How the prior averages neighbours [features.prior_weighting; default mean].
     #[arg(long, value_enum)]
     pub prior_weighting: Option<PriorWeighting>,
+    /// How alpha weighs H against the prior in F: paper (eq. 9) or bayes
+    /// ((I + kappa) / (I + kappa + m)) [features.blend; default paper].
+    #[arg(long, value_enum)]
+    pub blend: Option<crate::config::Blend>,
+    /// m: the prior's worth in impressions with --blend bayes, > 0
+    /// [features.pseudo_impressions; default 30].
+    #[arg(long, allow_negative_numbers = true, value_name = "M")]
+    pub pseudo_impressions: Option<f64>,
     /// Several engagement rows for one (query, product_id) [features.on_duplicate; default error].
     #[arg(long, value_enum)]
     pub on_duplicate: Option<DuplicatePolicy>,
@@ -249,6 +257,8 @@ impl JobArgs {
         set(&mut f.purchase_weight, self.purchase_weight);
         set(&mut f.smoothing, self.smoothing);
         set(&mut f.prior_weighting, self.prior_weighting);
+        set(&mut f.blend, self.blend);
+        set(&mut f.pseudo_impressions, self.pseudo_impressions);
         set(&mut f.on_duplicate, self.on_duplicate);
         if self.memory_limit.is_some() {
             config.execution.memory_limit = self.memory_limit;

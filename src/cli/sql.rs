@@ -21,8 +21,9 @@ use crate::storage::OutputLocation;
 #[command(
     long_about = "Open a SQL shell over the job's tables: the inputs `engagement` and \
     `neighbours`, every pipeline stage as a view (`history`, `neighbour_sets`, `prior`, `features`) \
-    built from the same sql/ files and parameters as `run`, and the UDFs q2q_alpha, q2q_blend and \
-    normalize_query. Nothing is computed until a statement reads it.\n\n\
+    built from the same sql/ files and parameters as `run`, and the UDFs (q2q_history, \
+    q2q_neighbour_weight, q2q_weight_total, q2q_prior, q2q_confidence, q2q_alpha, q2q_blend, \
+    normalize_query; SHOW FUNCTIONS lists them). Nothing is computed until a statement reads it.\n\n\
     Without -c/-f it reads statements from stdin: a REPL on a terminal (history, multi-line \
     statements ending in ';', Ctrl-C cancels the running statement, Ctrl-D exits), a script when \
     piped (every statement runs; the exit code is 2 if any failed). With -c/-f the first error stops \

@@ -1,7 +1,8 @@
 //! Stage 4, blend: `history`, `prior`, `neighbour_sets` ->
 //! `features(query, product_id, h, prior, alpha, f, impressions, n_neighbours, n_contributing)`.
 //!
-//! alpha from impressions and F = alpha*H + (1-alpha)*Prior*beta; see `sql/features.sql`.
+//! alpha (the paper's or the Bayesian, `features.blend`) and F = alpha*H + (1-alpha)*Prior*beta;
+//! see `sql/features.sql`.
 
 use datafusion::common::ScalarValue;
 
@@ -16,7 +17,13 @@ pub const STAGE: Stage = Stage {
 
 fn params(p: &FeatureParams) -> Vec<(&'static str, ScalarValue)> {
     vec![
+        ("blend", ScalarValue::from(p.blend.name())),
         ("gamma", ScalarValue::from(p.gamma)),
+        ("smoothing", ScalarValue::from(p.smoothing)),
+        (
+            "pseudo_impressions",
+            ScalarValue::from(p.pseudo_impressions),
+        ),
         ("beta", ScalarValue::from(p.beta)),
     ]
 }

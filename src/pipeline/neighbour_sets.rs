@@ -7,7 +7,7 @@
 use datafusion::common::ScalarValue;
 
 use super::Stage;
-use crate::config::{FeatureParams, PriorWeighting};
+use crate::config::FeatureParams;
 
 pub const STAGE: Stage = Stage {
     name: "neighbour_sets",
@@ -16,13 +16,12 @@ pub const STAGE: Stage = Stage {
 };
 
 fn params(p: &FeatureParams) -> Vec<(&'static str, ScalarValue)> {
-    let weighting = match p.prior_weighting {
-        PriorWeighting::Mean => "mean",
-        PriorWeighting::Score => "score",
-    };
     vec![
         ("min_score", ScalarValue::from(p.min_score)),
         ("top_k", ScalarValue::from(i64::from(p.top_k))),
-        ("prior_weighting", ScalarValue::from(weighting)),
+        (
+            "prior_weighting",
+            ScalarValue::from(p.prior_weighting.name()),
+        ),
     ]
 }

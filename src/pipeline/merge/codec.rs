@@ -260,6 +260,9 @@ mod tests {
             prior_weighting: PriorWeighting::Score,
             gamma: 123.0,
             beta: 0.5,
+            blend: crate::config::Blend::Bayes,
+            smoothing: 3.0,
+            pseudo_impressions: 42.0,
         };
         let child = |n: usize| -> Arc<dyn ExecutionPlan> {
             Arc::new(EmptyExec::new(Arc::new(Schema::new(vec![Field::new(

@@ -242,7 +242,7 @@ impl<'a> Emitter<'a> {
         }
         contributions.sort_unstable_by_key(|c| c.product);
 
-        let (gamma, beta) = (self.params.gamma, self.params.beta);
+        let (confidence, beta) = (self.params.confidence(), self.params.beta);
         let n_neighbours = members.len() as i64;
         let name = &*index.queries[query as usize];
         let columns = &mut self.columns;
@@ -252,7 +252,8 @@ impl<'a> Emitter<'a> {
             Strings::Utf8(_) => 0,
         };
         let mut push = |pair: Pair| {
-            let alpha = formula::alpha(pair.impressions as f64, max_impressions as f64, gamma);
+            let alpha =
+                formula::alpha(&confidence, pair.impressions as f64, max_impressions as f64);
             match &mut columns.query {
                 Strings::View(v) => v.views.push(query_view),
                 Strings::Utf8(b) => b.append_value(name),
@@ -295,7 +296,11 @@ impl<'a> Emitter<'a> {
             .chunk_by(|a, b| a.product == b.product)
             .map(|group| {
                 let sum: f64 = group.iter().map(|c| c.weighted_h).sum();
-                (group[0], sum / weight_total, group.len() as i64)
+                (
+                    group[0],
+                    formula::prior(sum, weight_total),
+                    group.len() as i64,
+                )
             })
             .peekable();
         loop {

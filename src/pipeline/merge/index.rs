@@ -30,7 +30,7 @@ use datafusion::execution::memory_pool::MemoryReservation;
 use futures::StreamExt;
 
 use super::{MergeMetrics, MergeParams};
-use crate::config::PriorWeighting;
+use crate::formula;
 
 /// A key the index interns: a string (queries, product ids) or an integer product id (any
 /// integer type fits an `i128`, and orders as SQL orders it).
@@ -467,13 +467,13 @@ pub async fn build(
         });
         let kept = set.len().min(params.top_k as usize);
         let score_sum: f64 = set[..kept].iter().map(|m| m.weight).sum();
-        let by_score = params.prior_weighting == PriorWeighting::Score && score_sum > 0.0;
-        weight_total[query as usize] = if by_score { score_sum } else { kept as f64 };
+        let weighting = params.prior_weighting;
+        weight_total[query as usize] = formula::weight_total(weighting, kept as f64, score_sum);
         for i in 0..kept {
             // write <= read: moving members forward never overwrites an unread row
             let member = candidates[read + i];
             candidates[write + i] = Member {
-                weight: if by_score { member.weight } else { 1.0 },
+                weight: formula::neighbour_weight(weighting, member.weight, score_sum),
                 ..member
             };
         }

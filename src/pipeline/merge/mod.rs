@@ -53,7 +53,7 @@ use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 
 use super::inputs::OUTPUT_COLUMNS;
-use crate::config::{FeatureParams, PriorWeighting};
+use crate::config::{Blend, FeatureParams, PriorWeighting};
 use emit::Emitter;
 
 /// The parameters of stages 2-4 (everything but H's weights, which `history` applies).
@@ -64,6 +64,10 @@ pub struct MergeParams {
     pub prior_weighting: PriorWeighting,
     pub gamma: f64,
     pub beta: f64,
+    pub blend: Blend,
+    /// kappa: the bayes blend counts it as evidence.
+    pub smoothing: f64,
+    pub pseudo_impressions: f64,
 }
 
 impl From<&FeatureParams> for MergeParams {
@@ -74,6 +78,20 @@ impl From<&FeatureParams> for MergeParams {
             prior_weighting: p.prior_weighting,
             gamma: p.gamma,
             beta: p.beta,
+            blend: p.blend,
+            smoothing: p.smoothing,
+            pseudo_impressions: p.pseudo_impressions,
+        }
+    }
+}
+
+impl MergeParams {
+    pub fn confidence(&self) -> crate::formula::Confidence {
+        crate::formula::Confidence {
+            blend: self.blend,
+            gamma: self.gamma,
+            smoothing: self.smoothing,
+            pseudo_impressions: self.pseudo_impressions,
         }
     }
 }
@@ -322,9 +340,15 @@ impl DisplayAs for PriorMergeExec {
         write!(
             f,
             "PriorMergeExec: neighbour sets (top_k={}, min_score={}, weighting={:?}), prior as a \
-             per-query merge of the neighbours' history, blend (gamma={}, beta={}); output \
-             ordered by query, product_id",
-            p.top_k, p.min_score, p.prior_weighting, p.gamma, p.beta
+             per-query merge of the neighbours' history, blend {} (gamma={}, beta={}, m={}); \
+             output ordered by query, product_id",
+            p.top_k,
+            p.min_score,
+            p.prior_weighting,
+            p.blend.name(),
+            p.gamma,
+            p.beta,
+            p.pseudo_impressions
         )
     }
 }
