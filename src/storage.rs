@@ -22,7 +22,7 @@ use url::Url;
 
 use crate::error::{Error, Result};
 
-const GLOB_CHARS: [char; 3] = ['*', '?', '['];
+pub const GLOB_CHARS: [char; 3] = ['*', '?', '['];
 
 /// Parses a user URI into a listing URL. DataFusion only understands globs in local paths, so a
 /// glob in an object-store URL is split here into its fixed prefix and the pattern below it.

@@ -564,3 +564,82 @@ fn opening_the_shell_computes_nothing() {
     assert_ne!(out.status.code(), Some(0));
     assert!(stderr(&out).contains("oops"), "{}", stderr(&out));
 }
+
+/// The backfill's output folder, one partition folder and a glob are tables in quoted names, as a
+/// file is; `_SUCCESS` and `_manifest.json` beside the data are skipped; `dt` is a column.
+#[test]
+fn folders_partition_folders_and_globs_are_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let daily = root().join("fixtures/daily");
+    let out = dir.path().join("daily");
+    let backfill = run(&[
+        "backfill",
+        "--engagement",
+        daily.join("engagement").to_str().unwrap(),
+        "--neighbours",
+        daily.join("neighbours").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--window-days",
+        "3",
+        "--from",
+        "2026-01-02",
+        "--to",
+        "2026-01-04",
+    ]);
+    assert!(backfill.status.success(), "{}", stderr(&backfill));
+    assert!(out.join("dt=2026-01-03/_SUCCESS").exists());
+    let query = |sql: &str| {
+        let result = run(&["sql", "--format", "csv", "-c", sql]);
+        assert!(result.status.success(), "{sql}: {}", stderr(&result));
+        String::from_utf8_lossy(&result.stdout).into_owned()
+    };
+    let o = out.display();
+    let per_day = query(&format!(
+        "SELECT dt, count(*) AS n FROM '{o}/' GROUP BY dt ORDER BY dt"
+    ));
+    assert_eq!(
+        per_day,
+        "dt,n\n2026-01-02,16\n2026-01-03,16\n2026-01-04,16\n"
+    );
+    assert_eq!(
+        query(&format!("SELECT count(*) AS n FROM '{o}'")),
+        "n\n48\n"
+    );
+    assert_eq!(
+        query(&format!("SELECT count(*) AS n FROM '{o}/dt=2026-01-03/'")),
+        "n\n16\n"
+    );
+    assert_eq!(
+        query(&format!("SELECT count(*) AS n FROM '{o}/*.parquet'")),
+        "n\n48\n"
+    );
+    // the same rows as the partition's file read directly
+    let file = std::fs::read_dir(out.join("dt=2026-01-03"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .unwrap();
+    let columns = "query, product_id, h, prior, alpha, f";
+    assert_eq!(
+        query(&format!(
+            "SELECT {columns} FROM '{o}/dt=2026-01-03/' ORDER BY query, product_id"
+        )),
+        query(&format!(
+            "SELECT {columns} FROM '{}' ORDER BY query, product_id",
+            file.display()
+        ))
+    );
+    // a glob naming the key=value level matches nothing in DataFusion: the error says what does
+    let result = run(&["sql", "-c", &format!("SELECT * FROM '{o}/*/*.parquet'")]);
+    assert_eq!(result.status.code(), Some(2));
+    assert!(
+        stderr(&result).contains("not out/*/*.parquet"),
+        "{}",
+        stderr(&result)
+    );
+    // a bare unknown name is still an unknown table
+    let result = run(&["sql", "-c", "SELECT * FROM nope"]);
+    assert!(stderr(&result).contains("not found"), "{}", stderr(&result));
+}

@@ -570,11 +570,16 @@ pub async fn open_table(
     if files.is_empty() {
         return Err(BadInput::new(role, uri, "no files found")
             .expected(format!(
-                "at least one file{}",
+                "at least one file{}{}",
                 if extension.is_empty() {
                     String::new()
                 } else {
                     format!(" ending in {extension}")
+                },
+                if uri.contains(storage::GLOB_CHARS) {
+                    GLOB_HINT
+                } else {
+                    ""
                 }
             ))
             .into());
@@ -825,7 +830,14 @@ async fn detect_from_listing(
     });
     let Some(name) = visible else {
         return Err(BadInput::new(role, uri, "no files found")
-            .expected("a Parquet, CSV or NDJSON file, or a folder/glob containing some")
+            .expected(format!(
+                "a Parquet, CSV or NDJSON file, or a folder/glob containing some{}",
+                if uri.contains(storage::GLOB_CHARS) {
+                    GLOB_HINT
+                } else {
+                    ""
+                }
+            ))
             .into());
     };
     name_suffix(&name).ok_or_else(|| {
@@ -834,6 +846,11 @@ async fn detect_from_listing(
             .into()
     })
 }
+
+/// DataFusion matches a glob against a file's path with its `key=value` folder levels left out, so
+/// a glob that names those levels matches nothing.
+const GLOB_HINT: &str = "; a glob is matched against each path without its key=value folders \
+    (DataFusion): for out/dt=2026-01-01/part-0.parquet write out/*.parquet, not out/*/*.parquet";
 
 /// A column a command requires: its name, the types it accepts, and what an error says is expected.
 pub type Required = (&'static str, fn(&DataType) -> bool, &'static str);

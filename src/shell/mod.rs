@@ -8,6 +8,7 @@
 
 pub mod print;
 pub mod statements;
+mod url_table;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -72,7 +73,7 @@ impl Shell {
     /// A session with the UDFs, and the inputs and stage views of `config` when they are set.
     /// Reads file metadata only; nothing is computed until a statement needs it.
     pub async fn open(config: JobConfig) -> Result<Shell> {
-        let ctx = session::new_context(&config.execution)?.enable_url_table();
+        let ctx = url_table::enable(session::new_context(&config.execution)?);
         let mut sources = Vec::new();
         let describe = |input: &inputs::Input| Source {
             name: input.role.to_string(),
