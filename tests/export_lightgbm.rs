@@ -86,11 +86,11 @@ for k in ("task", "output_model"):
 params["verbose"] = -1
 params["num_threads"] = 1
 
-# 1. as lightgbm.conf says, from the CSV files (the C++ loader reads header/label/group columns)
+# 1. as lightgbm.conf says, from the CSV files (the C++ loader reads the header and label
+# column, and the groups from <data>.query beside each file)
 train = lgb.Dataset(f"{out}/{data}", params=params)
 val = lgb.Dataset(f"{out}/{valid}", reference=train, params=params)
 conf_model = lgb.train(params, train, valid_sets=[val])
-# the CSV-trained model sees `group` as its first (ignored) feature: predict rows laid out like the CSV
 valid_csv = np.loadtxt(f"{out}/{valid}", delimiter=",", skiprows=1, ndmin=2)
 conf_pred = conf_model.predict(valid_csv[:, 1:])
 
@@ -139,7 +139,8 @@ print(json.dumps({
     "csv_rows": [len(rows), len(vrows)],
     "query_file_sum": [sum(sizes), sum(vsizes)],
     "query_file_matches_qid": sizes == gt.tolist() and vsizes == gv.tolist(),
-    "csv_group_matches_qid": [int(r[1]) for r in rows] == qt.tolist(),
+    "model_features": conf_model.num_feature(),
+    "train_groups": train.get_group().tolist() == gt.tolist(),
     "numeric": numeric,
     "overlap": len(set(tt.column("query").to_pylist()) & set(tv.column("query").to_pylist())),
     "queries": [len(gt), len(gv)],
@@ -179,11 +180,23 @@ fn lightgbm_trains_on_the_export_of_synth_data() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    assert_eq!(header[..2], ["label", "group"]);
-    assert_eq!(header[2..], features[..]);
+    assert_eq!(header[0], "label");
+    assert_eq!(
+        header[1..],
+        features[..],
+        "no group column: the .query files carry the groups"
+    );
     assert_eq!(result["csv_rows"], result["query_file_sum"], "{result}");
     assert_eq!(result["query_file_matches_qid"], true, "{result}");
-    assert_eq!(result["csv_group_matches_qid"], true, "{result}");
+    assert_eq!(
+        result["train_groups"], true,
+        "LightGBM read train.csv.query: {result}"
+    );
+    assert_eq!(
+        result["model_features"],
+        features.len(),
+        "no feature slot for the group: {result}"
+    );
     assert_eq!(result["numeric"], true);
     assert_eq!(result["overlap"], 0, "no query in both splits");
     let queries: Vec<u64> = result["queries"]
@@ -330,7 +343,7 @@ fn explicit_labels_extra_features_and_missing_pairs() {
     assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
     ok(&export(&["--features", "f,has_prior", "--force"]));
     let header = std::fs::read_to_string(out.join("train.csv")).unwrap();
-    assert!(header.starts_with("label,group,f,has_prior\n"), "{header}");
+    assert!(header.starts_with("label,f,has_prior\n"), "{header}");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())

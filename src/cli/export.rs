@@ -7,13 +7,26 @@ use clap::{Args, Subcommand};
 
 use crate::config::{ExecutionConfig, InputSpec};
 use crate::error::Result;
-use crate::export::lightgbm::{self, ExportSpec, Split};
+use crate::export::lightgbm::{self, ExportSpec, Layout, Split};
 
 #[derive(Debug, Subcommand)]
 pub enum ExportCommand {
-    /// LightGBM lambdarank files (CSV + .query, Parquet with qid, lightgbm.conf) from a feature
-    /// table and labelled pairs.
+    /// LightGBM lambdarank files (CSV + .query, Parquet with qid, lightgbm.conf, predict.conf)
+    /// from a feature table and labelled pairs.
     Lightgbm(LightgbmArgs),
+    /// svmlight / LETOR files (`label qid:N 1:v ...`) for XGBoost, RankLib, Elasticsearch LTR and
+    /// Metarank, with the same join, labels and split as `export lightgbm`.
+    #[command(
+        long_about = "Join a feature table (from `run`) onto labelled (query, product_id) pairs and \
+        write svmlight / LETOR ranking files, split into train and valid by query, with the labels, \
+        features and split of `export lightgbm`.\n\n\
+        Writes into --out: train.svm / valid.svm (one line per pair, `label qid:N 1:v 2:v ...`, rows \
+        of a query together, qid numbered per split from 0, 1-based feature indexes, zero values \
+        left out), feature_map.tsv (index, name, type q), features.txt, and train.parquet / \
+        valid.parquet with qid, query, product_id, label and the features, row for row with the \
+        .svm files."
+    )]
+    Svmlight(LightgbmArgs),
 }
 
 #[derive(Debug, Args)]
@@ -24,9 +37,11 @@ pub enum ExportCommand {
     labels get a label_gain line in lightgbm.conf), or, without one, a grade from engagement counts: \
     3 purchased, 2 added to cart, 1 clicked, 0 shown only (e.g. `synth --later-period` output). \
     Pairs missing from the feature table get 0 features and has_prior = 0.\n\n\
-    Writes into --out: train.csv / valid.csv (label,group,<features>), train.csv.query / \
-    valid.csv.query (group sizes), train.parquet / valid.parquet (qid, query, product_id, label, \
-    features), features.txt and lightgbm.conf. Train with: cd OUT && lightgbm config=lightgbm.conf"
+    Writes into --out: train.csv / valid.csv (label,<features>), train.csv.query / \
+    valid.csv.query (group sizes, which LightGBM reads beside each data file), train.parquet / \
+    valid.parquet (qid, query, product_id, label, features), features.txt, lightgbm.conf and \
+    predict.conf. With LightGBM's command-line program: cd OUT && lightgbm config=lightgbm.conf \
+    && lightgbm config=predict.conf"
 )]
 pub struct LightgbmArgs {
     /// Feature table written by `run` (file, folder, glob or URL).
@@ -61,9 +76,14 @@ pub struct LightgbmArgs {
 }
 
 pub async fn run(command: ExportCommand) -> Result<()> {
-    match command {
-        ExportCommand::Lightgbm(args) => {
+    let (args, layout) = match command {
+        ExportCommand::Lightgbm(args) => (args, Layout::Lightgbm),
+        ExportCommand::Svmlight(args) => (args, Layout::Svmlight),
+    };
+    {
+        {
             let spec = ExportSpec {
+                layout,
                 feature_table: InputSpec::new(args.feature_table),
                 labels: InputSpec::new(args.labels),
                 out: args.out,

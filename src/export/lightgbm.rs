@@ -119,6 +119,19 @@ pub struct ExportSpec {
     /// Replace an existing, non-empty output folder.
     pub force: bool,
     pub execution: ExecutionConfig,
+    pub layout: Layout,
+}
+
+/// The ranker files of each split (a Parquet copy with qid, query and product_id is always
+/// written beside them, row for row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Layout {
+    /// LightGBM: `<split>.csv` (label, features) with `<split>.csv.query` group sizes, and
+    /// `lightgbm.conf` / `predict.conf` for its command-line program.
+    Lightgbm,
+    /// svmlight / LETOR (XGBoost, RankLib, Elasticsearch LTR, Metarank): `<split>.svm` lines
+    /// `label qid:N 1:v 2:v ...` (1-based feature indexes, zeros left out), and `feature_map.tsv`.
+    Svmlight,
 }
 
 /// Rows, queries and labels of one split.
@@ -135,6 +148,7 @@ pub struct SplitSummary {
 
 #[derive(Debug, Clone)]
 pub struct ExportSummary {
+    pub layout: Layout,
     pub out: PathBuf,
     pub features: Vec<String>,
     pub splits: [SplitSummary; 2],
@@ -145,7 +159,11 @@ impl fmt::Display for ExportSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "export lightgbm: {} -> {}",
+            "export {}: {} -> {}",
+            match self.layout {
+                Layout::Lightgbm => "lightgbm",
+                Layout::Svmlight => "svmlight",
+            },
             self.features.join(","),
             self.out.display()
         )?;
@@ -161,11 +179,18 @@ impl fmt::Display for ExportSummary {
                 100.0 * s.with_prior as f64 / s.rows.max(1) as f64
             )?;
         }
-        write!(
-            f,
-            "  train with: cd {} && lightgbm config=lightgbm.conf",
-            self.out.display()
-        )
+        match self.layout {
+            Layout::Lightgbm => write!(
+                f,
+                "  train with: cd {} && lightgbm config=lightgbm.conf, then lightgbm config=predict.conf",
+                self.out.display()
+            ),
+            Layout::Svmlight => write!(
+                f,
+                "  train.svm / valid.svm (features by index in feature_map.tsv) in {}",
+                self.out.display()
+            ),
+        }
     }
 }
 
@@ -215,9 +240,10 @@ pub async fn export(spec: &ExportSpec) -> Result<ExportSummary> {
     let staging = Staging(Some(staging_dir(&spec.out)?));
     let dir = staging.path().to_path_buf();
     let splits = write_splits(joined, &features, spec, &dir).await?;
-    write_metadata(&dir, &features, labels.max_label)?;
+    write_metadata(&dir, spec.layout, &features, labels.max_label)?;
     staging.publish(&spec.out)?;
     Ok(ExportSummary {
+        layout: spec.layout,
         out: spec.out.clone(),
         features,
         splits,
@@ -383,23 +409,35 @@ fn publish(staging: &Path, out: &Path) -> Result<()> {
 }
 
 /// The files of one split, open for writing.
+/// The ranker file of a split.
+enum RankerFile {
+    /// `<split>.csv` and its `.query` group sizes (rows of the current group counted until the
+    /// next starts).
+    Lightgbm {
+        // boxed: the CSV writer is large beside a BufWriter
+        csv: Box<datafusion::arrow::csv::Writer<BufWriter<File>>>,
+        schema: SchemaRef,
+        groups: BufWriter<File>,
+        group_rows: u64,
+    },
+    Svmlight(BufWriter<File>),
+}
+
 struct SplitWriter {
     summary: SplitSummary,
-    csv: datafusion::arrow::csv::Writer<BufWriter<File>>,
+    file: RankerFile,
     parquet: ArrowWriter<File>,
-    groups: BufWriter<File>,
-    /// Rows of the current group, written to `groups` when the next group starts.
-    group_rows: u64,
-    csv_schema: SchemaRef,
     parquet_schema: SchemaRef,
 }
 
 impl SplitWriter {
-    fn create(dir: &Path, name: &'static str, features: &[(String, DataType)]) -> Result<Self> {
-        let mut csv_fields = vec![
-            Field::new("label", DataType::Int64, false),
-            Field::new("group", DataType::Int64, false),
-        ];
+    fn create(
+        dir: &Path,
+        name: &'static str,
+        layout: Layout,
+        features: &[(String, DataType)],
+    ) -> Result<Self> {
+        let mut csv_fields = vec![Field::new("label", DataType::Int64, false)];
         let mut parquet_fields = vec![
             Field::new("qid", DataType::Int64, false),
             Field::new("query", DataType::Utf8, false),
@@ -411,40 +449,104 @@ impl SplitWriter {
             parquet_fields.push(Field::new(f, t.clone(), true));
         }
         let parquet_schema = Arc::new(Schema::new(parquet_fields));
+        let file = match layout {
+            Layout::Lightgbm => RankerFile::Lightgbm {
+                csv: Box::new(
+                    datafusion::arrow::csv::WriterBuilder::new()
+                        .with_header(true)
+                        .build(BufWriter::new(File::create(
+                            dir.join(format!("{name}.csv")),
+                        )?)),
+                ),
+                schema: Arc::new(Schema::new(csv_fields)),
+                groups: BufWriter::new(File::create(dir.join(format!("{name}.csv.query")))?),
+                group_rows: 0,
+            },
+            Layout::Svmlight => RankerFile::Svmlight(BufWriter::new(File::create(
+                dir.join(format!("{name}.svm")),
+            )?)),
+        };
         Ok(SplitWriter {
             summary: SplitSummary {
                 name,
                 ..Default::default()
             },
-            csv: datafusion::arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(BufWriter::new(File::create(
-                    dir.join(format!("{name}.csv")),
-                )?)),
+            file,
             parquet: ArrowWriter::try_new(
                 File::create(dir.join(format!("{name}.parquet")))?,
                 Arc::clone(&parquet_schema),
                 Some(parquet_properties()),
             )?,
-            groups: BufWriter::new(File::create(dir.join(format!("{name}.csv.query")))?),
-            group_rows: 0,
-            csv_schema: Arc::new(Schema::new(csv_fields)),
             parquet_schema,
         })
     }
 
+    /// A row of the current group (query) was written.
+    fn count_row(&mut self) {
+        if let RankerFile::Lightgbm { group_rows, .. } = &mut self.file {
+            *group_rows += 1;
+        }
+    }
+
     fn end_group(&mut self) -> Result<()> {
-        if self.group_rows > 0 {
-            writeln!(self.groups, "{}", self.group_rows)?;
-            self.group_rows = 0;
+        if let RankerFile::Lightgbm {
+            groups, group_rows, ..
+        } = &mut self.file
+            && *group_rows > 0
+        {
+            writeln!(groups, "{group_rows}")?;
+            *group_rows = 0;
+        }
+        Ok(())
+    }
+
+    /// Writes rows to the ranker file: `labels` and `qids` per row, the feature columns.
+    fn write_rows(&mut self, labels: &ArrayRef, qids: &[i64], features: &[ArrayRef]) -> Result<()> {
+        match &mut self.file {
+            RankerFile::Lightgbm { csv, schema, .. } => {
+                let mut columns = vec![Arc::clone(labels)];
+                columns.extend(features.iter().cloned());
+                csv.write(&RecordBatch::try_new(Arc::clone(schema), columns)?)?;
+            }
+            RankerFile::Svmlight(out) => {
+                let labels = labels.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+                let values: Vec<ArrayRef> = features
+                    .iter()
+                    .map(|c| cast(c, &DataType::Float64))
+                    .collect::<std::result::Result<_, _>>()?;
+                let values: Vec<&datafusion::arrow::array::Float64Array> =
+                    values.iter().map(|c| c.as_primitive()).collect();
+                let mut line = String::new();
+                for (row, qid) in qids.iter().enumerate() {
+                    use datafusion::arrow::array::Array;
+                    use std::fmt::Write as _;
+                    line.clear();
+                    let _ = write!(line, "{} qid:{qid}", labels.value(row));
+                    for (i, column) in values.iter().enumerate() {
+                        let v = column.value(row);
+                        if v != 0.0 && !column.is_null(row) {
+                            let _ = write!(line, " {}:{v}", i + 1);
+                        }
+                    }
+                    line.push('\n');
+                    out.write_all(line.as_bytes())?;
+                }
+            }
         }
         Ok(())
     }
 
     fn finish(mut self) -> Result<SplitSummary> {
         self.end_group()?;
-        self.groups.flush()?;
-        self.csv.into_inner().flush()?;
+        match self.file {
+            RankerFile::Lightgbm {
+                csv, mut groups, ..
+            } => {
+                groups.flush()?;
+                csv.into_inner().flush()?;
+            }
+            RankerFile::Svmlight(mut out) => out.flush()?,
+        }
         self.parquet.close()?;
         Ok(self.summary)
     }
@@ -465,8 +567,8 @@ async fn write_splits(
         })
         .collect();
     let mut writers = [
-        SplitWriter::create(dir, "train", &types)?,
-        SplitWriter::create(dir, "valid", &types)?,
+        SplitWriter::create(dir, "train", spec.layout, &types)?,
+        SplitWriter::create(dir, "valid", spec.layout, &types)?,
     ];
     let mut stream = joined.execute_stream().await?;
     let mut current: Option<(String, usize)> = None;
@@ -499,7 +601,7 @@ async fn write_splits(
                 }
             };
             let w = &mut writers[side];
-            w.group_rows += 1;
+            w.count_row();
             w.summary.rows += 1;
             *w.summary.labels.entry(labels.value(row)).or_default() += 1;
             w.summary.with_prior += u64::from(has_prior.value(row) > 0);
@@ -522,12 +624,8 @@ async fn write_splits(
             let feature_columns: Vec<ArrayRef> =
                 features.iter().map(|f| pick(f)).collect::<Result<_>>()?;
             let w = &mut writers[side];
-            let mut csv_columns = vec![pick("label")?, Arc::clone(&qid)];
-            csv_columns.extend(feature_columns.iter().cloned());
-            w.csv.write(&RecordBatch::try_new(
-                Arc::clone(&w.csv_schema),
-                csv_columns,
-            )?)?;
+            let qid_values = qid.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            w.write_rows(&pick("label")?, qid_values.values(), &feature_columns)?;
             let mut parquet_columns = vec![
                 qid,
                 cast(&pick("query")?, &DataType::Utf8)?,
@@ -556,14 +654,26 @@ async fn write_splits(
     Ok(splits)
 }
 
-/// `features.txt` and `lightgbm.conf`.
-fn write_metadata(dir: &Path, features: &[String], max_label: i64) -> Result<()> {
+/// `features.txt`, and `lightgbm.conf` + `predict.conf` or `feature_map.tsv`.
+fn write_metadata(dir: &Path, layout: Layout, features: &[String], max_label: i64) -> Result<()> {
     std::fs::write(dir.join("features.txt"), features.join("\n") + "\n")?;
+    if layout == Layout::Svmlight {
+        // the index each feature has in the .svm files; q: a quantity (XGBoost's feature map types)
+        let map: String = features
+            .iter()
+            .enumerate()
+            .map(|(i, name)| format!("{}\t{name}\tq\n", i + 1))
+            .collect();
+        std::fs::write(dir.join("feature_map.tsv"), map)?;
+        return Ok(());
+    }
+    // The CSVs hold label and features only: LightGBM reads the groups from `<data>.query`
+    // beside each data file (a group column would make it ignore those files, and stay a
+    // feature slot of the model).
     let mut conf = format!(
-        "# Written by q2q-prior {} (export lightgbm). Train from this folder:\n\
-         #   lightgbm config=lightgbm.conf\n\
-         # A model trained from these CSVs sees `group` as its first (ignored) feature: predict on rows\n\
-         # laid out like them (e.g. lightgbm task=predict data=valid.csv input_model=model.txt).\n\
+        "# Written by q2q-prior {} (export lightgbm). From this folder:\n\
+         #   lightgbm config=lightgbm.conf    (trains model.txt; groups from train.csv.query)\n\
+         #   lightgbm config=predict.conf     (scores valid.csv into valid.predictions.txt)\n\
          # Features: {}\n\
          task = train\n\
          objective = lambdarank\n\
@@ -573,8 +683,6 @@ fn write_metadata(dir: &Path, features: &[String], max_label: i64) -> Result<()>
          valid_data = valid.csv\n\
          header = true\n\
          label_column = name:label\n\
-         group_column = name:group\n\
-         ignore_column = name:group\n\
          num_iterations = 200\n\
          learning_rate = 0.05\n\
          num_leaves = 31\n\
@@ -592,6 +700,17 @@ fn write_metadata(dir: &Path, features: &[String], max_label: i64) -> Result<()>
         conf.push_str(&format!("label_gain = {}\n", gains.join(",")));
     }
     std::fs::write(dir.join("lightgbm.conf"), conf)?;
+    std::fs::write(
+        dir.join("predict.conf"),
+        "# Scores valid.csv with the model lightgbm.conf trained: one score per row, in row order\n\
+         # (valid.parquet has the query and product_id of each row).\n\
+         task = predict\n\
+         data = valid.csv\n\
+         header = true\n\
+         label_column = name:label\n\
+         input_model = model.txt\n\
+         output_result = valid.predictions.txt\n",
+    )?;
     Ok(())
 }
 
