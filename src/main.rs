@@ -10,7 +10,19 @@ fn main() -> ExitCode {
     for arg in std::env::args_os() {
         q2q_prior::redact::remember(&arg.to_string_lossy());
     }
-    let cli = Cli::parse();
+    // clap's messages quote arguments: printed through the redaction like every other message
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            if e.use_stderr() {
+                eprint!("{}", q2q_prior::redact::text(&e.render().to_string()));
+            } else {
+                // --help, --version: on stdout, styled as clap styles them
+                let _ = e.print();
+            }
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -38,14 +38,20 @@ const SECRET_PARAMS: [&str; 14] = [
     "apikey",
 ];
 
-/// Environment variables holding secrets that object stores read.
-const SECRET_VARIABLES: [&str; 8] = [
+/// Environment variables holding secrets that object stores read (object_store's `from_env`
+/// names).
+const SECRET_VARIABLES: [&str; 13] = [
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
     "AWS_SECURITY_TOKEN",
+    "AWS_TOKEN",
     "AZURE_STORAGE_ACCOUNT_KEY",
     "AZURE_STORAGE_ACCESS_KEY",
+    "AZURE_STORAGE_MASTER_KEY",
     "AZURE_STORAGE_SAS_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_TOKEN",
+    "AZURE_STORAGE_CLIENT_SECRET",
     "AZURE_CLIENT_SECRET",
     "GOOGLE_SERVICE_ACCOUNT_KEY",
 ];
@@ -73,13 +79,26 @@ pub fn text(s: &str) -> Cow<'_, str> {
     }
 }
 
-/// Ends a URL's authority (host part) or a parameter's value inside running text.
+/// Ends a parameter's value inside running text.
 fn ends_token(c: char) -> bool {
     c.is_whitespace()
         || matches!(
             c,
             '/' | '?' | '#' | '"' | '\'' | '`' | ')' | '>' | ',' | ';'
         )
+}
+
+/// Where the userinfo of a URL whose text after `://` is `after` ends: at the last `@` before the
+/// end of the URL (white space or a quote), when what precedes it is userinfo: no `/` in it
+/// (the host part), or a `user:password` pair whose password holds a `/` a user did not encode.
+/// A password may hold `, ; ) ? #` too, so only white space and quotes end the search.
+fn userinfo_end(after: &str) -> Option<usize> {
+    let url_end = after
+        .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`'))
+        .unwrap_or(after.len());
+    let at = after[..url_end].rfind('@')?;
+    let userinfo = &after[..at];
+    (!userinfo.is_empty() && (!userinfo.contains('/') || userinfo.contains(':'))).then_some(at)
 }
 
 /// `scheme://user:password@host` -> `scheme://***@host`, for every URL in `s`.
@@ -89,16 +108,13 @@ fn userinfo_removed(s: &str) -> String {
     while let Some(at) = rest.find("://") {
         let (before, after) = rest.split_at(at + 3);
         out.push_str(before);
-        let end = after.find(ends_token).unwrap_or(after.len());
-        let authority = &after[..end];
-        match authority.rfind('@') {
-            Some(userinfo_end) => {
+        rest = match userinfo_end(after) {
+            Some(end) => {
                 out.push_str(MASK);
-                out.push_str(&authority[userinfo_end..]);
+                &after[end..]
             }
-            None => out.push_str(authority),
-        }
-        rest = &after[end..];
+            None => after,
+        };
     }
     out.push_str(rest);
     out
@@ -142,15 +158,14 @@ fn userinfo_in(s: &str) -> Vec<String> {
     let mut rest = s;
     while let Some(at) = rest.find("://") {
         rest = &rest[at + 3..];
-        let end = rest.find(ends_token).unwrap_or(rest.len());
-        if let Some(userinfo_end) = rest[..end].rfind('@') {
-            let userinfo = &rest[..userinfo_end];
+        if let Some(end) = userinfo_end(rest) {
+            let userinfo = &rest[..end];
             found.push(userinfo.to_string());
             if let Some((_, password)) = userinfo.split_once(':') {
                 found.push(password.to_string());
             }
+            rest = &rest[end..];
         }
-        rest = &rest[end..];
     }
     found.retain(|s| s.len() >= SHORTEST_SECRET);
     found
@@ -250,6 +265,15 @@ mod tests {
         );
         assert_eq!(text("s3://bucket/key@v1"), "s3://bucket/key@v1");
         assert_eq!(text("plain text"), "plain text");
+        // passwords with sub-delimiters, or a `/` nobody encoded
+        assert_eq!(
+            text("'s3://AKIA:se,cr;e)t?#@b/x.parquet' failed"),
+            "'s3://***@b/x.parquet' failed"
+        );
+        assert_eq!(
+            text("s3://AKIA:wJal/rXUt+nFEMI@bucket/e/ and http://h/a@b"),
+            "s3://***@bucket/e/ and http://h/a@b"
+        );
     }
 
     #[test]

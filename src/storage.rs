@@ -211,14 +211,21 @@ impl Place {
                 "gcs" => "gs",
                 other => other,
             };
+            // the bucket without userinfo; segments decoded (`my%20data` is `my data`), as the
+            // object store names them
+            let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
             return Ok(Place {
-                store: format!("{scheme}://{}", url.authority()),
+                store: format!("{scheme}://{}{port}", url.host_str().unwrap_or_default()),
                 segments: url
                     .path_segments()
                     .into_iter()
                     .flatten()
                     .filter(|s| !s.is_empty())
-                    .map(String::from)
+                    .map(|s| {
+                        percent_encoding::percent_decode_str(s)
+                            .decode_utf8_lossy()
+                            .into_owned()
+                    })
                     .collect(),
                 glob,
             });
@@ -246,12 +253,14 @@ impl Place {
         let Some(glob) = &input.glob else {
             return true;
         };
-        // the glob decides, as when the input is listed
-        let prefix = format!("/{}/", input.segments.join("/"));
-        let path: ObjectPath = self.segments.iter().map(|s| s.as_str()).collect();
-        ListingTableUrl::parse(format!("{prefix}{glob}"))
-            .map(|url| url.contains(&path, false))
-            .unwrap_or(true)
+        // the glob decides, as DataFusion decides when it lists the input: the path below the
+        // glob's folder, without its key=value folders, matched by the pattern
+        let below: Vec<&str> = self.segments[input.segments.len()..]
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !s.contains('='))
+            .collect();
+        glob::Pattern::new(glob).map_or(true, |pattern| pattern.matches(&below.join("/")))
     }
 }
 
@@ -388,6 +397,23 @@ mod tests {
             "matched by the glob"
         );
         assert!(refused("s3://b/e/", true, "s3://b/e/dt=1/"));
+        assert!(
+            refused("s3://k:p@b/e/x.parquet", false, "s3://b/e/"),
+            "userinfo is no bucket"
+        );
+        assert!(
+            refused(
+                "s3://b/my%20data/p.parquet",
+                false,
+                "s3://b/my data/*.parquet"
+            ),
+            "decoded segments, matched by the glob"
+        );
+        std::fs::create_dir_all(d.join("in/odd~%dir")).unwrap();
+        assert!(
+            refused(&p("in/odd~%dir/f.csv"), false, &p("in/odd~%dir/*.csv")),
+            "a local folder with characters object_store escapes"
+        );
         assert!(refused("s3a://b/e/f.parquet", false, "s3://b/e/"));
         assert!(!refused("s3://b/out/", true, "s3://b/e/"));
         assert!(!refused("s3://other/e/", true, "s3://b/e/"));

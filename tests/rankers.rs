@@ -198,6 +198,9 @@ ranker = xgb.XGBRanker(objective="rank:ndcg", n_estimators=100, learning_rate=0.
                        tree_method="hist", n_jobs=1, random_state=0)
 ranker.fit(Xt, yt, qid=qt)
 pred = ranker.predict(Xv)
+# XGBoost reads the feature map (it checks the ids) and names the features in the dump
+ranker.get_booster().dump_model(f"{out}/dump.txt", fmap=f"{out}/feature_map.tsv")
+dump = open(f"{out}/dump.txt").read()
 def mean_ndcg(scores):
     values = []
     for q in np.unique(qv):
@@ -209,6 +212,7 @@ rng = np.random.default_rng(0)
 print(json.dumps({
     "same_as_parquet": bool(same_train and same_valid),
     "feature_map": [[int(i), n, t] for i, n, t in feature_map],
+    "dump_names": sorted({f for f in features if f"[{f}<" in dump}),
     "features": features,
     "rows": [int(Xt.shape[0]), int(Xv.shape[0])],
     "xgboost_ndcg10": mean_ndcg(pred),
@@ -248,9 +252,13 @@ fn svmlight_export_reads_in_scikit_learn_and_trains_xgboost() {
     let map = result["feature_map"].as_array().unwrap();
     assert_eq!(map.len(), features.len());
     for (i, (entry, name)) in map.iter().zip(features).enumerate() {
-        assert_eq!(entry[0], i + 1);
+        assert_eq!(entry[0], i, "XGBoost's 0-based ids");
         assert_eq!(&entry[1], name);
     }
+    assert!(
+        !result["dump_names"].as_array().unwrap().is_empty(),
+        "the model dump names features through the map: {result}"
+    );
     let (xgboost, random) = (
         result["xgboost_ndcg10"].as_f64().unwrap(),
         result["random_ndcg10"].as_f64().unwrap(),

@@ -510,8 +510,13 @@ fn the_next_run_removes_what_a_killed_run_staged() {
     child.wait().unwrap();
     let left = staged(&folder);
     assert_eq!(left.len(), 1, "the killed run's staging file: {left:?}");
-    // another destination's staging file in the same folder is not this run's to remove
-    let other = "_q2q_staging.ffffff.1.1.1.other.csv.partial".to_string();
+    // another destination's staging file of a dead run on this machine: not this run's to remove
+    // (the next run to that destination removes it)
+    let other = format!(
+        "_q2q_staging.{}.{}.1.1.other.csv.partial",
+        q2q_prior::process::machine_tag(),
+        u32::MAX - 1
+    );
     std::fs::write(folder.join(&other), "x").unwrap();
 
     let result = run_job(
@@ -687,7 +692,15 @@ fn credentials_are_never_printed() {
         assert!(!err.contains(secret), "{secret} printed:\n{err}");
         assert!(!String::from_utf8_lossy(&output.stdout).contains(secret));
     }
-    // validate and the shell's \d show the URI redacted too
+    // clap's own errors quote the argument: redacted too
+    let stray = run(&["run", "s3://key:strayp4ssword@bucket/x.parquet"]);
+    assert_eq!(stray.status.code(), Some(2));
+    assert!(
+        stderr(&stray).contains("unexpected argument") && !stderr(&stray).contains("strayp4ssword"),
+        "{}",
+        stderr(&stray)
+    );
+    // validate shows the URI redacted too
     let report = bin()
         .args(["validate", "--engagement", "s3://key:uripassword@bucket/e/"])
         .args(["--neighbours", n.to_str().unwrap()])

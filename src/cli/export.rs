@@ -22,7 +22,8 @@ pub enum ExportCommand {
         features and split of `export lightgbm`.\n\n\
         Writes into --out: train.svm / valid.svm (one line per pair, `label qid:N 1:v 2:v ...`, rows \
         of a query together, qid numbered per split from 0, 1-based feature indexes, zero values \
-        left out), feature_map.tsv (index, name, type q), features.txt, and train.parquet / \
+        left out; a null feature is refused), feature_map.tsv (XGBoost's feature map: id = index - \
+        1, name, type q), features.txt, and train.parquet / \
         valid.parquet with qid, query, product_id, label and the features, row for row with the \
         .svm files."
     )]

@@ -339,8 +339,10 @@ async fn write_output(shell: &Shell, sql: &str, output: &str, status: Status) ->
     let written = sink::write_atomic(df, &location, format, &stop.token, |_| {}).await?;
     if !status.quiet {
         eprintln!(
-            "wrote {} row(s) ({} bytes) to {output}",
-            written.rows, written.bytes
+            "wrote {} row(s) ({} bytes) to {}",
+            written.rows,
+            written.bytes,
+            crate::redact::text(output)
         );
     }
     Ok(())

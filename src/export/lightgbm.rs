@@ -130,7 +130,9 @@ pub enum Layout {
     /// `lightgbm.conf` / `predict.conf` for its command-line program.
     Lightgbm,
     /// svmlight / LETOR (XGBoost, RankLib, Elasticsearch LTR, Metarank): `<split>.svm` lines
-    /// `label qid:N 1:v 2:v ...` (1-based feature indexes, zeros left out), and `feature_map.tsv`.
+    /// `label qid:N 1:v 2:v ...` (1-based feature indexes, as RankLib requires; zeros left out),
+    /// and `feature_map.tsv` in XGBoost's feature-map format (0-based: feature `i` of the file is
+    /// column `i - 1` once read with `zero_based=False`).
     Svmlight,
 }
 
@@ -500,8 +502,15 @@ impl SplitWriter {
         Ok(())
     }
 
-    /// Writes rows to the ranker file: `labels` and `qids` per row, the feature columns.
-    fn write_rows(&mut self, labels: &ArrayRef, qids: &[i64], features: &[ArrayRef]) -> Result<()> {
+    /// Writes rows to the ranker file: `labels` and `qids` per row, the feature columns (named
+    /// `names`).
+    fn write_rows(
+        &mut self,
+        labels: &ArrayRef,
+        qids: &[i64],
+        names: &[String],
+        features: &[ArrayRef],
+    ) -> Result<()> {
         match &mut self.file {
             RankerFile::Lightgbm { csv, schema, .. } => {
                 let mut columns = vec![Arc::clone(labels)];
@@ -523,8 +532,16 @@ impl SplitWriter {
                     line.clear();
                     let _ = write!(line, "{} qid:{qid}", labels.value(row));
                     for (i, column) in values.iter().enumerate() {
+                        if column.is_null(row) {
+                            // a left-out feature reads as 0 in svmlight, not as missing
+                            return Err(Error::config(format!(
+                                "feature '{}' is null in a labelled row: svmlight has no missing \
+                                 values; fill the column or leave it out of --features",
+                                names[i]
+                            )));
+                        }
                         let v = column.value(row);
-                        if v != 0.0 && !column.is_null(row) {
+                        if v != 0.0 {
                             let _ = write!(line, " {}:{v}", i + 1);
                         }
                     }
@@ -625,7 +642,12 @@ async fn write_splits(
                 features.iter().map(|f| pick(f)).collect::<Result<_>>()?;
             let w = &mut writers[side];
             let qid_values = qid.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
-            w.write_rows(&pick("label")?, qid_values.values(), &feature_columns)?;
+            w.write_rows(
+                &pick("label")?,
+                qid_values.values(),
+                features,
+                &feature_columns,
+            )?;
             let mut parquet_columns = vec![
                 qid,
                 cast(&pick("query")?, &DataType::Utf8)?,
@@ -658,11 +680,12 @@ async fn write_splits(
 fn write_metadata(dir: &Path, layout: Layout, features: &[String], max_label: i64) -> Result<()> {
     std::fs::write(dir.join("features.txt"), features.join("\n") + "\n")?;
     if layout == Layout::Svmlight {
-        // the index each feature has in the .svm files; q: a quantity (XGBoost's feature map types)
+        // XGBoost's feature map: 0-based ids (its loader checks them), i.e. the .svm file's index
+        // minus one; q: a quantity
         let map: String = features
             .iter()
             .enumerate()
-            .map(|(i, name)| format!("{}\t{name}\tq\n", i + 1))
+            .map(|(i, name)| format!("{i}\t{name}\tq\n"))
             .collect();
         std::fs::write(dir.join("feature_map.tsv"), map)?;
         return Ok(());

@@ -27,11 +27,10 @@ struct UrlTables {
     session: SessionStore,
 }
 
-/// A name that can only mean a path or URL (a bare name is a table that does not exist).
+/// A name that can only mean a path or URL. A bare name (`target`) is a table that does not
+/// exist, even where a folder of that name does: `'target/'` opens the folder.
 fn looks_like_path(name: &str) -> bool {
-    name.contains(['/', '*', '?', '['])
-        || name.contains("://")
-        || std::path::Path::new(name).exists()
+    name.contains(['/', '*', '?', '[']) || name.contains("://")
 }
 
 #[async_trait]

@@ -7,10 +7,12 @@
 //! the OOM killer) leaves that object, or the local store's `<object>#<n>` temp file, behind;
 //! [`prepare`] removes those of dead runs before the next write to the same destination:
 //!
-//! - a run on this machine (same host, boot and PID namespace) whose process is gone;
-//! - any run's, once the object has not changed for [`STALE_AFTER`]. A live run writes its staging
-//!   object continuously and renames it within seconds of completing it (on object stores the
-//!   object only appears once complete), so an hour without change is never a live write.
+//! - a run on this machine (same host, boot and PID namespace) whose process is gone: decided by
+//!   the process alone, never by age, so a live run's object is never taken;
+//! - a run elsewhere (or of an unknown machine), once the object has not changed for
+//!   [`STALE_AFTER`]. A live run writes its staging file continuously and renames it within
+//!   seconds of completing it; on object stores the object appears once complete, and its
+//!   Last-Modified may be the time the upload started, so the limit is a day, not an hour.
 
 use std::path::Path;
 use std::time::Duration;
@@ -25,8 +27,8 @@ use crate::storage::OutputLocation;
 const PREFIX: &str = "_q2q_staging.";
 const SUFFIX: &str = ".partial";
 
-/// Staging objects of other runs unchanged for this long are leftovers, whoever wrote them.
-pub const STALE_AFTER: Duration = Duration::from_secs(3600);
+/// Staging objects of runs on other machines unchanged for this long are leftovers.
+pub const STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// A fresh staging path beside `location`'s destination, unique to this process and moment.
 pub fn sibling(location: &OutputLocation) -> ObjectPath {
@@ -49,25 +51,43 @@ pub fn sibling(location: &OutputLocation) -> ObjectPath {
     }
 }
 
+/// The object name of a local store's temp file (`<object>#<n>`), or `file` itself.
+fn object_name(file: &str) -> &str {
+    match file.rsplit_once('#') {
+        Some((object, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => object,
+        _ => file,
+    }
+}
+
+/// The fields between [`PREFIX`] and `.<destination>.partial`, when `file` stages `destination`
+/// (as written, or percent-escaped as object_store writes a path part: `~` becomes `%7E`).
+fn fields_of<'a>(file: &'a str, destination: &str) -> Option<&'a str> {
+    let rest = object_name(file)
+        .strip_prefix(PREFIX)?
+        .strip_suffix(SUFFIX)?;
+    let escaped = object_store::path::PathPart::from(destination);
+    [destination, escaped.as_ref()]
+        .into_iter()
+        .find_map(|d| rest.strip_suffix(d)?.strip_suffix('.'))
+}
+
 /// Whose a staging file name is: `Some((machine, pid, start))` when it stages `destination`
 /// (`None` for other names, and for other destinations' staging files).
 fn owner_of(file: &str, destination: &str) -> Option<(String, u32, u64)> {
-    let file = match file.rsplit_once('#') {
-        // the local store's temp file of the object
-        Some((object, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => object,
-        _ => file,
-    };
-    let rest = file
-        .strip_prefix(PREFIX)?
-        .strip_suffix(SUFFIX)?
-        .strip_suffix(destination)?
-        .strip_suffix('.')?;
-    let mut fields = rest.splitn(4, '.');
+    let mut fields = fields_of(file, destination)?.splitn(4, '.');
     let machine = fields.next()?.to_string();
     let pid = fields.next()?.parse().ok()?;
     let start = fields.next()?.parse().ok()?;
     fields.next()?.parse::<u128>().ok()?;
     Some((machine, pid, start))
+}
+
+/// The older name `_q2q_staging.<pid>.<nanos>.<destination>.partial`, exactly.
+fn is_legacy(file: &str, destination: &str) -> bool {
+    fields_of(file, destination).is_some_and(|fields| {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        matches!(fields.split_once('.'), Some((pid, nanos)) if digits(pid) && digits(nanos))
+    })
 }
 
 /// A staging file of a run that can no longer finish it.
@@ -77,23 +97,12 @@ fn is_leftover(file: &str, destination: &str, unchanged_for: Duration) -> bool {
     }
     let here = process::machine_tag();
     match owner_of(file, destination) {
-        Some((machine, pid, start)) => {
-            if pid == std::process::id() && machine == here {
-                return false; // this run's own
-            }
-            let gone = !here.is_empty()
-                && machine == here
-                && process::start_ticks(pid).is_none_or(|now| now != start);
-            gone || unchanged_for >= STALE_AFTER
+        // on this machine the process decides: gone, or a reused pid with another start time
+        Some((machine, pid, start)) if !here.is_empty() && machine == here => {
+            pid != std::process::id() && process::start_ticks(pid).is_none_or(|now| now != start)
         }
-        // the older `_q2q_staging.<pid>.<nanos>.<name>.partial`, or another destination's
-        None => {
-            let legacy = file
-                .split_once('#')
-                .map_or(file, |(object, _)| object)
-                .ends_with(&format!(".{destination}{SUFFIX}"));
-            legacy && unchanged_for >= STALE_AFTER
-        }
+        Some(_) => unchanged_for >= STALE_AFTER,
+        None => is_legacy(file, destination) && unchanged_for >= STALE_AFTER,
     }
 }
 
@@ -142,11 +151,12 @@ fn check_local(location: &OutputLocation, dir: &Path) -> Result<()> {
             format!("{} is a file, not a folder", existing.display()),
         ));
     }
-    // a probe file of the staging name (removed at once; a leftover is cleaned as one)
-    let probe = existing.join(format!(
-        "{}.probe",
-        sibling(location).filename().unwrap_or("_q2q_staging.probe")
-    ));
+    // a probe under a staging name of this run (removed at once; a leftover is cleaned as one)
+    let probe = existing.join(
+        sibling(location)
+            .filename()
+            .unwrap_or("_q2q_staging.partial"),
+    );
     match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -261,7 +271,7 @@ mod tests {
     }
 
     #[test]
-    fn leftovers_of_dead_runs_on_this_machine_go_at_once_others_after_an_hour() {
+    fn leftovers_of_dead_runs_here_go_at_once_live_ones_never_others_after_a_day() {
         let here = process::machine_tag();
         let dead = format!("_q2q_staging.{here}.{}.1.1.f.parquet.partial", u32::MAX - 1);
         assert!(is_leftover(&dead, "f.parquet", Duration::ZERO) || here.is_empty());
@@ -269,21 +279,39 @@ mod tests {
         let start = process::start_ticks(pid).unwrap_or(0);
         let mine = format!("_q2q_staging.{here}.{pid}.{start}.1.f.parquet.partial");
         assert!(!is_leftover(&mine, "f.parquet", STALE_AFTER * 2));
+        if !here.is_empty() {
+            // a live process here is never taken, however old its file looks
+            let parent = std::os::unix::process::parent_id();
+            let live = format!(
+                "_q2q_staging.{here}.{parent}.{}.1.f.parquet.partial",
+                process::start_ticks(parent).unwrap_or(0)
+            );
+            assert!(!is_leftover(&live, "f.parquet", STALE_AFTER * 2));
+        }
         let elsewhere = "_q2q_staging.ffffff.1.1.1.f.parquet.partial";
         assert!(!is_leftover(
             elsewhere,
             "f.parquet",
-            Duration::from_secs(60)
+            Duration::from_secs(3600)
         ));
         assert!(is_leftover(elsewhere, "f.parquet", STALE_AFTER));
         let legacy = "_q2q_staging.77.1700000000.f.parquet.partial";
         assert!(!is_leftover(legacy, "f.parquet", Duration::from_secs(60)));
         assert!(is_leftover(legacy, "f.parquet", STALE_AFTER));
         assert!(!is_leftover("f.parquet", "f.parquet", STALE_AFTER * 2));
-        assert!(!is_leftover(
+        for other in [
             "_q2q_staging.ffffff.1.1.1.g.parquet.partial",
-            "f.parquet",
-            STALE_AFTER * 2
-        ));
+            // other destinations whose names end like this one's
+            "_q2q_staging.ffffff.1.1.1.x.f.parquet.partial",
+            "_q2q_staging.77.1700000000.x.f.parquet.partial",
+        ] {
+            assert!(!is_leftover(other, "f.parquet", STALE_AFTER * 2), "{other}");
+        }
+        // a name object_store escapes is recognised in its escaped form
+        let escaped = format!(
+            "_q2q_staging.{here}.{}.1.1.f%7Ev2.parquet.partial",
+            u32::MAX - 1
+        );
+        assert!(is_leftover(&escaped, "f~v2.parquet", Duration::ZERO) || here.is_empty());
     }
 }
