@@ -67,19 +67,7 @@ import numpy as np, pyarrow.parquet as pq, lightgbm as lgb
 from sklearn.metrics import ndcg_score
 
 out = sys.argv[1]
-def typed(v):
-    for t in (int, float):
-        try:
-            return t(v)
-        except ValueError:
-            pass
-    return v
-params = {}
-for line in open(f"{out}/lightgbm.conf"):
-    line = line.split("#")[0].strip()
-    if line:
-        k, v = [x.strip() for x in line.split("=", 1)]
-        params[k] = typed(v)
+params = lightgbm_conf(f"{out}/lightgbm.conf")
 data, valid = params.pop("data"), params.pop("valid_data")
 for k in ("task", "output_model"):
     params.pop(k)
@@ -152,8 +140,11 @@ fn lightgbm_trains_on_the_export_of_synth_data() {
     let dir = tempfile::tempdir().unwrap();
     synth_and_export(dir.path(), &[]);
     let out = dir.path().join("lgb");
-    let result: serde_json::Value =
-        serde_json::from_str(&python(TRAIN, &[out.to_str().unwrap()])).unwrap();
+    let result: serde_json::Value = serde_json::from_str(&python(
+        &format!("{LIGHTGBM_CONF_PY}{TRAIN}"),
+        &[out.to_str().unwrap()],
+    ))
+    .unwrap();
 
     let features: Vec<&str> = result["features"]
         .as_array()
@@ -256,8 +247,11 @@ fn lightgbm_trains_on_a_bayes_feature_table() {
         &[],
     );
     let out = dir.path().join("lgb");
-    let result: serde_json::Value =
-        serde_json::from_str(&python(TRAIN, &[out.to_str().unwrap()])).unwrap();
+    let result: serde_json::Value = serde_json::from_str(&python(
+        &format!("{LIGHTGBM_CONF_PY}{TRAIN}"),
+        &[out.to_str().unwrap()],
+    ))
+    .unwrap();
     assert_eq!(result["numeric"], true);
     let random = result["random_ndcg10"].as_f64().unwrap();
     for trained in ["csv_ndcg10", "parquet_ndcg10"] {

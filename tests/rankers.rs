@@ -84,19 +84,7 @@ def mean_ndcg(scores):
               for a, b in zip(bounds[:-1], bounds[1:]) if b - a > 1 and y[a:b].max() > 0]
     return float(np.mean(values))
 cli = np.loadtxt(predictions)
-def typed(v):
-    for t in (int, float):
-        try:
-            return t(v)
-        except ValueError:
-            pass
-    return v
-params = {}
-for line in open(f"{out}/lightgbm.conf"):
-    line = line.split("#")[0].strip()
-    if line:
-        k, v = [x.strip() for x in line.split("=", 1)]
-        params[k] = typed(v)
+params = lightgbm_conf(f"{out}/lightgbm.conf")
 data, valid_data = params.pop("data"), params.pop("valid_data")
 for k in ("task", "output_model"):
     params.pop(k)
@@ -153,7 +141,7 @@ fn lightgbm_cli_trains_and_predicts_with_the_printed_commands() {
         .unwrap();
     ok(&predict);
     let scored: serde_json::Value = serde_json::from_str(&python(
-        SCORE,
+        &format!("{LIGHTGBM_CONF_PY}{SCORE}"),
         &[
             out.to_str().unwrap(),
             out.join("valid.predictions.txt").to_str().unwrap(),

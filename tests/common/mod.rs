@@ -272,6 +272,26 @@ pub fn venv_bin(name: &str) -> PathBuf {
     path
 }
 
+/// Python: `lightgbm_conf(path)`, the keys of an exported `lightgbm.conf` as LightGBM's Python
+/// API takes them (numbers as numbers). Prepend it to a snippet that calls it.
+pub const LIGHTGBM_CONF_PY: &str = r##"
+def lightgbm_conf(path):
+    def typed(v):
+        for t in (int, float):
+            try:
+                return t(v)
+            except ValueError:
+                pass
+        return v
+    params = {}
+    for line in open(path):
+        line = line.split("#")[0].strip()
+        if line:
+            k, v = [x.strip() for x in line.split("=", 1)]
+            params[k] = typed(v)
+    return params
+"##;
+
 /// Runs a Python snippet in the test venv with `args` as sys.argv[1:]; returns its stdout and
 /// fails the test (with stderr) if it fails.
 pub fn python(code: &str, args: &[&str]) -> String {
