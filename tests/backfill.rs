@@ -466,6 +466,49 @@ fn killed_at_random_points_the_next_run_finishes_and_equals_a_clean_run() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
+/// A run killed after publishing a partition, before releasing its lock, leaves the lock of an
+/// up-to-date partition, which no build takes over: the next run removes such locks when their
+/// holder is gone, and leaves a live holder's alone.
+#[test]
+fn a_rerun_removes_locks_that_dead_runs_left_on_published_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    write_inputs(data);
+    let out = data.join("features");
+    ok(&backfill(data, &out, &[]));
+    let locks = out.join("_q2q/locks");
+    std::fs::create_dir_all(&locks).unwrap();
+    let read = |path: &str| std::fs::read_to_string(path).unwrap().trim().to_string();
+    let owner = |pid: u32, start: u64| {
+        serde_json::json!({
+            "run_id": format!("run-{pid}"),
+            "host": read("/proc/sys/kernel/hostname"),
+            "boot_id": read("/proc/sys/kernel/random/boot_id"),
+            "pid_ns": std::fs::read_link("/proc/self/ns/pid").unwrap().to_string_lossy(),
+            "pid": pid,
+            "start_ticks": start,
+            "timeout_secs": 600,
+            "renewed_at": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        })
+        .to_string()
+    };
+    let days = days_built();
+    let (dead, live) = (&days[0], &days[1]);
+    let dead_lock = locks.join(format!("dt={dead}.lock"));
+    let live_lock = locks.join(format!("dt={live}.lock"));
+    std::fs::write(&dead_lock, owner(u32::MAX - 1, 1)).unwrap();
+    let me = std::process::id();
+    let start = q2q_prior::process::start_ticks(me).unwrap();
+    std::fs::write(&live_lock, owner(me, start)).unwrap();
+    let log = ok(&backfill(data, &out, &[]));
+    assert!(log.contains("0 built"), "everything was up to date: {log}");
+    assert!(!dead_lock.exists(), "the dead run's lock is removed");
+    assert!(live_lock.exists(), "a live holder's lock stays");
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {

@@ -158,6 +158,28 @@ pub async fn acquire(
     }
 }
 
+/// Removes the lock at `path` when its holder is gone or its lease ran out (a run killed after
+/// publishing its partition, before releasing the lock), through the same takeover as
+/// [`acquire`]; a live holder's lock stays. True when it removed one.
+pub async fn clear_abandoned(
+    store: &Arc<dyn ObjectStore>,
+    path: &ObjectPath,
+    run_id: &str,
+    timeout: Duration,
+) -> Result<bool> {
+    let held = match store.get(path).await {
+        Ok(got) => got.bytes().await.map_err(|e| lock_error(path, e))?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(false),
+        Err(e) => return Err(lock_error(path, e)),
+    };
+    let me = Owner::me(run_id, timeout);
+    let holder: Option<Owner> = serde_json::from_slice(&held).ok();
+    if holder.as_ref().is_some_and(|h| !h.is_stale(&me, timeout)) {
+        return Ok(false);
+    }
+    take_over(store, path, &held, &me, timeout).await
+}
+
 /// Removes the stale lock whose content is `held` if this run wins its takeover token. False
 /// when another live run is taking it over.
 async fn take_over(

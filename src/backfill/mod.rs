@@ -467,6 +467,9 @@ pub async fn run(
         bar.set_message(counts(&report));
     }
     bar.finish_and_clear();
+    if !interrupted {
+        clear_abandoned_locks(&backfill, &report).await;
+    }
     report.built.sort_by_key(|(d, _, _)| *d);
     report.skipped.sort_by_key(|(d, _)| *d);
     report.failed.sort_by_key(|(d, _)| *d);
@@ -476,6 +479,39 @@ pub async fn run(
         return Err(Error::Interrupted);
     }
     Ok(report)
+}
+
+/// Locks of partitions this run did not build, left by runs killed after publishing (their
+/// partitions are up to date, so no build takes the lock over): removed when their holder is gone.
+async fn clear_abandoned_locks(backfill: &Backfill, report: &Report) {
+    let output = &backfill.output;
+    let folder = output.path_of("_q2q/locks");
+    let Ok(locks) = output.list_below(&folder).await else {
+        return;
+    };
+    let built: Vec<String> = report
+        .built
+        .iter()
+        .map(|(day, _, _)| layout::folder(&backfill.config.backfill.date_partition, *day))
+        .collect();
+    let timeout = Duration::from_secs(backfill.config.backfill.lock_timeout_secs.max(1));
+    for meta in locks {
+        let Some(name) = meta.location.filename() else {
+            continue;
+        };
+        let Some(partition) = name.strip_suffix(".lock") else {
+            continue;
+        };
+        if built.iter().any(|b| b == partition) {
+            continue;
+        }
+        match lock::clear_abandoned(&output.store, &meta.location, &backfill.run_id, timeout).await
+        {
+            Ok(true) => tracing::info!("removed the abandoned lock {}", meta.location),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("could not clear the lock {}: {e}", meta.location),
+        }
+    }
 }
 
 enum Built {
