@@ -11,51 +11,14 @@ fn ok(out: &std::process::Output) {
     assert!(out.status.success(), "{}", stderr(out));
 }
 
-/// synth (with a later period) -> run -> export, in `dir`.
+/// synth (with a later period) -> run -> export, in `dir` (the export in `dir/lgb`).
 fn synth_and_export(dir: &Path, extra: &[&str]) {
     synth_run_and_export(dir, &[], extra)
 }
 
 /// [`synth_and_export`] with `run_extra` flags for the job.
 fn synth_run_and_export(dir: &Path, run_extra: &[&str], extra: &[&str]) {
-    let d = dir.to_str().unwrap();
-    ok(&run(&[
-        "synth",
-        "--queries",
-        "1500",
-        "--seed",
-        "3",
-        "--later-period",
-        "--out",
-        d,
-    ]));
-    let engagement = format!("{d}/engagement.parquet");
-    let neighbours = format!("{d}/neighbours.parquet");
-    let features = format!("{d}/features.parquet");
-    let mut job = vec![
-        "run",
-        "--engagement",
-        &engagement,
-        "--neighbours",
-        &neighbours,
-        "-o",
-        &features,
-    ];
-    job.extend(run_extra);
-    ok(&run(&job));
-    let mut args = vec![
-        "export".to_string(),
-        "lightgbm".into(),
-        "--feature-table".into(),
-        format!("{d}/features.parquet"),
-        "--labels".into(),
-        format!("{d}/engagement_later.parquet"),
-        "--out".into(),
-        format!("{d}/lgb"),
-    ];
-    args.extend(extra.iter().map(|a| a.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ok(&run(&args));
+    synth_run_export(dir, "lightgbm", run_extra, extra, &dir.join("lgb"));
 }
 
 /// Trains from lightgbm.conf (the CLI's keys minus task/data/output, which the Python API takes

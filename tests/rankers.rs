@@ -17,34 +17,8 @@ fn ok(out: &std::process::Output) -> String {
 
 /// synth with a later period -> run -> `export <layout>` into `dir/out`.
 fn export(dir: &Path, layout: &str) -> PathBuf {
-    let d = dir.to_str().unwrap();
-    ok(&run(&[
-        "synth",
-        "--queries",
-        "1500",
-        "--seed",
-        "3",
-        "--later-period",
-        "--out",
-        d,
-    ]));
-    ok(&run_job(
-        &format!("{d}/engagement.parquet"),
-        &format!("{d}/neighbours.parquet"),
-        &format!("{d}/features.parquet"),
-        &[],
-    ));
     let out = dir.join("out");
-    ok(&run(&[
-        "export",
-        layout,
-        "--feature-table",
-        &format!("{d}/features.parquet"),
-        "--labels",
-        &format!("{d}/engagement_later.parquet"),
-        "--out",
-        out.to_str().unwrap(),
-    ]));
+    synth_run_export(dir, layout, &[], &[], &out);
     out
 }
 

@@ -51,6 +51,53 @@ pub fn run_job(engagement: &str, neighbours: &str, output: &str, extra: &[&str])
     run(&args)
 }
 
+/// A synthetic marketplace with a later period in `dir` -> `run` (plus `run_extra`) ->
+/// `export <layout>` (plus `export_extra`) into `out`: what the ranker tests train on.
+pub fn synth_run_export(
+    dir: &Path,
+    layout: &str,
+    run_extra: &[&str],
+    export_extra: &[&str],
+    out: &Path,
+) {
+    let d = dir.to_str().unwrap();
+    let check = |result: Output| {
+        assert!(result.status.success(), "{}", stderr(&result));
+    };
+    check(run(&[
+        "synth",
+        "--queries",
+        "1500",
+        "--seed",
+        "3",
+        "--later-period",
+        "--out",
+        d,
+    ]));
+    check(run_job(
+        &format!("{d}/engagement.parquet"),
+        &format!("{d}/neighbours.parquet"),
+        &format!("{d}/features.parquet"),
+        run_extra,
+    ));
+    let (features, labels) = (
+        format!("{d}/features.parquet"),
+        format!("{d}/engagement_later.parquet"),
+    );
+    let mut args = vec![
+        "export",
+        layout,
+        "--feature-table",
+        &features,
+        "--labels",
+        &labels,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend(export_extra);
+    check(run(&args));
+}
+
 /// `q2q-prior validate` on two inputs, plus extra flags.
 pub fn validate_job(engagement: &str, neighbours: &str, extra: &[&str]) -> Output {
     let mut args = vec![
