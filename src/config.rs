@@ -261,6 +261,10 @@ impl fmt::Display for InputFormat {
 /// to a few per core.
 pub const MAX_TARGET_PARTITIONS: usize = 256;
 
+/// The most output partitions the merge plan may be cut into. Its partitions share one index
+/// and keep no buffers between each other, so the bound is only a guard against typos.
+pub const MAX_MERGE_PARTITIONS: usize = 4096;
+
 /// How the job runs on this machine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -269,6 +273,12 @@ pub struct ExecutionConfig {
     pub memory_limit: Option<ByteSize>,
     /// Parallelism of the query plans; the number of cores if absent.
     pub target_partitions: Option<usize>,
+    /// Output partitions of the merge plan: contiguous, sorted ranges of the queries, computed
+    /// in parallel and identical in content whatever their number; `target_partitions` if
+    /// absent. On a Ballista cluster the merge stage is one task for now: with more, Ballista
+    /// 55 re-ran a task after a failed shuffle fetch and its reader then returned both
+    /// attempts' rows (docs/DISTRIBUTED.md), so more than 1 is refused there.
+    pub partitions: Option<usize>,
     /// Sort the output by (query, product_id) so reruns write identical files.
     pub sort_output: bool,
     /// How equi-joins are executed (docs/BENCHMARKS.md: sort-merge is twice as fast on the
@@ -294,6 +304,7 @@ impl Default for ExecutionConfig {
         ExecutionConfig {
             memory_limit: None,
             target_partitions: None,
+            partitions: None,
             sort_output: true,
             join: JoinAlgorithm::SortMerge,
             plan: PlanKind::Merge,
@@ -485,6 +496,20 @@ impl JobConfig {
                 "execution.target_partitions (--target-partitions) must be between 1 and \
                  {MAX_TARGET_PARTITIONS}, got {n}: every partition of every operator keeps \
                  buffers of its own, outside the memory limit"
+            )));
+        }
+        if let Some(n) = self.execution.partitions
+            && !(1..=MAX_MERGE_PARTITIONS).contains(&n)
+        {
+            return Err(Error::config(format!(
+                "execution.partitions (--partitions) must be between 1 and \
+                 {MAX_MERGE_PARTITIONS}, got {n}"
+            )));
+        }
+        if let (Some(n @ 2..), Some(_)) = (self.execution.partitions, &self.execution.cluster) {
+            return Err(Error::config(format!(
+                "execution.partitions (--partitions) = {n} needs a local run: on a Ballista \
+                 cluster the merge stage runs as one task (docs/DISTRIBUTED.md); leave it out"
             )));
         }
         if let Some(url) = &self.execution.cluster {

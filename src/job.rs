@@ -53,8 +53,10 @@ pub struct MergeProfile {
     pub read_history: Duration,
     pub read_neighbours: Duration,
     pub build_index: Duration,
+    /// CPU time, summed over the workers.
     pub prior_blend: Duration,
-    pub output_wait: Duration,
+    /// Output partitions of the operator (summed over input partitions).
+    pub partitions: usize,
 }
 
 impl MergeProfile {
@@ -65,7 +67,6 @@ impl MergeProfile {
         self.read_neighbours += d(&m.read_neighbours);
         self.build_index += d(&m.build_index);
         self.prior_blend += d(&m.prior_blend);
-        self.output_wait += d(&m.output_wait);
     }
 }
 
@@ -127,14 +128,10 @@ impl fmt::Display for JobSummary {
             )?;
             writeln!(
                 f,
-                "    prior + blend                              {:>10}  {:>8}",
+                "    prior + blend ({:>3} partitions)           {:>10}  {:>8} CPU",
+                m.partitions,
                 self.written.rows,
                 secs(m.prior_blend)
-            )?;
-            writeln!(
-                f,
-                "    waiting for the writer                                 {:>8}",
-                secs(m.output_wait)
             )?;
         } else {
             writeln!(
@@ -369,7 +366,8 @@ async fn run_until(
         features = features.with_column(name, lit(value.clone()))?;
     }
     let task = Arc::new(features.task_ctx());
-    let plan = features.create_physical_plan().await?;
+    let plan =
+        pipeline::merge::concat::concat_sorted_ranges(features.create_physical_plan().await?)?;
     let mut rows = 0u64;
     let written = sink::write_plan_atomic(
         Arc::clone(&plan),
@@ -391,6 +389,7 @@ async fn run_until(
         let mut profile = MergeProfile::default();
         for exec in pipeline::merge::find_merges(&plan) {
             let m = exec.measured();
+            profile.partitions += exec.partitions();
             summary.neighbour_set_rows += m.neighbour_set_rows.value() as u64;
             summary.queries_with_prior += m.queries_with_prior.value() as u64;
             profile.add(m);
@@ -446,5 +445,6 @@ pub async fn explain(config: &JobConfig) -> Result<String> {
         .await?
         .create_physical_plan()
         .await?;
+    let plan = pipeline::merge::concat::concat_sorted_ranges(plan)?;
     Ok(displayable(plan.as_ref()).indent(true).to_string())
 }

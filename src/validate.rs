@@ -452,7 +452,8 @@ async fn joint_diagnostics(
         String::new()
     };
     for slice in slices {
-        pipeline::register_stages(&slice.ctx, params, crate::config::PlanKind::Sql, &[]).await?;
+        pipeline::register_stages(&slice.ctx, params, crate::config::PlanKind::Sql, None, &[])
+            .await?;
         let batches = slice
             .ctx
             .sql(NEIGHBOURS_WITHOUT_HISTORY)

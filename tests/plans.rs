@@ -233,10 +233,17 @@ fn explain_shows_the_operators_of_each_plan_and_writes_nothing() {
         String::from_utf8(result.stdout).unwrap()
     };
     let merge = explain("merge");
-    assert!(merge.starts_with("PriorMergeExec:"), "{merge}");
+    // the operator's partitions are sorted ranges, read in order
+    assert!(merge.starts_with("ConcatRangesExec:"), "{merge}");
+    assert!(merge.contains("\n  PriorMergeExec:"), "{merge}");
     assert!(merge.contains("top_k=3"), "{merge}");
-    // the operator's output is already ordered: no sort, no join, no aggregation
-    for absent in ["SortExec", "Join", "AggregateExec"] {
+    // the operator's output is already ordered: no sort or merge of rows, no join, no aggregation
+    for absent in [
+        "SortExec",
+        "SortPreservingMergeExec",
+        "Join",
+        "AggregateExec",
+    ] {
         assert!(!merge.contains(absent), "{absent} in {merge}");
     }
     let sql = explain("sql");

@@ -29,6 +29,8 @@ struct Case {
     params: FeatureParams,
     /// product ids are [`INTEGER_PRODUCTS`] in an `INT` Parquet column
     integer_ids: bool,
+    /// output partitions of the merge plan (`execution.partitions`)
+    partitions: usize,
 }
 
 fn counts() -> impl Strategy<Value = [i64; 4]> {
@@ -53,8 +55,9 @@ fn case() -> impl Strategy<Value = Case> {
         prop::bool::ANY,
         prop::sample::select(vec![None, Some(3.0), Some(30.0)]),
     );
-    (engagement, neighbours, duplicates, params).prop_map(
-        |(engagement, neighbours, duplicates, p)| {
+    let partitions = prop::sample::select(vec![1usize, 2, 3, 7, 64]);
+    (engagement, neighbours, duplicates, params, partitions).prop_map(
+        |(engagement, neighbours, duplicates, p, partitions)| {
             let (top_k, high_min, low_gamma, half_beta, no_smoothing, by_score, integer_ids, bayes) =
                 p;
             let row = |q: usize, p: usize, c: [i64; 4]| {
@@ -105,6 +108,7 @@ fn case() -> impl Strategy<Value = Case> {
                     ..FeatureParams::default()
                 },
                 integer_ids,
+                partitions,
             }
         },
     )
@@ -201,7 +205,7 @@ proptest! {
                 neighbours: Some(InputSpec::new(n.to_string_lossy())),
                 output: Some(out.to_string_lossy().into_owned()),
                 features: case.params.clone(),
-                execution: ExecutionConfig { plan, ..ExecutionConfig::default() },
+                execution: ExecutionConfig { plan, partitions: Some(case.partitions), ..ExecutionConfig::default() },
                 ..JobConfig::default()
             };
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

@@ -158,6 +158,11 @@ pub struct JobArgs {
     /// limit does not count: memory grows with its square (1024 took 4.1 GiB on an 8-row input).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_TARGET_PARTITIONS as u64))]
     pub target_partitions: Option<u64>,
+    /// Output partitions of the merge plan, 1 to 4096: sorted ranges of the queries, computed in
+    /// parallel; the output is the same whatever the number [execution.partitions; default:
+    /// --target-partitions].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_MERGE_PARTITIONS as u64))]
+    pub partitions: Option<u64>,
     /// Sort the output by (partition columns, query, product_id) [execution.sort_output; default true].
     #[arg(long, value_name = "BOOL")]
     pub sort_output: Option<bool>,
@@ -273,6 +278,9 @@ impl JobArgs {
         }
         if let Some(n) = self.target_partitions {
             config.execution.target_partitions = Some(n as usize);
+        }
+        if let Some(n) = self.partitions {
+            config.execution.partitions = Some(n as usize);
         }
         set(&mut config.execution.sort_output, self.sort_output);
         config.validate()?;

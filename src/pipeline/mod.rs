@@ -75,10 +75,12 @@ pub struct StageTimings {
 /// Stages named in `materialize` are computed into memory as soon as they are planned, so later
 /// stages read the result instead of recomputing it; used by `run` for `neighbour_sets`, which is
 /// small (at most k rows per query) and read twice by the last stages. Everything else stays lazy.
+/// `partitions`: the merge plan's output partitions (see [`ExecutionConfig::partitions`]).
 pub async fn register_stages(
     ctx: &SessionContext,
     params: &FeatureParams,
     plan: PlanKind,
+    partitions: Option<usize>,
     materialize: &[&str],
 ) -> Result<StageTimings> {
     let mut timings = StageTimings::default();
@@ -86,7 +88,7 @@ pub async fn register_stages(
         if stage.name == blend::STAGE.name && plan == PlanKind::Merge {
             let sql = stage.plan(ctx, params).await?;
             let schema = Arc::new(sql.schema().as_arrow().clone());
-            let merged = merge::MergedFeatures::new(ctx, params, schema).await?;
+            let merged = merge::MergedFeatures::new(ctx, params, partitions, schema).await?;
             ctx.register_table(stage.name, Arc::new(merged))?;
             continue;
         }
@@ -116,15 +118,16 @@ pub async fn register_job_views(
     materialize: &[&str],
 ) -> Result<StageTimings> {
     let slices = slices(ctx, inputs, execution)?;
+    let partitions = merge_partitions(execution);
     if let [only] = slices.as_slice()
         && only.partition.is_empty()
     {
-        return register_stages(ctx, params, execution.plan, materialize).await;
+        return register_stages(ctx, params, execution.plan, partitions, materialize).await;
     }
     let mut timings = StageTimings::default();
     for slice in &slices {
         let slice_timings =
-            register_stages(&slice.ctx, params, execution.plan, materialize).await?;
+            register_stages(&slice.ctx, params, execution.plan, partitions, materialize).await?;
         timings.materialized.extend(slice_timings.materialized);
     }
     for stage in &STAGES {
@@ -140,6 +143,15 @@ pub async fn register_job_views(
         ctx.register_table(stage.name, union.into_view())?;
     }
     Ok(timings)
+}
+
+/// The merge plan's output partitions for `execution`: one on a Ballista cluster (see
+/// [`ExecutionConfig::partitions`]), else as configured.
+pub fn merge_partitions(execution: &ExecutionConfig) -> Option<usize> {
+    match execution.cluster {
+        Some(_) => Some(1),
+        None => execution.partitions,
+    }
 }
 
 /// One independent part of the job: a session whose `engagement` and `neighbours` views hold one

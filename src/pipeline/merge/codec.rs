@@ -29,13 +29,14 @@ use serde::{Deserialize, Serialize};
 use super::{MergeParams, MergedFeatures, PriorMergeExec};
 
 /// Prefixes that tell our payloads from Ballista's (whose protobuf messages never start so).
-const TABLE_TAG: &[u8] = b"q2q-prior:MergedFeatures:1:";
-const EXEC_TAG: &[u8] = b"q2q-prior:PriorMergeExec:1:";
+const TABLE_TAG: &[u8] = b"q2q-prior:MergedFeatures:2:";
+const EXEC_TAG: &[u8] = b"q2q-prior:PriorMergeExec:2:";
 
 /// The table's payload after its tag: this header as one JSON line, then the two plans.
 #[derive(Debug, Serialize, Deserialize)]
 struct TableHeader {
     params: MergeParams,
+    partitions: usize,
     history_bytes: usize,
     neighbours_bytes: usize,
 }
@@ -44,6 +45,7 @@ struct TableHeader {
 #[derive(Debug, Serialize, Deserialize)]
 struct ExecPayload {
     params: MergeParams,
+    partitions: usize,
     /// (name, type, nullable) of the output columns.
     fields: Vec<(String, String, bool)>,
 }
@@ -123,6 +125,7 @@ impl LogicalExtensionCodec for LogicalCodec {
             history,
             neighbours,
             header.params,
+            header.partitions,
         )?))
     }
 
@@ -139,6 +142,7 @@ impl LogicalExtensionCodec for LogicalCodec {
         let neighbours = logical_plan_to_bytes_with_extension_codec(&table.neighbours, self)?;
         let header = TableHeader {
             params: table.params,
+            partitions: table.partitions(),
             history_bytes: history.len(),
             neighbours_bytes: neighbours.len(),
         };
@@ -198,6 +202,7 @@ impl PhysicalExtensionCodec for PhysicalCodec {
             Arc::clone(history),
             Arc::clone(neighbours),
             payload.params,
+            payload.partitions,
             Arc::new(Schema::new(fields)),
         )?))
     }
@@ -225,6 +230,7 @@ impl PhysicalExtensionCodec for PhysicalCodec {
             .collect::<Result<Vec<_>>>()?;
         let payload = ExecPayload {
             params: *exec.params(),
+            partitions: exec.partitions(),
             fields,
         };
         buf.extend_from_slice(EXEC_TAG);
@@ -272,7 +278,7 @@ mod tests {
             )]))))
         };
         let exec: Arc<dyn ExecutionPlan> = Arc::new(
-            PriorMergeExec::try_new(child(0), child(1), params, Arc::clone(&schema)).unwrap(),
+            PriorMergeExec::try_new(child(0), child(1), params, 5, Arc::clone(&schema)).unwrap(),
         );
         let codec = PhysicalCodec::default();
         let converter = DefaultPhysicalProtoConverter {};
@@ -285,6 +291,7 @@ mod tests {
         let back = codec.try_decode(&buf, &inputs, &ctx, &converter).unwrap();
         let back = back.downcast_ref::<PriorMergeExec>().unwrap();
         assert_eq!(*back.params(), params);
+        assert_eq!(back.partitions(), 5);
         assert_eq!(back.schema(), schema);
         // another node goes to Ballista's codec, which refuses what it does not know
         assert!(

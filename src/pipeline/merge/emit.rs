@@ -6,6 +6,7 @@
 //! history to give the full outer join of `sql/features.sql`, and alpha and F come from the same
 //! functions as the SQL UDFs ([`crate::formula`]).
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use datafusion::arrow::array::builder::make_view;
@@ -22,13 +23,15 @@ use super::MergeParams;
 use super::index::{Index, Products};
 use crate::formula;
 
-/// Produces the feature rows of an [`Index`] in batches of about `batch_size` rows.
+/// Produces the feature rows of a range of an [`Index`]'s queries in batches of about
+/// `batch_size` rows.
 pub struct Emitter<'a> {
     index: &'a Index,
     params: MergeParams,
     schema: SchemaRef,
     batch_size: usize,
     next_query: usize,
+    end_query: usize,
     contributions: Vec<Contribution>,
     columns: Columns,
 }
@@ -167,10 +170,12 @@ impl Columns {
     }
 }
 
-/// weight_c * H(c,p) from one neighbour c, with p's string view (see `HistoryRow::view`).
+/// weight_c * H(c,p) from one neighbour c, with p's string view (see `HistoryRow::view`) and
+/// c's rank in C_q, which fixes the order in which a product's contributions are summed.
 #[derive(Clone, Copy)]
 struct Contribution {
     product: u32,
+    rank: u32,
     weighted_h: f64,
     view: [u64; 2],
 }
@@ -186,8 +191,10 @@ struct Pair {
 }
 
 impl<'a> Emitter<'a> {
+    /// An emitter of the rows of `queries` (ids of `index`).
     pub fn new(
         index: &'a Index,
+        queries: Range<u32>,
         params: MergeParams,
         schema: SchemaRef,
         batch_size: usize,
@@ -198,15 +205,25 @@ impl<'a> Emitter<'a> {
             columns: Columns::new(&schema, batch_size.max(1) + 256),
             schema,
             batch_size: batch_size.max(1),
-            next_query: 0,
+            next_query: queries.start as usize,
+            end_query: (queries.end as usize).min(index.queries.len()),
             contributions: Vec::new(),
         }
     }
 
-    /// The next batch, `None` when every query is done. A query's rows never straddle batches
-    /// unless one query alone has more than `batch_size` rows.
+    /// Every batch of the range at once.
+    pub fn all_batches(mut self) -> Result<Vec<RecordBatch>> {
+        let mut batches = Vec::new();
+        while let Some(batch) = self.next_batch()? {
+            batches.push(batch);
+        }
+        Ok(batches)
+    }
+
+    /// The next batch, `None` when every query of the range is done. A query's rows never
+    /// straddle batches unless one query alone has more than `batch_size` rows.
     pub fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
-        while self.columns.rows < self.batch_size && self.next_query < self.index.queries.len() {
+        while self.columns.rows < self.batch_size && self.next_query < self.end_query {
             self.emit_query(self.next_query as u32);
             self.next_query += 1;
         }
@@ -228,19 +245,21 @@ impl<'a> Emitter<'a> {
 
         let contributions = &mut self.contributions;
         contributions.clear();
-        for member in members {
+        for (rank, member) in members.iter().enumerate() {
             contributions.extend(
                 index
                     .history_of(member.neighbour)
                     .iter()
                     .map(|r| Contribution {
                         product: r.product,
+                        rank: rank as u32,
                         weighted_h: member.weight * r.h,
                         view: r.view,
                     }),
             );
         }
-        contributions.sort_unstable_by_key(|c| c.product);
+        // a product's contributions are summed in rank order, whatever the partitioning
+        contributions.sort_unstable_by_key(|c| (c.product, c.rank));
 
         let (confidence, beta) = (self.params.confidence(), self.params.beta);
         let n_neighbours = members.len() as i64;

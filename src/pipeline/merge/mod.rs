@@ -20,20 +20,24 @@
 //! to the executors.
 
 pub mod codec;
+pub mod concat;
 pub mod emit;
 pub mod index;
+pub mod split;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{Result, internal_err, plan_err};
+use datafusion::common::{DataFusionError, Result, internal_err, plan_err};
 use datafusion::execution::TaskContext;
-use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::logical_expr::{Expr, LogicalPlan, TableType};
 use datafusion::physical_expr::{
     Distribution, EquivalenceProperties, PhysicalExpr, PhysicalSortExpr,
@@ -44,12 +48,14 @@ use datafusion::physical_plan::metrics::{
     Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
 };
 use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
-use datafusion::physical_plan::stream::RecordBatchReceiverStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     SendableRecordBatchStream, execute_stream,
 };
 use datafusion::prelude::SessionContext;
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::inputs::OUTPUT_COLUMNS;
@@ -140,13 +146,18 @@ pub struct MergedFeatures {
     history: LogicalPlan,
     neighbours: LogicalPlan,
     params: MergeParams,
+    /// Output partitions of the operator.
+    partitions: usize,
 }
 
 impl MergedFeatures {
     /// Reads `history` and `neighbours` from `ctx`; `schema` is the SQL `features` view's.
+    /// `partitions`: the operator's output partitions (the session's target partitions, its
+    /// cores, if absent).
     pub async fn new(
         ctx: &SessionContext,
         params: &FeatureParams,
+        partitions: Option<usize>,
         schema: SchemaRef,
     ) -> Result<Self> {
         check_schema(&schema)?;
@@ -160,11 +171,13 @@ impl MergedFeatures {
             .await?
             .select_columns(&["query", "neighbour", "score"])?
             .into_unoptimized_plan();
+        let partitions = partitions.unwrap_or_else(|| ctx.copied_config().target_partitions());
         Ok(MergedFeatures {
             schema,
             history,
             neighbours,
             params: params.into(),
+            partitions: partitions.max(1),
         })
     }
 
@@ -174,6 +187,7 @@ impl MergedFeatures {
         history: LogicalPlan,
         neighbours: LogicalPlan,
         params: MergeParams,
+        partitions: usize,
     ) -> Result<Self> {
         check_schema(&schema)?;
         Ok(MergedFeatures {
@@ -181,7 +195,12 @@ impl MergedFeatures {
             history,
             neighbours,
             params,
+            partitions: partitions.max(1),
         })
+    }
+
+    pub fn partitions(&self) -> usize {
+        self.partitions
     }
 }
 
@@ -208,6 +227,7 @@ impl TableProvider for MergedFeatures {
             history,
             neighbours,
             self.params,
+            self.partitions,
             Arc::clone(&self.schema),
         )?);
         match projection {
@@ -238,10 +258,8 @@ pub struct MergeMetrics {
     pub read_neighbours: Time,
     /// Sorting the history by query and building C_q.
     pub build_index: Time,
-    /// Computing prior, alpha and F into output batches.
+    /// Computing prior, alpha and F into output batches: summed over the workers, so CPU time.
     pub prior_blend: Time,
-    /// Waiting for the consumer (the writer) to take a batch.
-    pub output_wait: Time,
 }
 
 impl MergeMetrics {
@@ -258,7 +276,6 @@ impl MergeMetrics {
             read_neighbours: time("read_neighbours"),
             build_index: time("build_index"),
             prior_blend: time("prior_blend"),
-            output_wait: time("output_wait"),
         }
     }
 }
@@ -271,20 +288,38 @@ pub struct PriorMergeExec {
     history: Arc<dyn ExecutionPlan>,
     neighbours: Arc<dyn ExecutionPlan>,
     params: MergeParams,
+    partitions: usize,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
     /// Set on construction; read after a run.
     measured: MergeMetrics,
+    /// The index, built once by the first partition executed and shared by all.
+    built: Mutex<Option<SharedIndex>>,
 }
 
+/// The index and its chunks, with the memory reserved for them (released when the last
+/// partition drops it).
+struct Built {
+    index: index::Index,
+    chunks: split::Chunks,
+    _reservation: MemoryReservation,
+}
+
+type SharedIndex = Shared<BoxFuture<'static, Result<Arc<Built>, Arc<DataFusionError>>>>;
+
 impl PriorMergeExec {
+    /// The operator with `partitions` output partitions (at least 1).
     pub fn try_new(
         history: Arc<dyn ExecutionPlan>,
         neighbours: Arc<dyn ExecutionPlan>,
         params: MergeParams,
+        partitions: usize,
         schema: SchemaRef,
     ) -> Result<Self> {
         check_schema(&schema)?;
+        if partitions == 0 {
+            return plan_err!("PriorMergeExec needs at least one partition");
+        }
         let integers = |s: &SchemaRef| {
             s.fields()
                 .get(1)
@@ -308,7 +343,7 @@ impl PriorMergeExec {
         ]);
         let properties = PlanProperties::new(
             eq,
-            Partitioning::UnknownPartitioning(1),
+            Partitioning::UnknownPartitioning(partitions),
             EmissionType::Final,
             Boundedness::Bounded,
         );
@@ -318,14 +353,54 @@ impl PriorMergeExec {
             history,
             neighbours,
             params,
+            partitions,
             properties: Arc::new(properties),
             metrics,
             measured,
+            built: Mutex::new(None),
         })
     }
 
     pub fn params(&self) -> &MergeParams {
         &self.params
+    }
+
+    pub fn partitions(&self) -> usize {
+        self.partitions
+    }
+
+    /// The index build, started by the first partition to execute and awaited by all.
+    fn shared_index(&self, context: &Arc<TaskContext>) -> Result<SharedIndex> {
+        let mut built = self.built.lock().expect("no panic holds this lock");
+        if let Some(shared) = &*built {
+            return Ok(shared.clone());
+        }
+        let history = execute_stream(Arc::clone(&self.history), Arc::clone(context))?;
+        let neighbours = execute_stream(Arc::clone(&self.neighbours), Arc::clone(context))?;
+        let mut reservation = MemoryConsumer::new("PriorMergeExec").register(context.memory_pool());
+        let (params, metrics) = (self.params, self.measured.clone());
+        // its own task, so the build goes on whichever partition polls
+        let task = SpawnedTask::spawn(async move {
+            let index =
+                index::build(history, neighbours, &params, &mut reservation, &metrics).await?;
+            let chunks = split::Chunks::new(&index);
+            Ok::<_, DataFusionError>(Arc::new(Built {
+                index,
+                chunks,
+                _reservation: reservation,
+            }))
+        });
+        let shared = async move {
+            match task.join().await {
+                Ok(Ok(built)) => Ok(built),
+                Ok(Err(e)) => Err(Arc::new(e)),
+                Err(e) => Err(Arc::new(DataFusionError::ExecutionJoin(Box::new(e)))),
+            }
+        }
+        .boxed()
+        .shared();
+        *built = Some(shared.clone());
+        Ok(shared)
     }
 
     /// The figures of the last execution.
@@ -341,14 +416,15 @@ impl DisplayAs for PriorMergeExec {
             f,
             "PriorMergeExec: neighbour sets (top_k={}, min_score={}, weighting={:?}), prior as a \
              per-query merge of the neighbours' history, blend {} (gamma={}, beta={}, m={}); \
-             output ordered by query, product_id",
+             {} partitions, sorted ranges of query, each ordered by query, product_id",
             p.top_k,
             p.min_score,
             p.prior_weighting,
             p.blend.name(),
             p.gamma,
             p.beta,
-            p.pseudo_impressions
+            p.pseudo_impressions,
+            self.partitions
         )
     }
 }
@@ -394,6 +470,7 @@ impl ExecutionPlan for PriorMergeExec {
             history,
             neighbours,
             self.params,
+            self.partitions,
             self.schema(),
         )?))
     }
@@ -415,38 +492,53 @@ impl ExecutionPlan for PriorMergeExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        if partition != 0 {
-            return internal_err!("PriorMergeExec has one partition, not {partition}");
+        if partition >= self.partitions {
+            return internal_err!(
+                "PriorMergeExec has {} partitions, not {}",
+                self.partitions,
+                partition + 1
+            );
         }
-        let history = execute_stream(Arc::clone(&self.history), Arc::clone(&context))?;
-        let neighbours = execute_stream(Arc::clone(&self.neighbours), Arc::clone(&context))?;
-        let mut reservation = MemoryConsumer::new("PriorMergeExec").register(context.memory_pool());
+        let shared = self.shared_index(&context)?;
         let (params, schema, metrics) = (self.params, self.schema(), self.measured.clone());
+        let partitions = self.partitions;
         let batch_size = context.session_config().batch_size();
-
-        // Two batches in flight: the writer encodes one while the next is computed.
-        let mut builder = RecordBatchReceiverStream::builder(Arc::clone(&schema), 2);
-        let tx = builder.tx();
-        builder.spawn(async move {
-            let index =
-                index::build(history, neighbours, &params, &mut reservation, &metrics).await?;
-            let mut emitter = Emitter::new(&index, params, schema, batch_size);
-            loop {
-                let timer = metrics.prior_blend.timer();
-                let batch = emitter.next_batch()?;
-                timer.done();
-                let Some(batch) = batch else { break };
-                metrics.output_rows.add(batch.num_rows());
-                let timer = metrics.output_wait.timer();
-                if tx.send(Ok(batch)).await.is_err() {
-                    break; // the consumer is gone (cancelled or failed)
-                }
-                timer.done();
-            }
-            drop(reservation);
-            Ok(())
-        });
-        Ok(builder.build())
+        // Workers per partition: all cores, since a single-file sink reads the partitions one
+        // after the other; a few chunks in flight each.
+        let workers = context.session_config().target_partitions().max(1);
+        let out_schema = Arc::clone(&schema);
+        let measured_rows = self.measured.output_rows.clone();
+        let batches = futures::stream::once(shared)
+            .map_err(DataFusionError::Shared)
+            .map_ok(move |built| {
+                let chunks = built.chunks.of_partition(partition, partitions);
+                let (schema, metrics) = (Arc::clone(&schema), metrics.clone());
+                futures::stream::iter(chunks)
+                    .map(move |chunk| {
+                        let (built, schema, metrics) =
+                            (Arc::clone(&built), Arc::clone(&schema), metrics.clone());
+                        SpawnedTask::spawn_blocking(move || {
+                            let timer = metrics.prior_blend.timer();
+                            let queries = built.chunks.queries(chunk);
+                            let batches =
+                                Emitter::new(&built.index, queries, params, schema, batch_size)
+                                    .all_batches();
+                            timer.done();
+                            batches
+                        })
+                        .join_unwind()
+                    })
+                    .buffered(workers + 1)
+                    .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))
+                    .and_then(futures::future::ready)
+                    .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+                    .try_flatten()
+            })
+            .try_flatten()
+            .inspect_ok(move |batch: &RecordBatch| {
+                measured_rows.add(batch.num_rows());
+            });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, batches)))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {

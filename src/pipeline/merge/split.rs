@@ -1,0 +1,110 @@
+//! How the merge's output is cut: queries (ids in byte order) into chunks of about equal work,
+//! and chunks into the operator's output partitions.
+//!
+//! A chunk is a contiguous range of query ids whose rows cost about the same (a query's own
+//! history rows plus its neighbours' history rows: what the merge reads for it): 1/[`CHUNKS`]
+//! of the whole, at most [`MAX_CHUNK_COST`], so small inputs are cut as finely as large ones
+//! and a large one has many chunks of bounded size. Workers
+//! compute chunks in parallel and a partition emits its chunks in order, so each partition is
+//! sorted and partition i's last query sorts before partition i+1's first: read one after the
+//! other, the partitions are the globally sorted output.
+//!
+//! The chunks depend on the index only, never on the number of partitions or workers, and a
+//! chunk always ends a batch; so the batches, and the files written from them, are the same
+//! whatever the partitioning.
+
+use std::ops::Range;
+
+use super::index::Index;
+
+/// Chunks of a small input: enough for any number of cores and partitions one would use.
+pub const CHUNKS: usize = 256;
+
+/// The most work of one chunk, in history rows read: small enough that a few chunks in flight
+/// per worker hold little memory (a chunk writes at most this many rows), large enough that
+/// scheduling costs nothing next to it.
+pub const MAX_CHUNK_COST: usize = 1 << 16;
+
+/// Chunk boundaries over an index's queries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunks {
+    /// The first query id of every chunk, then the number of queries.
+    bounds: Vec<u32>,
+}
+
+impl Chunks {
+    /// Cuts `index`'s queries into chunks (a query that alone costs more than a chunk is a
+    /// chunk of its own).
+    pub fn new(index: &Index) -> Self {
+        let n = index.queries.len() as u32;
+        let work_of = |q: u32| -> usize {
+            let theirs: usize = index
+                .members_of(q)
+                .iter()
+                .map(|m| index.history_of(m.neighbour).len())
+                .sum();
+            1 + index.history_of(q).len() + theirs
+        };
+        let total: usize = (0..n).map(work_of).sum();
+        let cost = (total / CHUNKS).clamp(1, MAX_CHUNK_COST);
+        let mut bounds = vec![0u32];
+        let mut work = 0usize;
+        for q in 0..n {
+            work += work_of(q);
+            if work >= cost && q + 1 < n {
+                bounds.push(q + 1);
+                work = 0;
+            }
+        }
+        bounds.push(n);
+        if n == 0 {
+            bounds.truncate(1);
+        }
+        Chunks { bounds }
+    }
+
+    pub fn len(&self) -> usize {
+        self.bounds.len() - 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The query ids of chunk `chunk`.
+    pub fn queries(&self, chunk: usize) -> Range<u32> {
+        self.bounds[chunk]..self.bounds[chunk + 1]
+    }
+
+    /// The chunks of output partition `partition` of `partitions`: contiguous, about as many
+    /// for each partition, in order (a partition past the chunks gets none).
+    pub fn of_partition(&self, partition: usize, partitions: usize) -> Range<usize> {
+        let (m, n) = (self.len(), partitions.max(1));
+        (partition * m / n)..((partition + 1) * m / n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_cover_every_chunk_once_in_order() {
+        let chunks = Chunks {
+            bounds: (0..=10).map(|i| i * 3).collect(),
+        };
+        for n in [1, 2, 3, 7, 10, 11, 50] {
+            let mut next = 0;
+            for p in 0..n {
+                let range = chunks.of_partition(p, n);
+                assert_eq!(
+                    range.start, next,
+                    "{n} partitions: partition {p} starts where the last ended"
+                );
+                next = range.end;
+            }
+            assert_eq!(next, chunks.len(), "{n} partitions cover every chunk");
+        }
+        assert_eq!(chunks.queries(2), 6..9);
+    }
+}
