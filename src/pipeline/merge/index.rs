@@ -15,26 +15,29 @@
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
+use std::hash::BuildHasher;
 use std::hash::Hash;
 use std::mem::size_of;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use datafusion::arrow::array::builder::make_view;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, UInt64Type};
+use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::{DataFusionError, HashMap, Result, internal_datafusion_err, internal_err};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::memory_pool::MemoryReservation;
 use futures::StreamExt;
+use rayon::prelude::*;
 
 use super::{MergeMetrics, MergeParams};
 use crate::formula;
 
 /// A key the index interns: a string (queries, product ids) or an integer product id (any
 /// integer type fits an `i128`, and orders as SQL orders it).
-pub trait Key: Clone + Eq + Hash + Ord + Borrow<Self::Borrowed> {
+pub trait Key: Clone + Eq + Hash + Ord + Send + Sync + Borrow<Self::Borrowed> {
     type Borrowed: ?Sized + Hash + Eq;
     fn own(key: &Self::Borrowed) -> Self;
     /// Bytes the key costs besides its map entry and slot.
@@ -110,73 +113,12 @@ impl<K: Key> Interner<K> {
     fn len(&self) -> usize {
         self.keys.len()
     }
-
-    /// The keys in order, and for each first-seen id its position in that order.
-    fn into_sorted(self) -> (Vec<K>, Vec<u32>) {
-        drop(self.ids);
-        let mut order: Vec<u32> = (0..self.keys.len() as u32).collect();
-        order.sort_unstable_by(|&a, &b| self.keys[a as usize].cmp(&self.keys[b as usize]));
-        let mut rank = vec![0u32; order.len()];
-        for (position, &id) in order.iter().enumerate() {
-            rank[id as usize] = position as u32;
-        }
-        let sorted = order
-            .iter()
-            .map(|&id| self.keys[id as usize].clone())
-            .collect();
-        (sorted, rank)
-    }
 }
 
 /// The product ids of the index, by id: strings, or integers of the input's integer type.
 pub enum Products {
     Strings(Vec<Arc<str>>),
     Integers(Vec<i128>),
-}
-
-/// The product interner of the history's product column type.
-enum ProductInterner {
-    Strings(Interner<Arc<str>>),
-    Integers(Interner<i128>),
-}
-
-impl ProductInterner {
-    fn len(&self) -> usize {
-        match self {
-            ProductInterner::Strings(i) => i.len(),
-            ProductInterner::Integers(i) => i.len(),
-        }
-    }
-
-    /// Interns row `i` of `column`, a string column or one of integers.
-    fn intern(&mut self, column: &ProductColumn<'_>, i: usize) -> Result<(u32, usize)> {
-        match (self, column) {
-            (ProductInterner::Strings(interner), ProductColumn::Strings(c)) => {
-                interner.intern(c.value(i))
-            }
-            (ProductInterner::Integers(interner), ProductColumn::Signed(c)) => {
-                interner.intern(&i128::from(c.value(i)))
-            }
-            (ProductInterner::Integers(interner), ProductColumn::Unsigned(c)) => {
-                interner.intern(&i128::from(c.value(i)))
-            }
-            _ => internal_err!("product_id changed type between batches of history"),
-        }
-    }
-
-    /// The products in key order, and for each first-seen id its position in that order.
-    fn into_sorted(self) -> (Products, Vec<u32>) {
-        match self {
-            ProductInterner::Strings(i) => {
-                let (keys, rank) = i.into_sorted();
-                (Products::Strings(keys), rank)
-            }
-            ProductInterner::Integers(i) => {
-                let (keys, rank) = i.into_sorted();
-                (Products::Integers(keys), rank)
-            }
-        }
-    }
 }
 
 /// One batch's product_id column, as the interner reads it.
@@ -301,107 +243,393 @@ fn null_key(input: &str, column: &str) -> DataFusionError {
     ))
 }
 
-/// Reads both inputs and builds the [`Index`].
+/// Shards of a [`Sharded`] interner: enough that workers rarely wait for each other's lock.
+const SHARD_BITS: u32 = 6;
+const SHARDS: usize = 1 << SHARD_BITS;
+
+/// Keys interned by several workers at once: [`SHARDS`] interners, a key's shard chosen by its
+/// hash, each behind a lock taken once per batch and shard. A key's provisional id is its id
+/// in its shard shifted left by [`SHARD_BITS`], plus the shard; [`Sharded::into_sorted`] ranks
+/// the keys of all shards together.
+pub struct Sharded<K> {
+    shards: Vec<Mutex<Interner<K>>>,
+    hasher: foldhash::fast::FixedState,
+}
+
+impl<K: Key> Default for Sharded<K> {
+    fn default() -> Self {
+        Sharded {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: foldhash::fast::FixedState::with_seed(0x0051_2051),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // a worker that panicked fails the whole build; the data is not read again
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl<K: Key> Sharded<K> {
+    /// Row `i`'s key for `n` rows, grouped by shard: (shard, rows) for every shard with a row.
+    /// A row equal to the row before it is left out and marked in `same_as_previous`.
+    fn by_shard<'k>(
+        &self,
+        n: usize,
+        key: &impl Fn(usize) -> Option<&'k K::Borrowed>,
+        same_as_previous: &mut Vec<bool>,
+    ) -> Vec<(usize, Vec<u32>)>
+    where
+        K::Borrowed: 'k,
+    {
+        let mut groups: Vec<Vec<u32>> = vec![Vec::new(); SHARDS];
+        same_as_previous.clear();
+        let mut previous: Option<&K::Borrowed> = None;
+        for i in 0..n {
+            let k = key(i);
+            let same = k.is_some() && k == previous;
+            same_as_previous.push(same);
+            if let Some(k) = k
+                && !same
+            {
+                let shard = (self.hasher.hash_one(k) >> (64 - SHARD_BITS)) as usize;
+                groups[shard].push(i as u32);
+            }
+            previous = k;
+        }
+        groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, rows)| !rows.is_empty())
+            .collect()
+    }
+
+    /// The provisional id of every row's key (`key` gives `None` for rows to skip, whose id is
+    /// left as is), adding new keys; returns the bytes of new memory.
+    fn intern_all<'k>(
+        &self,
+        n: usize,
+        key: impl Fn(usize) -> Option<&'k K::Borrowed>,
+        ids: &mut [u32],
+    ) -> Result<usize>
+    where
+        K::Borrowed: 'k,
+    {
+        let mut same = Vec::with_capacity(n);
+        let mut bytes = 0;
+        for (shard, rows) in self.by_shard(n, &key, &mut same) {
+            let mut interner = lock(&self.shards[shard]);
+            for i in rows {
+                let i = i as usize;
+                let (local, new) = interner.intern(key(i).expect("grouped rows have a key"))?;
+                if local >= 1 << (32 - SHARD_BITS) {
+                    return internal_err!(
+                        "more than 2^{} distinct keys in a shard",
+                        32 - SHARD_BITS
+                    );
+                }
+                ids[i] = (local << SHARD_BITS) | shard as u32;
+                bytes += new;
+            }
+        }
+        fill_repeats(ids, &same);
+        Ok(bytes)
+    }
+
+    /// The provisional id of every row's key among the first `known[shard]` keys of its shard,
+    /// or `None` (also for rows `key` skips).
+    fn find_all<'k>(
+        &self,
+        n: usize,
+        key: impl Fn(usize) -> Option<&'k K::Borrowed>,
+        known: &[u32],
+    ) -> Vec<Option<u32>>
+    where
+        K::Borrowed: 'k,
+    {
+        let mut same = Vec::with_capacity(n);
+        let mut found = vec![None; n];
+        for (shard, rows) in self.by_shard(n, &key, &mut same) {
+            let interner = lock(&self.shards[shard]);
+            for i in rows {
+                let i = i as usize;
+                found[i] = interner
+                    .get(key(i).expect("grouped rows have a key"))
+                    .filter(|&local| local < known[shard])
+                    .map(|local| (local << SHARD_BITS) | shard as u32);
+            }
+        }
+        for i in 1..n {
+            if same[i] {
+                found[i] = found[i - 1];
+            }
+        }
+        found
+    }
+
+    /// Keys per shard so far.
+    fn lens(&self) -> Vec<u32> {
+        self.shards.iter().map(|s| lock(s).len() as u32).collect()
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+
+    /// Every key in order, and a [`Ranks`] from provisional ids to positions in that order.
+    fn into_sorted(self) -> (Vec<K>, Ranks) {
+        let shards: Vec<Interner<K>> = self
+            .shards
+            .into_iter()
+            .map(|s| s.into_inner().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        let mut base = Vec::with_capacity(SHARDS);
+        let mut keys: Vec<K> = Vec::with_capacity(shards.iter().map(Interner::len).sum());
+        for shard in shards {
+            base.push(keys.len() as u32);
+            drop(shard.ids);
+            keys.extend(shard.keys);
+        }
+        let mut order: Vec<u32> = (0..keys.len() as u32).collect();
+        order.par_sort_unstable_by(|&a, &b| keys[a as usize].cmp(&keys[b as usize]));
+        let mut rank = vec![0u32; order.len()];
+        for (position, &id) in order.iter().enumerate() {
+            rank[id as usize] = position as u32;
+        }
+        let sorted = order.iter().map(|&id| keys[id as usize].clone()).collect();
+        (sorted, Ranks { base, rank })
+    }
+}
+
+/// Copies each repeated row's id from the row before it.
+fn fill_repeats(ids: &mut [u32], same_as_previous: &[bool]) {
+    for i in 1..ids.len() {
+        if same_as_previous[i] {
+            ids[i] = ids[i - 1];
+        }
+    }
+}
+
+/// Provisional ids of a [`Sharded`] interner to final ones (positions in key order).
+struct Ranks {
+    base: Vec<u32>,
+    rank: Vec<u32>,
+}
+
+impl Ranks {
+    fn of(&self, provisional: u32) -> u32 {
+        let shard = (provisional & (SHARDS as u32 - 1)) as usize;
+        self.rank[(self.base[shard] + (provisional >> SHARD_BITS)) as usize]
+    }
+}
+
+/// The product interner of the history's product column type.
+enum ProductInterner {
+    Strings(Sharded<Arc<str>>),
+    Integers(Sharded<i128>),
+}
+
+impl ProductInterner {
+    fn len(&self) -> usize {
+        match self {
+            ProductInterner::Strings(i) => i.len(),
+            ProductInterner::Integers(i) => i.len(),
+        }
+    }
+
+    /// The provisional id of every row of `column` (a string column or one of integers).
+    fn intern_all(&self, column: &ProductColumn<'_>, ids: &mut [u32]) -> Result<usize> {
+        let n = ids.len();
+        match (self, column) {
+            (ProductInterner::Strings(interner), ProductColumn::Strings(c)) => {
+                interner.intern_all(n, |i| Some(c.value(i)), ids)
+            }
+            (ProductInterner::Integers(interner), ProductColumn::Signed(c)) => {
+                let values: Vec<i128> = c.values().iter().map(|&v| i128::from(v)).collect();
+                interner.intern_all(n, |i| Some(&values[i]), ids)
+            }
+            (ProductInterner::Integers(interner), ProductColumn::Unsigned(c)) => {
+                let values: Vec<i128> = c.values().iter().map(|&v| i128::from(v)).collect();
+                interner.intern_all(n, |i| Some(&values[i]), ids)
+            }
+            _ => internal_err!("product_id changed type between batches of history"),
+        }
+    }
+
+    /// The products in key order, and the ranks of their provisional ids.
+    fn into_sorted(self) -> (Products, Ranks) {
+        match self {
+            ProductInterner::Strings(i) => {
+                let (keys, rank) = i.into_sorted();
+                (Products::Strings(keys), rank)
+            }
+            ProductInterner::Integers(i) => {
+                let (keys, rank) = i.into_sorted();
+                (Products::Integers(keys), rank)
+            }
+        }
+    }
+}
+
+/// One batch of history as rows with provisional ids, and the bytes of keys it added.
+fn history_rows(
+    batch: &RecordBatch,
+    queries: &Sharded<Arc<str>>,
+    products: &ProductInterner,
+) -> Result<(Vec<HistoryRow>, usize)> {
+    let n = batch.num_rows();
+    let (q, p) = (strings(batch, 0)?, product_column(batch, 1)?);
+    let (q, p) = (q.as_string::<i32>(), read_products(&p));
+    if q.null_count() > 0 {
+        return Err(null_key("history", "query"));
+    }
+    if (0..n).any(|i| p.is_null(i)) {
+        return Err(null_key("history", "product_id"));
+    }
+    let impressions = numbers(batch, 2, &DataType::Int64)?;
+    let impressions = impressions.as_primitive::<Int64Type>();
+    let h = numbers(batch, 3, &DataType::Float64)?;
+    let h = h.as_primitive::<Float64Type>();
+    let mut query_ids = vec![0u32; n];
+    let mut product_ids = vec![0u32; n];
+    let mut bytes = queries.intern_all(n, |i| Some(q.value(i)), &mut query_ids)?;
+    bytes += products.intern_all(&p, &mut product_ids)?;
+    let rows = (0..n)
+        .map(|i| HistoryRow {
+            // As in sql/features.sql: a NULL h or impression count counts as 0.
+            h: if h.is_null(i) { 0.0 } else { h.value(i) },
+            impressions: if impressions.is_null(i) {
+                0
+            } else {
+                impressions.value(i)
+            },
+            view: [0, 0],
+            query: query_ids[i],
+            product: product_ids[i],
+        })
+        .collect();
+    Ok((rows, bytes))
+}
+
+/// One batch of neighbours as the candidates that pass the row filters of
+/// `sql/neighbour_sets.sql` (provisional ids; `weight` holds the score), and the bytes of new
+/// query keys. `with_history[shard]`: the queries of each shard that have history.
+fn neighbour_candidates(
+    batch: &RecordBatch,
+    params: &MergeParams,
+    queries: &Sharded<Arc<str>>,
+    with_history: &[u32],
+) -> Result<(Vec<Member>, usize)> {
+    let n = batch.num_rows();
+    let (q, c) = (strings(batch, 0)?, strings(batch, 1)?);
+    let (q, c) = (q.as_string::<i32>(), c.as_string::<i32>());
+    let score = numbers(batch, 2, &DataType::Float64)?;
+    let score = score.as_primitive::<Float64Type>();
+    // NULLs fail every condition of the SQL's WHERE clause; arrow compares floats in total
+    // order (NaN above everything), as here
+    let keep: Vec<bool> = (0..n)
+        .map(|i| {
+            !(q.is_null(i) || c.is_null(i) || score.is_null(i))
+                && q.value(i) != c.value(i)
+                && score.value(i).total_cmp(&params.min_score) != Ordering::Less
+        })
+        .collect();
+    let neighbours = queries.find_all(n, |i| keep[i].then(|| c.value(i)), with_history);
+    // a neighbour must be a query with history
+    let keep: Vec<bool> = (0..n).map(|i| neighbours[i].is_some()).collect();
+    let mut query_ids = vec![0u32; n];
+    let bytes = queries.intern_all(n, |i| keep[i].then(|| q.value(i)), &mut query_ids)?;
+    let members = (0..n)
+        .filter_map(|i| {
+            Some(Member {
+                weight: score.value(i),
+                query: query_ids[i],
+                neighbour: neighbours[i]?,
+            })
+        })
+        .collect();
+    Ok((members, bytes))
+}
+
+/// Reads both inputs and builds the [`Index`], with `workers` batches in work at once.
 ///
 /// `history` yields (query, product_id, impressions, h); `neighbours` (query, neighbour, score).
 pub async fn build(
-    mut history: SendableRecordBatchStream,
-    mut neighbours: SendableRecordBatchStream,
+    history: SendableRecordBatchStream,
+    neighbours: SendableRecordBatchStream,
     params: &MergeParams,
+    workers: usize,
     reservation: &mut MemoryReservation,
     metrics: &MergeMetrics,
 ) -> Result<Index> {
-    let mut queries: Interner<Arc<str>> = Interner::default();
-    let mut products = if history.schema().field(1).data_type().is_integer() {
-        ProductInterner::Integers(Interner::default())
+    let queries: Arc<Sharded<Arc<str>>> = Arc::default();
+    let products = Arc::new(if history.schema().field(1).data_type().is_integer() {
+        ProductInterner::Integers(Sharded::default())
     } else {
-        ProductInterner::Strings(Interner::default())
-    };
+        ProductInterner::Strings(Sharded::default())
+    });
+    let workers = workers.max(1);
 
     let start = Instant::now();
     let mut rows: Vec<HistoryRow> = Vec::new();
-    while let Some(batch) = history.next().await {
-        let batch = batch?;
-        let (q, p) = (strings(&batch, 0)?, product_column(&batch, 1)?);
-        let (q, p) = (q.as_string::<i32>(), read_products(&p));
-        let impressions = numbers(&batch, 2, &DataType::Int64)?;
-        let impressions = impressions.as_primitive::<Int64Type>();
-        let h = numbers(&batch, 3, &DataType::Float64)?;
-        let h = h.as_primitive::<Float64Type>();
+    let mut pieces = history
+        .map(|batch| {
+            let (queries, products) = (Arc::clone(&queries), Arc::clone(&products));
+            SpawnedTask::spawn_blocking(move || history_rows(&batch?, &queries, &products))
+                .join_unwind()
+        })
+        .buffer_unordered(workers);
+    while let Some(piece) = pieces.next().await {
+        let (piece, keys) = piece.map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))??;
         let capacity = rows.capacity();
-        rows.reserve(batch.num_rows());
+        rows.extend(piece);
         // reserve what the vector really allocates (it grows by doubling)
-        let mut grown = (rows.capacity() - capacity) * size_of::<HistoryRow>();
-        for i in 0..batch.num_rows() {
-            if q.is_null(i) {
-                return Err(null_key("history", "query"));
-            }
-            if p.is_null(i) {
-                return Err(null_key("history", "product_id"));
-            }
-            let (query, new_q) = queries.intern(q.value(i))?;
-            let (product, new_p) = products.intern(&p, i)?;
-            grown += new_q + new_p;
-            // As in sql/features.sql: a NULL h or impression count counts as 0.
-            rows.push(HistoryRow {
-                h: if h.is_null(i) { 0.0 } else { h.value(i) },
-                impressions: if impressions.is_null(i) {
-                    0
-                } else {
-                    impressions.value(i)
-                },
-                view: [0, 0],
-                query,
-                product,
-            });
-        }
-        reserve(reservation, grown)?;
+        reserve(
+            reservation,
+            keys + (rows.capacity() - capacity) * size_of::<HistoryRow>(),
+        )?;
     }
+    drop(pieces);
     metrics.history_rows.add(rows.len());
     metrics.read_history.add_elapsed(start);
 
     // Every query interned so far has history: a neighbour must be one of them.
     let start = Instant::now();
-    let with_history = queries.len() as u32;
+    let with_history: Arc<[u32]> = queries.lens().into();
     let mut candidates: Vec<Member> = Vec::new();
     let mut read = 0usize;
-    while let Some(batch) = neighbours.next().await {
-        let batch = batch?;
-        read += batch.num_rows();
-        let (q, c) = (strings(&batch, 0)?, strings(&batch, 1)?);
-        let (q, c) = (q.as_string::<i32>(), c.as_string::<i32>());
-        let score = numbers(&batch, 2, &DataType::Float64)?;
-        let score = score.as_primitive::<Float64Type>();
+    let mut pieces = neighbours
+        .map(|batch| {
+            let (queries, with_history) = (Arc::clone(&queries), Arc::clone(&with_history));
+            let params = *params;
+            SpawnedTask::spawn_blocking(move || {
+                let batch = batch?;
+                let (members, keys) =
+                    neighbour_candidates(&batch, &params, &queries, &with_history)?;
+                Ok::<_, DataFusionError>((batch.num_rows(), members, keys))
+            })
+            .join_unwind()
+        })
+        .buffer_unordered(workers);
+    while let Some(piece) = pieces.next().await {
+        let (n, piece, keys) = piece.map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))??;
+        read += n;
         let capacity = candidates.capacity();
-        candidates.reserve(batch.num_rows());
-        let mut grown = (candidates.capacity() - capacity) * size_of::<Member>();
-        for i in 0..batch.num_rows() {
-            // NULLs fail every condition of the SQL's WHERE clause
-            if q.is_null(i) || c.is_null(i) || score.is_null(i) {
-                continue;
-            }
-            let (query, neighbour, s) = (q.value(i), c.value(i), score.value(i));
-            // arrow compares floats in total order (NaN above everything), as here
-            if query == neighbour || s.total_cmp(&params.min_score) == Ordering::Less {
-                continue;
-            }
-            let Some(neighbour) = queries.get(neighbour).filter(|&id| id < with_history) else {
-                continue;
-            };
-            let (query, new) = queries.intern(query)?;
-            grown += new;
-            candidates.push(Member {
-                weight: s,
-                query,
-                neighbour,
-            });
-        }
-        reserve(reservation, grown)?;
+        candidates.extend(piece);
+        reserve(
+            reservation,
+            keys + (candidates.capacity() - capacity) * size_of::<Member>(),
+        )?;
     }
+    drop(pieces);
     metrics.neighbour_rows.add(read);
     metrics.read_neighbours.add_elapsed(start);
 
     let start = Instant::now();
+    let (queries, products) = match (Arc::try_unwrap(queries), Arc::try_unwrap(products)) {
+        (Ok(q), Ok(p)) => (q, p),
+        _ => return internal_err!("a worker of the index build outlived it"),
+    };
     // the rank tables and offsets below; members at most one per candidate
     let n = queries.len() + products.len();
     reserve(
@@ -428,22 +656,22 @@ pub async fn build(
         // integers are written from `products` directly
         Products::Integers(keys) => vec![[0, 0]; keys.len()],
     };
-    for row in &mut rows {
-        row.query = query_rank[row.query as usize];
-        row.product = product_rank[row.product as usize];
+    rows.par_iter_mut().for_each(|row| {
+        row.query = query_rank.of(row.query);
+        row.product = product_rank.of(row.product);
         row.view = views[row.product as usize];
-    }
+    });
     drop(views);
-    rows.sort_unstable_by_key(|r| (r.query, r.product));
+    rows.par_sort_unstable_by_key(|r| (r.query, r.product));
     let history_offsets = offsets(n_queries, rows.iter().map(|r| r.query));
 
-    for row in &mut candidates {
-        row.query = query_rank[row.query as usize];
-        row.neighbour = query_rank[row.neighbour as usize];
-    }
+    candidates.par_iter_mut().for_each(|row| {
+        row.query = query_rank.of(row.query);
+        row.neighbour = query_rank.of(row.neighbour);
+    });
     drop((query_rank, product_rank));
     // one row per (query, neighbour), the highest score first
-    candidates.sort_unstable_by(|a, b| {
+    candidates.par_sort_unstable_by(|a, b| {
         (a.query, a.neighbour)
             .cmp(&(b.query, b.neighbour))
             .then(b.weight.total_cmp(&a.weight))
@@ -520,19 +748,50 @@ mod tests {
 
     #[test]
     fn interned_ids_sort_like_the_strings_in_byte_order() {
-        let mut interner: Interner<Arc<str>> = Interner::default();
-        let words = ["b", "a b", "B", "ab", "a", "b", "é", "e"];
-        let ids: Vec<u32> = words
-            .iter()
-            .map(|w| interner.intern(w).unwrap().0)
-            .collect();
-        assert_eq!(ids[0], ids[5], "a repeated string keeps its id");
-        let (sorted, rank) = interner.into_sorted();
+        let interner: Sharded<Arc<str>> = Sharded::default();
+        let words = ["b", "a b", "B", "ab", "a", "a", "b", "é", "e"];
+        let mut ids = vec![0u32; words.len()];
+        let bytes = interner
+            .intern_all(words.len(), |i| Some(words[i]), &mut ids)
+            .unwrap();
+        assert!(bytes > 0);
+        assert_eq!(ids[0], ids[6], "a repeated string keeps its id");
+        assert_eq!(ids[4], ids[5], "a string repeated in a row too");
+        // a second batch finds the same ids, and a lookup among the first keys finds them too
+        let mut again = vec![0u32; 2];
+        let added = interner
+            .intern_all(2, |i| Some(["é", "new"][i]), &mut again)
+            .unwrap();
+        assert_eq!(again[0], ids[7]);
+        assert!(added > 0, "\"new\" is new");
+        let known: Vec<u32> = vec![u32::MAX; SHARDS];
+        let found = interner.find_all(3, |i| [Some("ab"), None, Some("zz")][i], &known);
+        assert_eq!(found, [Some(ids[3]), None, None]);
+        let (sorted, ranks) = interner.into_sorted();
         let sorted: Vec<&str> = sorted.iter().map(|s| &**s).collect();
-        assert_eq!(sorted, ["B", "a", "a b", "ab", "b", "e", "é"]);
+        assert_eq!(sorted, ["B", "a", "a b", "ab", "b", "e", "new", "é"]);
         for (word, id) in words.iter().zip(&ids) {
-            assert_eq!(sorted[rank[*id as usize] as usize], *word);
+            assert_eq!(sorted[ranks.of(*id) as usize], *word);
         }
+    }
+
+    #[test]
+    fn lookups_see_only_the_keys_known_before() {
+        let interner: Sharded<Arc<str>> = Sharded::default();
+        let mut ids = vec![0u32; 1];
+        interner
+            .intern_all(1, |_| Some("with history"), &mut ids)
+            .unwrap();
+        let known = interner.lens();
+        interner
+            .intern_all(1, |_| Some("neighbour only"), &mut ids)
+            .unwrap();
+        let found = interner.find_all(2, |i| Some(["with history", "neighbour only"][i]), &known);
+        assert!(found[0].is_some());
+        assert_eq!(
+            found[1], None,
+            "a key added after the history is not a neighbour with history"
+        );
     }
 
     #[test]

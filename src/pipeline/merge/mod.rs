@@ -379,10 +379,18 @@ impl PriorMergeExec {
         let neighbours = execute_stream(Arc::clone(&self.neighbours), Arc::clone(context))?;
         let mut reservation = MemoryConsumer::new("PriorMergeExec").register(context.memory_pool());
         let (params, metrics) = (self.params, self.measured.clone());
+        let workers = context.session_config().target_partitions();
         // its own task, so the build goes on whichever partition polls
         let task = SpawnedTask::spawn(async move {
-            let index =
-                index::build(history, neighbours, &params, &mut reservation, &metrics).await?;
+            let index = index::build(
+                history,
+                neighbours,
+                &params,
+                workers,
+                &mut reservation,
+                &metrics,
+            )
+            .await?;
             let chunks = split::Chunks::new(&index);
             Ok::<_, DataFusionError>(Arc::new(Built {
                 index,
