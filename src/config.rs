@@ -285,7 +285,8 @@ pub struct ExecutionConfig {
     /// feature job at 100k queries and k = 10, and can spill).
     pub join: JoinAlgorithm,
     /// How stages 2-4 (neighbour sets, prior, blend) are computed: one in-memory per-query merge
-    /// (`merge`, default) or the SQL files under `sql/` (`sql`, the reference; spills).
+    /// (`merge`, default) or the SQL files under `sql/` (`sql`, the reference; its joins spill,
+    /// but it is no bounded-memory fallback at scale: README).
     pub plan: PlanKind,
     /// Retries of a failed object-store request (s3, gs, az), with exponential backoff.
     pub object_store_retries: usize,

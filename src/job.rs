@@ -53,10 +53,14 @@ pub struct MergeProfile {
     pub read_history: Duration,
     pub read_neighbours: Duration,
     pub build_index: Duration,
-    /// CPU time, summed over the workers.
+    /// The workers' time computing rows, summed (more than the wall time when they run at once).
     pub prior_blend: Duration,
     /// Output partitions of the operator (summed over input partitions).
     pub partitions: usize,
+    pub history_rows: u64,
+    /// History rows the partitions need, summed: over `history_rows`, the replication factor
+    /// of a split by query.
+    pub history_rows_needed: u64,
 }
 
 impl MergeProfile {
@@ -67,6 +71,8 @@ impl MergeProfile {
         self.read_neighbours += d(&m.read_neighbours);
         self.build_index += d(&m.build_index);
         self.prior_blend += d(&m.prior_blend);
+        self.history_rows += m.history_rows.value() as u64;
+        self.history_rows_needed += m.history_rows_needed.value() as u64;
     }
 }
 
@@ -128,10 +134,16 @@ impl fmt::Display for JobSummary {
             )?;
             writeln!(
                 f,
-                "    prior + blend ({:>3} partitions)           {:>10}  {:>8} CPU",
+                "    prior + blend ({:>3} partitions)           {:>10}  {:>8} (workers' time, summed)",
                 m.partitions,
                 self.written.rows,
                 secs(m.prior_blend)
+            )?;
+            writeln!(
+                f,
+                "    history a partition needs, summed: {:.2}x the history (a split by query \
+                 replicates a neighbour's history into every partition citing it)",
+                m.history_rows_needed as f64 / m.history_rows.max(1) as f64
             )?;
         } else {
             writeln!(

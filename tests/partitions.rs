@@ -40,6 +40,19 @@ fn assert_same_whatever_the_partitions(
             summary.contains(&format!("prior + blend ({used:>3} partitions)")),
             "N = {n}: {summary}"
         );
+        // one partition needs the history once; more need a neighbour's history in each citing it
+        let factor: f64 = summary
+            .split("history a partition needs, summed: ")
+            .nth(1)
+            .and_then(|rest| rest.split('x').next())
+            .unwrap_or_else(|| panic!("no replication factor in {summary}"))
+            .parse()
+            .unwrap();
+        if n == "1" {
+            assert_eq!(factor, 1.0, "{summary}");
+        } else {
+            assert!(factor >= 1.0, "{summary}");
+        }
         let bytes = std::fs::read(&out).unwrap();
         match &first {
             None => first = Some(bytes),

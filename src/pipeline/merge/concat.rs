@@ -21,7 +21,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
     PlanProperties, SendableRecordBatchStream,
 };
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 
 use super::PriorMergeExec;
 
@@ -137,11 +137,13 @@ impl ExecutionPlan for ConcatRangesExec {
         if partition != 0 {
             return internal_err!("ConcatRangesExec has one partition, not {}", partition + 1);
         }
-        let input = Arc::clone(&self.input);
-        let n = input.output_partitioning().partition_count();
-        let streams = futures::stream::iter(0..n)
-            .map(move |i| input.execute(i, Arc::clone(&context)))
-            .try_flatten();
+        // every partition executed now (they share work set up on execution, such as the merge's
+        // index), read one after the other
+        let n = self.input.output_partitioning().partition_count();
+        let streams = (0..n)
+            .map(|i| self.input.execute(i, Arc::clone(&context)))
+            .collect::<Result<Vec<_>>>()?;
+        let streams = futures::stream::iter(streams).flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.input.schema(),
             streams,

@@ -211,8 +211,8 @@ fn reserve(reservation: &mut MemoryReservation, bytes: usize) -> Result<()> {
     reservation.try_grow(bytes).map_err(|e| {
         DataFusionError::ResourcesExhausted(format!(
             "the merge plan keeps the history and neighbour sets in memory and needs more than \
-             {} MiB for them ({e}); raise --memory-limit, or run with --plan sql, whose joins \
-             spill to disk",
+             {} MiB for them ({e}); raise --memory-limit. (--plan sql spills, but at a million \
+             queries under 2GiB it had written nothing after 8 minutes: docs/BENCHMARKS.md)",
             reservation.size() / (1 << 20)
         ))
     })

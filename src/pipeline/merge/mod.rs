@@ -252,13 +252,16 @@ pub struct MergeMetrics {
     pub neighbour_set_rows: Count,
     pub queries_with_prior: Count,
     pub output_rows: Count,
+    /// History rows the partitions would hold if each held only what its queries need (see
+    /// [`split::history_rows_needed`]); over `history_rows`, the replication factor.
+    pub history_rows_needed: Count,
     /// Pulling `history` (reading engagement and computing H) and interning it.
     pub read_history: Time,
     /// Pulling `neighbours` and filtering its rows.
     pub read_neighbours: Time,
     /// Sorting the history by query and building C_q.
     pub build_index: Time,
-    /// Computing prior, alpha and F into output batches: summed over the workers, so CPU time.
+    /// Computing prior, alpha and F into output batches: the workers' time, summed.
     pub prior_blend: Time,
 }
 
@@ -272,6 +275,7 @@ impl MergeMetrics {
             neighbour_set_rows: count("neighbour_set_rows"),
             queries_with_prior: count("queries_with_prior"),
             output_rows: count("output_rows"),
+            history_rows_needed: count("history_rows_needed"),
             read_history: time("read_history"),
             read_neighbours: time("read_neighbours"),
             build_index: time("build_index"),
@@ -293,7 +297,9 @@ pub struct PriorMergeExec {
     metrics: ExecutionPlanMetricsSet,
     /// Set on construction; read after a run.
     measured: MergeMetrics,
-    /// The index, built once by the first partition executed and shared by all.
+    /// The index, built once by the first partition executed and shared by all, whenever they
+    /// execute (a child must not be executed twice). It lives, with its memory reservation, as
+    /// long as the plan.
     built: Mutex<Option<SharedIndex>>,
 }
 
@@ -380,6 +386,7 @@ impl PriorMergeExec {
         let mut reservation = MemoryConsumer::new("PriorMergeExec").register(context.memory_pool());
         let (params, metrics) = (self.params, self.measured.clone());
         let workers = context.session_config().target_partitions();
+        let partitions = self.partitions;
         // its own task, so the build goes on whichever partition polls
         let task = SpawnedTask::spawn(async move {
             let index = index::build(
@@ -392,6 +399,9 @@ impl PriorMergeExec {
             )
             .await?;
             let chunks = split::Chunks::new(&index);
+            metrics
+                .history_rows_needed
+                .add(split::history_rows_needed(&index, &chunks, partitions));
             Ok::<_, DataFusionError>(Arc::new(Built {
                 index,
                 chunks,
@@ -536,7 +546,9 @@ impl ExecutionPlan for PriorMergeExec {
                         })
                         .join_unwind()
                     })
-                    .buffered(workers + 1)
+                    // no more chunks computing than workers: on one core a second would
+                    // only preempt the first and the writer, evicting their caches
+                    .buffered(workers)
                     .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))
                     .and_then(futures::future::ready)
                     .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))

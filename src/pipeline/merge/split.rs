@@ -84,6 +84,34 @@ impl Chunks {
     }
 }
 
+/// History rows the partitions need, summed over `partitions` partitions: each needs its own
+/// queries' history and that of every neighbour of one of them. Divided by the history's rows it
+/// is the replication factor a split by query costs: 1 when no neighbour crosses a partition,
+/// up to min(k + 1, N) (docs/DISTRIBUTED.md).
+pub fn history_rows_needed(index: &Index, chunks: &Chunks, partitions: usize) -> usize {
+    let n = index.queries.len();
+    // the last partition that counted each query's history
+    let mut counted = vec![usize::MAX; n];
+    let mut rows = 0;
+    for p in 0..partitions.max(1) {
+        let range = chunks.of_partition(p, partitions);
+        if range.is_empty() {
+            continue;
+        }
+        let queries = chunks.queries(range.start).start..chunks.queries(range.end - 1).end;
+        for q in queries {
+            let needed = std::iter::once(q).chain(index.members_of(q).iter().map(|m| m.neighbour));
+            for c in needed {
+                if counted[c as usize] != p {
+                    counted[c as usize] = p;
+                    rows += index.history_of(c).len();
+                }
+            }
+        }
+    }
+    rows
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
