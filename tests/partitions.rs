@@ -167,15 +167,7 @@ fn every_partitioning_writes_the_same_file_on_partition_folders_and_integer_ids(
 
     // integer product ids, odd ones negated (numeric order differs from text order)
     let ints = data.path().join("engagement.int.parquet");
-    let copy = format!(
-        "COPY (SELECT query, CAST(CASE WHEN id % 2 = 1 THEN -id ELSE id END AS BIGINT) AS \
-         product_id, impressions, clicks, adds, purchases FROM (SELECT *, \
-         CAST(substr(product_id, 2) AS BIGINT) AS id FROM '{}')) TO '{}'",
-        e.display(),
-        ints.display()
-    );
-    let out = run(&["sql", "-c", &copy]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    common::with_integer_product_ids(&e, &ints, "BIGINT");
     assert_same_whatever_the_partitions(
         ints.to_str().unwrap(),
         n.to_str().unwrap(),

@@ -164,15 +164,7 @@ fn merge_plan_equals_sql_plan_with_integer_product_ids() {
     synth(data.path(), "3000", "13", false);
     // synth's ids (B018015095) as INT, odd ones negated: numeric order differs from text order
     let e = data.path().join("engagement.int.parquet");
-    let copy = format!(
-        "COPY (SELECT query, CAST(CASE WHEN id % 2 = 1 THEN -id ELSE id END AS INT) AS product_id, \
-         impressions, clicks, adds, purchases \
-         FROM (SELECT *, CAST(substr(product_id, 2) AS BIGINT) AS id FROM '{}')) TO '{}'",
-        data.path().join("engagement.parquet").display(),
-        e.display()
-    );
-    let out = run(&["sql", "-c", &copy]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    common::with_integer_product_ids(&data.path().join("engagement.parquet"), &e, "INT");
     let n = data.path().join("neighbours.parquet");
     for extra in [
         &[][..],

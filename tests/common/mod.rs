@@ -36,6 +36,20 @@ pub fn run(args: &[&str]) -> Output {
     bin().args(args).output().expect("run q2q-prior")
 }
 
+/// Copies synth engagement `from` to Parquet `to` with its product ids (B018015095) as integers
+/// of SQL type `sql_type`, odd ones negated, so numeric order differs from text order.
+pub fn with_integer_product_ids(from: &Path, to: &Path, sql_type: &str) {
+    let copy = format!(
+        "COPY (SELECT query, CAST(CASE WHEN id % 2 = 1 THEN -id ELSE id END AS {sql_type}) AS \
+         product_id, impressions, clicks, adds, purchases FROM (SELECT *, \
+         CAST(substr(product_id, 2) AS BIGINT) AS id FROM '{}')) TO '{}'",
+        from.display(),
+        to.display()
+    );
+    let out = run(&["sql", "-c", &copy]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// `q2q-prior run` on two inputs and an output (paths or URLs), plus extra flags.
 pub fn run_job(engagement: &str, neighbours: &str, output: &str, extra: &[&str]) -> Output {
     let mut args = vec![

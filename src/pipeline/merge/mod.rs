@@ -23,6 +23,7 @@ pub mod codec;
 pub mod concat;
 pub mod emit;
 pub mod index;
+pub mod intern;
 pub mod split;
 
 use std::fmt;
