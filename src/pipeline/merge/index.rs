@@ -1,8 +1,9 @@
 //! The merge plan's in-memory index, built from the `history` and `neighbours` streams:
 //!
-//! - queries and products interned to dense `u32` ids, renumbered so that id order is the keys'
-//!   order (the order `ORDER BY query, product_id` gives: byte order for strings, numeric order for
-//!   integer product ids), so sorting ids sorts keys;
+//! - queries and products interned to dense `u32` ids ([`super::intern`]; the batches of both
+//!   inputs by several workers at once), renumbered so that id order is the keys' order (the order
+//!   `ORDER BY query, product_id` gives: byte order for strings, numeric order for integer product
+//!   ids), so sorting ids sorts keys;
 //! - the history grouped by query (CSR: one offset per query, rows sorted by product);
 //! - C_q for every query, with the semantics of `sql/neighbour_sets.sql`: self-pairs, rows
 //!   scoring below `min_score` and neighbours without history dropped; the highest score of a
@@ -10,8 +11,9 @@
 //!   weights 1 (`mean`) or the score (`score`, unless every kept score is 0).
 //!
 //! Memory: 40 bytes per history row and 16 per surviving neighbour row while building, plus each
-//! distinct string once. Every allocation is reserved from the session's memory pool first, so a
-//! `--memory-limit` too small for the index fails with a clear error instead of over-committing.
+//! distinct string once. What each batch adds is reserved from the session's memory pool as it is
+//! added, so a `--memory-limit` too small for the index fails with a clear error instead of
+//! over-committing.
 
 use std::cmp::Ordering;
 use std::mem::size_of;
