@@ -61,6 +61,14 @@ pub struct MergeProfile {
     /// History rows the partitions need, summed: over `history_rows`, the replication factor
     /// of a split by query.
     pub history_rows_needed: u64,
+    /// The history's spill files, their bytes and rows (0 when it fitted in memory).
+    pub spill_files: u64,
+    pub spilled_bytes: u64,
+    pub spilled_rows: u64,
+    /// Blocks the spilled history was read back in, the rows read and the time (summed).
+    pub history_blocks: u64,
+    pub history_rows_loaded: u64,
+    pub load_history: Duration,
 }
 
 impl MergeProfile {
@@ -73,6 +81,12 @@ impl MergeProfile {
         self.prior_blend += d(&m.prior_blend);
         self.history_rows += m.history_rows.value() as u64;
         self.history_rows_needed += m.history_rows_needed.value() as u64;
+        self.spill_files += m.spill.spill_file_count.value() as u64;
+        self.spilled_bytes += m.spill.spilled_bytes.value() as u64;
+        self.spilled_rows += m.spill.spilled_rows.value() as u64;
+        self.history_blocks += m.history_blocks.value() as u64;
+        self.history_rows_loaded += m.history_rows_loaded.value() as u64;
+        self.load_history += d(&m.load_history);
     }
 }
 
@@ -145,6 +159,21 @@ impl fmt::Display for JobSummary {
                  replicates a neighbour's history into every partition citing it)",
                 m.history_rows_needed as f64 / m.history_rows.max(1) as f64
             )?;
+            if m.spill_files == 0 {
+                writeln!(f, "    history spilled: none (it fitted in memory)")?;
+            } else {
+                writeln!(
+                    f,
+                    "    history spilled: {} rows, {} bytes in {} spill files; read back in {} \
+                     blocks, {:.2}x the history, {} (partitions' time, summed)",
+                    m.spilled_rows,
+                    m.spilled_bytes,
+                    m.spill_files,
+                    m.history_blocks,
+                    m.history_rows_loaded as f64 / m.history_rows.max(1) as f64,
+                    secs(m.load_history)
+                )?;
+            }
         } else {
             writeln!(
                 f,

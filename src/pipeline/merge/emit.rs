@@ -20,6 +20,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::Result;
 
 use super::MergeParams;
+use super::history::History;
 use super::index::{Index, Products};
 use crate::formula;
 
@@ -27,6 +28,7 @@ use crate::formula;
 /// `batch_size` rows.
 pub struct Emitter<'a> {
     index: &'a Index,
+    history: &'a History,
     params: MergeParams,
     schema: SchemaRef,
     batch_size: usize,
@@ -191,9 +193,11 @@ struct Pair {
 }
 
 impl<'a> Emitter<'a> {
-    /// An emitter of the rows of `queries` (ids of `index`).
+    /// An emitter of the rows of `queries` (ids of `index`), reading the history rows of the
+    /// queries and their neighbours from `history`.
     pub fn new(
         index: &'a Index,
+        history: &'a History,
         queries: Range<u32>,
         params: MergeParams,
         schema: SchemaRef,
@@ -201,6 +205,7 @@ impl<'a> Emitter<'a> {
     ) -> Self {
         Emitter {
             index,
+            history,
             params,
             columns: Columns::new(&schema, batch_size.max(1) + 256),
             schema,
@@ -234,8 +239,8 @@ impl<'a> Emitter<'a> {
     }
 
     fn emit_query(&mut self, query: u32) {
-        let index = self.index;
-        let own = index.history_of(query);
+        let (index, history) = (self.index, self.history);
+        let own = history.of(query);
         let members = index.members_of(query);
         if own.is_empty() && members.is_empty() {
             return; // only in neighbour rows that were all filtered out
@@ -246,17 +251,12 @@ impl<'a> Emitter<'a> {
         let contributions = &mut self.contributions;
         contributions.clear();
         for (rank, member) in members.iter().enumerate() {
-            contributions.extend(
-                index
-                    .history_of(member.neighbour)
-                    .iter()
-                    .map(|r| Contribution {
-                        product: r.product,
-                        rank: rank as u32,
-                        weighted_h: member.weight * r.h,
-                        view: r.view,
-                    }),
-            );
+            contributions.extend(history.of(member.neighbour).iter().map(|r| Contribution {
+                product: r.product,
+                rank: rank as u32,
+                weighted_h: member.weight * r.h,
+                view: r.view,
+            }));
         }
         // a product's contributions are summed in rank order, whatever the partitioning
         contributions.sort_unstable_by_key(|c| (c.product, c.rank));

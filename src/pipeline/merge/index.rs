@@ -1,19 +1,21 @@
-//! The merge plan's in-memory index, built from the `history` and `neighbours` streams:
+//! The merge plan's index, built from the `history` and `neighbours` streams:
 //!
 //! - queries and products interned to dense `u32` ids ([`super::intern`]; the batches of both
 //!   inputs by several workers at once), renumbered so that id order is the keys' order (the order
 //!   `ORDER BY query, product_id` gives: byte order for strings, numeric order for integer product
 //!   ids), so sorting ids sorts keys;
-//! - the history grouped by query (CSR: one offset per query, rows sorted by product);
+//! - the history grouped by query (CSR: one offset per query, rows sorted by product), or, when
+//!   it does not fit the memory pool, in spill files and only its row count per query in memory
+//!   ([`super::history`]);
 //! - C_q for every query, with the semantics of `sql/neighbour_sets.sql`: self-pairs, rows
 //!   scoring below `min_score` and neighbours without history dropped; the highest score of a
 //!   duplicated (query, neighbour) kept; the `top_k` best by score, ties by neighbour ascending;
 //!   weights 1 (`mean`) or the score (`score`, unless every kept score is 0).
 //!
-//! Memory: 40 bytes per history row and 16 per surviving neighbour row while building, plus each
-//! distinct string once. What each batch adds is reserved from the session's memory pool as it is
-//! added, so a `--memory-limit` too small for the index fails with a clear error instead of
-//! over-committing.
+//! Memory: 40 bytes per history row held and 16 per surviving neighbour row while building, plus
+//! each distinct string once. What each batch adds is reserved from the session's memory pool as
+//! it is added, so a `--memory-limit` too small for the strings and the neighbour sets fails with
+//! a clear error instead of over-committing.
 
 use std::cmp::Ordering;
 use std::mem::size_of;
@@ -28,9 +30,12 @@ use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::{DataFusionError, Result, internal_err};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::memory_pool::MemoryReservation;
+use datafusion::physical_plan::spill::SpillManager;
 use futures::StreamExt;
 use rayon::prelude::*;
 
+pub use super::history::HistoryRow;
+use super::history::{Buffer, Buffered, History, Spilled};
 pub use super::intern::{Interner, Key};
 use super::intern::{Ranks, Sharded};
 use super::{MergeMetrics, MergeParams};
@@ -77,19 +82,6 @@ fn read_products(column: &Arc<dyn Array>) -> ProductColumn<'_> {
     }
 }
 
-/// One history row: H(q,p) and I(q,p) of a (query, product) pair.
-#[derive(Debug, Clone, Copy)]
-pub struct HistoryRow {
-    pub h: f64,
-    pub impressions: i64,
-    /// The product's Arrow string view (little-endian halves) when the id is at most 12 bytes,
-    /// so writing a row never looks the string up (a cache miss per output row otherwise);
-    /// for a longer id, any value whose low 32 bits (the length) exceed 12. Set once ranked.
-    pub view: [u64; 2],
-    pub query: u32,
-    pub product: u32,
-}
-
 /// A neighbour row that survived the row filters (`weight` holds its score), then a kept member c
 /// of C_q with its weight in the prior.
 #[derive(Debug, Clone, Copy)]
@@ -99,15 +91,21 @@ pub struct Member {
     pub neighbour: u32,
 }
 
+/// Where the history rows are: in memory, or in spill files ([`super::history`]).
+pub enum Stored {
+    Resident(Arc<History>),
+    Spilled(Spilled),
+}
+
 /// Everything the merge needs, ids in byte order of their strings.
 pub struct Index {
     /// Query strings by id.
     pub queries: Vec<Arc<str>>,
     /// Product ids by id.
     pub products: Products,
-    /// History of query `q`: `history[history_offsets[q]..history_offsets[q + 1]]`, by product.
-    pub history: Vec<HistoryRow>,
-    pub history_offsets: Vec<usize>,
+    /// The history rows of each query, wherever they are kept.
+    pub history_lens: Vec<u32>,
+    pub history: Stored,
     /// C_q: `members[member_offsets[q]..member_offsets[q + 1]]`, by rank.
     pub members: Vec<Member>,
     pub member_offsets: Vec<usize>,
@@ -116,27 +114,48 @@ pub struct Index {
 }
 
 impl Index {
-    pub fn history_of(&self, query: u32) -> &[HistoryRow] {
-        let q = query as usize;
-        &self.history[self.history_offsets[q]..self.history_offsets[q + 1]]
+    /// How many history rows query `query` has.
+    pub fn history_len(&self, query: u32) -> usize {
+        self.history_lens[query as usize] as usize
     }
 
     pub fn members_of(&self, query: u32) -> &[Member] {
         let q = query as usize;
         &self.members[self.member_offsets[q]..self.member_offsets[q + 1]]
     }
+
+    /// Every history row, when they are all in memory.
+    pub fn resident(&self) -> Option<&Arc<History>> {
+        match &self.history {
+            Stored::Resident(history) => Some(history),
+            Stored::Spilled(_) => None,
+        }
+    }
 }
 
-/// Grows `reservation` by `bytes`, explaining what a failure means for this plan.
-fn reserve(reservation: &mut MemoryReservation, bytes: usize) -> Result<()> {
-    reservation.try_grow(bytes).map_err(|e| {
-        DataFusionError::ResourcesExhausted(format!(
-            "the merge plan keeps the history and neighbour sets in memory and needs more than \
-             {} MiB for them ({e}); raise --memory-limit. (--plan sql spills, but at a million \
-             queries under 2GiB it had written nothing after 8 minutes: docs/BENCHMARKS.md)",
-            reservation.size() / (1 << 20)
-        ))
-    })
+/// What a `--memory-limit` too small for what the plan must hold means.
+fn out_of_memory(e: DataFusionError, held: usize) -> DataFusionError {
+    DataFusionError::ResourcesExhausted(format!(
+        "the merge plan keeps the query and product strings and the neighbour sets in memory \
+         (the history spills to disk) and needs more than {} MiB for them ({e}); raise \
+         --memory-limit",
+        held / (1 << 20)
+    ))
+}
+
+/// Grows `reservation` by `bytes`, spilling the history in memory when that makes room, and
+/// explaining what a failure means for this plan.
+fn reserve(reservation: &mut MemoryReservation, history: &mut Buffer, bytes: usize) -> Result<()> {
+    loop {
+        match reservation.try_grow(bytes) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                if !history.make_room()? {
+                    return Err(out_of_memory(e, reservation.size()));
+                }
+            }
+        }
+    }
 }
 
 /// A string column of `batch` as `Utf8`, whatever string type the plan produced.
@@ -292,6 +311,16 @@ fn neighbour_candidates(
     Ok((members, bytes))
 }
 
+/// The memory the index is held in.
+pub struct Memory {
+    /// Strings, neighbour sets and tables.
+    pub reservation: MemoryReservation,
+    /// The history's rows while in memory: spillable, they go to spill files through `spill`
+    /// when it cannot grow (if `spill` is set).
+    pub history: MemoryReservation,
+    pub spill: Option<SpillManager>,
+}
+
 /// Reads both inputs and builds the [`Index`], with `workers` batches in work at once.
 ///
 /// `history` yields (query, product_id, impressions, h); `neighbours` (query, neighbour, score).
@@ -300,9 +329,14 @@ pub async fn build(
     neighbours: SendableRecordBatchStream,
     params: &MergeParams,
     workers: usize,
-    reservation: &mut MemoryReservation,
+    memory: &mut Memory,
     metrics: &MergeMetrics,
 ) -> Result<Index> {
+    let Memory {
+        reservation,
+        history: history_reservation,
+        spill,
+    } = memory;
     let queries: Arc<Sharded<Arc<str>>> = Arc::default();
     let products = Arc::new(if history.schema().field(1).data_type().is_integer() {
         ProductInterner::Integers(Sharded::default())
@@ -312,7 +346,7 @@ pub async fn build(
     let workers = workers.max(1);
 
     let start = Instant::now();
-    let mut rows: Vec<HistoryRow> = Vec::new();
+    let mut buffer = Buffer::new(history_reservation, spill.as_ref());
     let mut pieces = history
         .map(|batch| {
             let (queries, products) = (Arc::clone(&queries), Arc::clone(&products));
@@ -320,18 +354,16 @@ pub async fn build(
                 .join_unwind()
         })
         .buffer_unordered(workers);
+    let mut history_rows = 0;
     while let Some(piece) = pieces.next().await {
         let (piece, keys) = piece.map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))??;
-        let capacity = rows.capacity();
-        rows.extend(piece);
-        // reserve what the vector really allocates (it grows by doubling)
-        reserve(
-            reservation,
-            keys + (rows.capacity() - capacity) * size_of::<HistoryRow>(),
-        )?;
+        history_rows += piece.len();
+        reserve(reservation, &mut buffer, keys)?;
+        let held = reservation.size();
+        buffer.add(piece, |e| out_of_memory(e, held))?;
     }
     drop(pieces);
-    metrics.history_rows.add(rows.len());
+    metrics.history_rows.add(history_rows);
     metrics.read_history.add_elapsed(start);
 
     // Every query interned so far has history: a neighbour must be one of them.
@@ -359,6 +391,7 @@ pub async fn build(
         candidates.extend(piece);
         reserve(
             reservation,
+            &mut buffer,
             keys + (candidates.capacity() - capacity) * size_of::<Member>(),
         )?;
     }
@@ -371,14 +404,16 @@ pub async fn build(
         (Ok(q), Ok(p)) => (q, p),
         _ => return internal_err!("a worker of the index build outlived it"),
     };
-    // the rank tables and offsets below; members at most one per candidate
+    // the rank tables, offsets and row counts below; members at most one per candidate
     let n = queries.len() + products.len();
     reserve(
         reservation,
+        &mut buffer,
         n * (size_of::<u32>() + size_of::<Arc<str>>())
             + products.len() * size_of::<[u64; 2]>()
-            + queries.len() * (2 * size_of::<usize>() + size_of::<f64>()),
+            + queries.len() * (2 * size_of::<usize>() + size_of::<f64>() + size_of::<u32>()),
     )?;
+    let buffered = buffer.finish()?;
     let (query_strings, query_rank) = queries.into_sorted();
     let (product_keys, product_rank) = products.into_sorted();
     let n_queries = query_strings.len();
@@ -397,20 +432,49 @@ pub async fn build(
         // integers are written from `products` directly
         Products::Integers(keys) => vec![[0, 0]; keys.len()],
     };
-    rows.par_iter_mut().for_each(|row| {
-        row.query = query_rank.of(row.query);
-        row.product = product_rank.of(row.product);
-        row.view = views[row.product as usize];
-    });
-    drop(views);
-    rows.par_sort_unstable_by_key(|r| (r.query, r.product));
-    let history_offsets = offsets(n_queries, rows.iter().map(|r| r.query));
-
     candidates.par_iter_mut().for_each(|row| {
         row.query = query_rank.of(row.query);
         row.neighbour = query_rank.of(row.neighbour);
     });
-    drop((query_rank, product_rank));
+    let history_lens: Vec<u32>;
+    let history = match buffered {
+        Buffered::Resident(mut rows) => {
+            rows.par_iter_mut().for_each(|row| {
+                row.query = query_rank.of(row.query);
+                row.product = product_rank.of(row.product);
+                row.view = views[row.product as usize];
+            });
+            drop((views, query_rank, product_rank));
+            let history = History::from_rows(rows, n_queries);
+            history_lens = (0..n_queries as u32)
+                .map(|q| history.of(q).len() as u32)
+                .collect();
+            Stored::Resident(Arc::new(history))
+        }
+        Buffered::Spilled {
+            files,
+            counts,
+            rows,
+        } => {
+            let mut lens = vec![0u32; n_queries];
+            for (provisional, &count) in counts.iter().enumerate() {
+                if count > 0 {
+                    lens[query_rank.of(provisional as u32) as usize] = count;
+                }
+            }
+            history_lens = lens;
+            Stored::Spilled(Spilled {
+                files,
+                manager: spill
+                    .clone()
+                    .expect("only a buffer with a spill manager spills"),
+                query_rank,
+                product_rank,
+                views,
+                rows,
+            })
+        }
+    };
     // one row per (query, neighbour), the highest score first
     candidates.par_sort_unstable_by(|a, b| {
         (a.query, a.neighbour)
@@ -463,33 +527,10 @@ pub async fn build(
     Ok(Index {
         queries: query_strings,
         products: product_keys,
-        history: rows,
-        history_offsets,
+        history_lens,
+        history,
         members,
         member_offsets,
         weight_total,
     })
-}
-
-/// CSR offsets of `n` groups from the sorted group id of every row.
-fn offsets(n: usize, groups: impl Iterator<Item = u32>) -> Vec<usize> {
-    let mut offsets = vec![0usize; n + 1];
-    for g in groups {
-        offsets[g as usize + 1] += 1;
-    }
-    for i in 0..n {
-        offsets[i + 1] += offsets[i];
-    }
-    offsets
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn offsets_delimit_groups() {
-        assert_eq!(offsets(4, [0, 0, 2, 3, 3, 3].into_iter()), [0, 2, 2, 3, 6]);
-        assert_eq!(offsets(2, std::iter::empty()), [0, 0, 0]);
-    }
 }

@@ -22,6 +22,7 @@
 pub mod codec;
 pub mod concat;
 pub mod emit;
+pub mod history;
 pub mod index;
 pub mod intern;
 pub mod split;
@@ -46,7 +47,7 @@ use datafusion::physical_expr::{
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::expressions::Column;
 use datafusion::physical_plan::metrics::{
-    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, SpillMetrics, Time,
 };
 use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -264,6 +265,14 @@ pub struct MergeMetrics {
     pub build_index: Time,
     /// Computing prior, alpha and F into output batches: the workers' time, summed.
     pub prior_blend: Time,
+    /// The history's spill files (none when it fits in memory).
+    pub spill: SpillMetrics,
+    /// Blocks of queries whose history was read back from the spill files, and the rows read
+    /// into them (over `history_rows`: how often a row was read back).
+    pub history_blocks: Count,
+    pub history_rows_loaded: Count,
+    /// Reading blocks of history back: the partitions' time, summed.
+    pub load_history: Time,
 }
 
 impl MergeMetrics {
@@ -281,6 +290,10 @@ impl MergeMetrics {
             read_neighbours: time("read_neighbours"),
             build_index: time("build_index"),
             prior_blend: time("prior_blend"),
+            spill: SpillMetrics::new(set, 0),
+            history_blocks: count("history_blocks"),
+            history_rows_loaded: count("history_rows_loaded"),
+            load_history: time("load_history"),
         }
     }
 }
@@ -309,8 +322,22 @@ pub struct PriorMergeExec {
 struct Built {
     index: index::Index,
     chunks: split::Chunks,
+    /// When the history is spilled: the blocks the partitions load it in.
+    blocks: Vec<split::Block>,
     _reservation: MemoryReservation,
+    /// The history's rows, when they are in memory.
+    _history_reservation: Option<MemoryReservation>,
 }
+
+/// History rows a partition reads, with the memory they hold.
+struct Held {
+    history: Arc<history::History>,
+    _reservation: Option<MemoryReservation>,
+}
+
+/// Of the memory free when the index is built, the share blocks of history may take, in tenths
+/// (the rest: output batches in flight and the writer's buffers).
+const BLOCK_SHARE_TENTHS: usize = 8;
 
 type SharedIndex = Shared<BoxFuture<'static, Result<Arc<Built>, Arc<DataFusionError>>>>;
 
@@ -384,29 +411,50 @@ impl PriorMergeExec {
         }
         let history = execute_stream(Arc::clone(&self.history), Arc::clone(context))?;
         let neighbours = execute_stream(Arc::clone(&self.neighbours), Arc::clone(context))?;
-        let mut reservation = MemoryConsumer::new("PriorMergeExec").register(context.memory_pool());
+        let pool = Arc::clone(context.memory_pool());
+        let env = context.runtime_env();
+        let mut memory = index::Memory {
+            reservation: MemoryConsumer::new("PriorMergeExec").register(&pool),
+            // the history's rows give way to the other spilling operators, and spill
+            history: MemoryConsumer::new("PriorMergeExec history")
+                .with_can_spill(true)
+                .register(&pool),
+            spill: env
+                .disk_manager
+                .tmp_files_enabled()
+                .then(|| history::spill_manager(Arc::clone(&env), self.measured.spill.clone())),
+        };
         let (params, metrics) = (self.params, self.measured.clone());
         let workers = context.session_config().target_partitions();
         let partitions = self.partitions;
         // its own task, so the build goes on whichever partition polls
         let task = SpawnedTask::spawn(async move {
-            let index = index::build(
-                history,
-                neighbours,
-                &params,
-                workers,
-                &mut reservation,
-                &metrics,
-            )
-            .await?;
+            let index =
+                index::build(history, neighbours, &params, workers, &mut memory, &metrics).await?;
             let chunks = split::Chunks::new(&index);
             metrics
                 .history_rows_needed
                 .add(split::history_rows_needed(&index, &chunks, partitions));
+            let index::Memory {
+                reservation,
+                history: history_reservation,
+                ..
+            } = memory;
+            let (blocks, history_reservation) = match index.history {
+                index::Stored::Resident(_) => (Vec::new(), Some(history_reservation)),
+                index::Stored::Spilled(_) => {
+                    // unregistered: a spillable consumer would halve what blocks may take
+                    drop(history_reservation);
+                    let budget = block_budget(pool.as_ref(), index.queries.len(), partitions);
+                    (split::blocks(&index, &chunks, partitions, budget), None)
+                }
+            };
             Ok::<_, DataFusionError>(Arc::new(Built {
                 index,
                 chunks,
+                blocks,
                 _reservation: reservation,
+                _history_reservation: history_reservation,
             }))
         });
         let shared = async move {
@@ -527,33 +575,54 @@ impl ExecutionPlan for PriorMergeExec {
         let workers = context.session_config().target_partitions().max(1);
         let out_schema = Arc::clone(&schema);
         let measured_rows = self.measured.output_rows.clone();
+        let pool = Arc::clone(context.memory_pool());
+        let emit = Emit {
+            params,
+            schema,
+            metrics,
+            batch_size,
+            workers,
+        };
         let batches = futures::stream::once(shared)
             .map_err(DataFusionError::Shared)
             .map_ok(move |built| {
                 let chunks = built.chunks.of_partition(partition, partitions);
-                let (schema, metrics) = (Arc::clone(&schema), metrics.clone());
-                futures::stream::iter(chunks)
-                    .map(move |chunk| {
-                        let (built, schema, metrics) =
-                            (Arc::clone(&built), Arc::clone(&schema), metrics.clone());
-                        SpawnedTask::spawn_blocking(move || {
-                            let timer = metrics.prior_blend.timer();
-                            let queries = built.chunks.queries(chunk);
-                            let batches =
-                                Emitter::new(&built.index, queries, params, schema, batch_size)
-                                    .all_batches();
-                            timer.done();
-                            batches
-                        })
-                        .join_unwind()
-                    })
-                    // no more chunks computing than workers: on one core a second would
-                    // only preempt the first and the writer, evicting their caches
-                    .buffered(workers)
-                    .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))
-                    .and_then(futures::future::ready)
-                    .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
-                    .try_flatten()
+                match built.index.resident() {
+                    Some(history) => {
+                        let held = Arc::new(Held {
+                            history: Arc::clone(history),
+                            _reservation: None,
+                        });
+                        emit.chunks(built, held, chunks).boxed()
+                    }
+                    None => {
+                        // this partition's blocks, one at a time
+                        let blocks: Vec<split::Block> = built
+                            .blocks
+                            .iter()
+                            .filter(|b| chunks.contains(&b.chunks.start))
+                            .cloned()
+                            .collect();
+                        let (emit, pool) = (emit.clone(), Arc::clone(&pool));
+                        let metrics = emit.metrics.clone();
+                        futures::stream::iter(blocks)
+                            .then(move |block| {
+                                let (built, pool) = (Arc::clone(&built), Arc::clone(&pool));
+                                let metrics = metrics.clone();
+                                async move {
+                                    let held =
+                                        load_block(&built, &block, partition, &pool, &metrics)
+                                            .await?;
+                                    Ok::<_, DataFusionError>((built, held, block))
+                                }
+                            })
+                            .map_ok(move |(built, held, block)| {
+                                emit.chunks(built, held, block.chunks)
+                            })
+                            .try_flatten()
+                            .boxed()
+                    }
+                }
             })
             .try_flatten()
             .inspect_ok(move |batch: &RecordBatch| {
@@ -567,6 +636,119 @@ impl ExecutionPlan for PriorMergeExec {
     }
 }
 
+/// What computing a partition's chunks needs.
+#[derive(Clone)]
+struct Emit {
+    params: MergeParams,
+    schema: SchemaRef,
+    metrics: MergeMetrics,
+    batch_size: usize,
+    workers: usize,
+}
+
+impl Emit {
+    /// The batches of `chunks`, in order, computed by up to `workers` blocking tasks at once
+    /// from `held`'s history.
+    fn chunks(
+        &self,
+        built: Arc<Built>,
+        held: Arc<Held>,
+        chunks: std::ops::Range<usize>,
+    ) -> impl futures::Stream<Item = Result<RecordBatch>> + Send + use<> {
+        let this = self.clone();
+        futures::stream::iter(chunks)
+            .map(move |chunk| {
+                let (built, held, this) = (Arc::clone(&built), Arc::clone(&held), this.clone());
+                SpawnedTask::spawn_blocking(move || {
+                    let timer = this.metrics.prior_blend.timer();
+                    let queries = built.chunks.queries(chunk);
+                    let batches = Emitter::new(
+                        &built.index,
+                        &held.history,
+                        queries,
+                        this.params,
+                        this.schema,
+                        this.batch_size,
+                    )
+                    .all_batches();
+                    timer.done();
+                    batches
+                })
+                .join_unwind()
+            })
+            // no more chunks computing than workers: on one core a second would only preempt
+            // the first and the writer, evicting their caches
+            .buffered(self.workers)
+            .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))
+            .and_then(futures::future::ready)
+            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+            .try_flatten()
+    }
+}
+
+/// History rows a block of each partition may hold, when the history is spilled: a share of
+/// the memory the pool has left once the index is built, split between the partitions (which
+/// may all load a block at once) less each block's offsets and marks.
+fn block_budget(
+    pool: &dyn datafusion::execution::memory_pool::MemoryPool,
+    n_queries: usize,
+    partitions: usize,
+) -> usize {
+    use datafusion::execution::memory_pool::MemoryLimit;
+    let free = match pool.memory_limit() {
+        MemoryLimit::Finite(limit) => limit.saturating_sub(pool.reserved()),
+        _ => usize::MAX,
+    };
+    let per_partition = free / 10 * BLOCK_SHARE_TENTHS / partitions.max(1);
+    per_partition.saturating_sub(history::History::bytes(0, n_queries) + n_queries)
+        / std::mem::size_of::<history::HistoryRow>()
+}
+
+/// Reads `block`'s history back from the spill files, its memory reserved from `pool`.
+async fn load_block(
+    built: &Built,
+    block: &split::Block,
+    partition: usize,
+    pool: &Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
+    metrics: &MergeMetrics,
+) -> Result<Arc<Held>> {
+    let index::Stored::Spilled(spilled) = &built.index.history else {
+        return internal_err!("a block of history is loaded only when it is spilled");
+    };
+    let timer = metrics.load_history.timer();
+    let n = built.index.queries.len();
+    let reservation =
+        MemoryConsumer::new(format!("PriorMergeExec[{partition}] history block")).register(pool);
+    reservation
+        .try_grow(history::History::bytes(block.rows, n) + n)
+        .map_err(|e| {
+            DataFusionError::ResourcesExhausted(format!(
+                "the merge plan reads its spilled history back a block of queries at a time, \
+                 and a block of {} rows does not fit ({e}); raise --memory-limit or lower \
+                 --partitions",
+                block.rows
+            ))
+        })?;
+    let mut needed = vec![false; n];
+    let first = built.chunks.queries(block.chunks.start).start;
+    let end = built.chunks.queries(block.chunks.end - 1).end;
+    for q in first..end {
+        needed[q as usize] = true;
+        for m in built.index.members_of(q) {
+            needed[m.neighbour as usize] = true;
+        }
+    }
+    let history = spilled.load(&needed, block.rows).await?;
+    drop(needed);
+    metrics.history_blocks.add(1);
+    metrics.history_rows_loaded.add(history.rows());
+    timer.done();
+    Ok(Arc::new(Held {
+        history: Arc::new(history),
+        _reservation: Some(reservation),
+    }))
+}
+
 /// Every [`PriorMergeExec`] in `plan` (one per input partition).
 pub fn find_merges(plan: &Arc<dyn ExecutionPlan>) -> Vec<&PriorMergeExec> {
     let mut found = Vec::new();
@@ -578,4 +760,169 @@ pub fn find_merges(plan: &Arc<dyn ExecutionPlan>) -> Vec<&PriorMergeExec> {
         stack.extend(node.children());
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Float64Array, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::execution::memory_pool::FairSpillPool;
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    use datafusion::prelude::SessionConfig;
+
+    /// `queries` queries with 20 history rows each and 12 neighbour rows, from a fixed
+    /// generator (some neighbours repeat, some have no history, some score below 0.2).
+    fn inputs(queries: usize) -> (RecordBatch, RecordBatch) {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut hq, mut hp, mut hi, mut hh) = (vec![], vec![], vec![], vec![]);
+        for q in 0..queries {
+            for j in 0..20u64 {
+                hq.push(format!("query {q:05}"));
+                hp.push(format!("p{}", (q as u64 * 7 + j * 13 + next() % 5) % 2000));
+                hi.push((next() % 1000) as i64);
+                hh.push((next() % 10_000) as f64 / 997.0);
+            }
+        }
+        let (mut nq, mut nn, mut ns) = (vec![], vec![], vec![]);
+        for q in 0..queries {
+            for _ in 0..12 {
+                nq.push(format!("query {q:05}"));
+                // a tenth of the neighbours are queries without history
+                nn.push(format!("query {:05}", next() % (queries as u64 * 11 / 10)));
+                ns.push((next() % 1000) as f64 / 1000.0);
+            }
+        }
+        let history = RecordBatch::try_from_iter(vec![
+            ("query", Arc::new(StringArray::from(hq)) as _),
+            ("product_id", Arc::new(StringArray::from(hp)) as _),
+            ("impressions", Arc::new(Int64Array::from(hi)) as _),
+            ("h", Arc::new(Float64Array::from(hh)) as _),
+        ])
+        .unwrap();
+        let neighbours = RecordBatch::try_from_iter(vec![
+            ("query", Arc::new(StringArray::from(nq)) as _),
+            ("neighbour", Arc::new(StringArray::from(nn)) as _),
+            ("score", Arc::new(Float64Array::from(ns)) as _),
+        ])
+        .unwrap();
+        (history, neighbours)
+    }
+
+    fn params() -> MergeParams {
+        MergeParams {
+            top_k: 10,
+            min_score: 0.2,
+            prior_weighting: PriorWeighting::Score,
+            gamma: 0.5,
+            beta: 0.8,
+            blend: Blend::Paper,
+            smoothing: 0.0,
+            pseudo_impressions: 10.0,
+        }
+    }
+
+    /// The operator's partitions, each collected whole, in order; `concurrently`: all polled
+    /// at once (as a folder write does) rather than one after the other.
+    async fn run(
+        limit: Option<usize>,
+        partitions: usize,
+        concurrently: bool,
+        queries: usize,
+    ) -> Result<(Vec<Vec<RecordBatch>>, MergeMetrics)> {
+        let mut runtime = RuntimeEnvBuilder::new();
+        if let Some(limit) = limit {
+            runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+        }
+        let config = SessionConfig::new()
+            .with_target_partitions(2)
+            .with_batch_size(512);
+        let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
+        let (history, neighbours) = inputs(queries);
+        ctx.register_batch("history", history)?;
+        ctx.register_batch("neighbours", neighbours)?;
+        let history = ctx.table("history").await?.create_physical_plan().await?;
+        let neighbours = ctx
+            .table("neighbours")
+            .await?
+            .create_physical_plan()
+            .await?;
+        let schema = Arc::new(Schema::new(
+            OUTPUT_COLUMNS
+                .iter()
+                .zip(TYPES)
+                .map(|(name, t)| Field::new(*name, t, true))
+                .collect::<Vec<_>>(),
+        ));
+        let exec = Arc::new(PriorMergeExec::try_new(
+            history,
+            neighbours,
+            params(),
+            partitions,
+            schema,
+        )?);
+        let task = ctx.task_ctx();
+        let collect = |p: usize| {
+            let stream = exec.execute(p, Arc::clone(&task));
+            async move { stream?.try_collect::<Vec<_>>().await }
+        };
+        let out = if concurrently {
+            futures::future::try_join_all((0..partitions).map(collect)).await?
+        } else {
+            let mut out = Vec::new();
+            for p in 0..partitions {
+                out.push(collect(p).await?);
+            }
+            out
+        };
+        Ok((out, exec.measured().clone()))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_a_limit_far_below_its_history_the_merge_spills_and_writes_the_same_batches() {
+        let queries = 3000;
+        let (unlimited, free) = run(None, 1, false, queries).await.unwrap();
+        assert_eq!(free.spill.spill_file_count.value(), 0);
+        let expected: Vec<RecordBatch> = unlimited.into_iter().flatten().collect();
+        assert!(expected.iter().map(|b| b.num_rows()).sum::<usize>() > 100_000);
+        // 60,000 history rows hold 2.4 MB in memory
+        let limit = 2_500_000;
+        for (partitions, concurrently) in [(1, false), (3, false), (3, true), (8, true)] {
+            let (out, m) = run(Some(limit), partitions, concurrently, queries)
+                .await
+                .unwrap();
+            let got: Vec<RecordBatch> = out.into_iter().flatten().collect();
+            assert!(
+                got == expected,
+                "{partitions} partitions (concurrently: {concurrently}) under {limit} bytes \
+                 differ from an unlimited run"
+            );
+            assert!(
+                m.spill.spill_file_count.value() >= 2,
+                "spilled more than once"
+            );
+            assert_eq!(m.spill.spilled_rows.value(), 60_000);
+            assert!(m.spill.spilled_bytes.value() > 60_000 * 24);
+            assert!(
+                m.history_blocks.value() > partitions,
+                "{partitions} partitions read the history back in {} blocks",
+                m.history_blocks.value()
+            );
+            assert!(m.history_rows_loaded.value() >= 60_000);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_limit_too_small_for_the_strings_and_neighbour_sets_fails_clearly() {
+        let e = run(Some(200_000), 2, false, 3000).await.unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("raise --memory-limit"), "{text}");
+        assert!(text.contains("neighbour sets"), "{text}");
+    }
 }

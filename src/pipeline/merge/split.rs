@@ -41,9 +41,9 @@ impl Chunks {
             let theirs: usize = index
                 .members_of(q)
                 .iter()
-                .map(|m| index.history_of(m.neighbour).len())
+                .map(|m| index.history_len(m.neighbour))
                 .sum();
-            1 + index.history_of(q).len() + theirs
+            1 + index.history_len(q) + theirs
         };
         // each query's work once: it reads the neighbours' offsets, a cache miss apiece
         let works: Vec<usize> = (0..n).map(work_of).collect();
@@ -106,12 +106,71 @@ pub fn history_rows_needed(index: &Index, chunks: &Chunks, partitions: usize) ->
             for c in needed {
                 if counted[c as usize] != p {
                     counted[c as usize] = p;
-                    rows += index.history_of(c).len();
+                    rows += index.history_len(c);
                 }
             }
         }
     }
     rows
+}
+
+/// A contiguous run of one partition's chunks whose history is loaded at once when it is
+/// spilled, with the history rows its queries and their neighbours need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    pub chunks: Range<usize>,
+    pub rows: usize,
+}
+
+/// Every partition's chunks cut into [`Block`]s of at most `budget_rows` history rows (a chunk
+/// that alone needs more is a block of its own); a block never spans two partitions, so each
+/// partition can load its blocks whatever the others do.
+pub fn blocks(index: &Index, chunks: &Chunks, partitions: usize, budget_rows: usize) -> Vec<Block> {
+    let n = index.queries.len();
+    // `taken[q]`: the block that holds q's history; `seen[q]`: the last count that met q
+    let (mut taken, mut seen) = (vec![usize::MAX; n], vec![usize::MAX; n]);
+    let mut counts = 0usize;
+    let mut blocks: Vec<Block> = Vec::new();
+    let needed = |q: u32| std::iter::once(q).chain(index.members_of(q).iter().map(|m| m.neighbour));
+    for p in 0..partitions.max(1) {
+        let mut open: Option<Block> = None;
+        for chunk in chunks.of_partition(p, partitions) {
+            let queries = chunks.queries(chunk);
+            let block_id = blocks.len();
+            // the rows this chunk adds to the open block
+            let mut added = |block: usize, taken: &[usize], seen: &mut [usize]| {
+                counts += 1;
+                let mut rows = 0;
+                for c in queries.clone().flat_map(needed) {
+                    let c = c as usize;
+                    if taken[c] != block && seen[c] != counts {
+                        seen[c] = counts;
+                        rows += index.history_len(c as u32);
+                    }
+                }
+                rows
+            };
+            let mut rows = added(block_id, &taken, &mut seen);
+            if let Some(block) = &open
+                && block.rows + rows > budget_rows
+            {
+                blocks.push(open.take().expect("open"));
+                rows = added(block_id + 1, &taken, &mut seen);
+            }
+            let block_id = blocks.len();
+            for c in queries.clone().flat_map(needed) {
+                taken[c as usize] = block_id;
+            }
+            let block = open.get_or_insert(Block {
+                chunks: chunk..chunk,
+                rows: 0,
+            });
+            block.chunks.end = chunk + 1;
+            block.rows += rows;
+        }
+        blocks.extend(open);
+    }
+    blocks
 }
 
 #[cfg(test)]
