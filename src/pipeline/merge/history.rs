@@ -1,10 +1,10 @@
 //! Where the merge plan keeps the history: in memory while the memory pool grants it, else in
 //! the DataFusion disk manager's spill files, read back one block of queries at a time.
 //!
-//! While the inputs are read, history rows (provisional ids) collect in a [`Buffer`] whose
-//! memory is a *spillable* reservation: under a `--memory-limit` the pool shares it fairly with
-//! the other spilling operators (H's aggregation), and when the buffer cannot grow its rows go
-//! to a spill file and it starts again. If nothing was spilled the rows become the
+//! While the inputs are read, history rows (provisional ids) collect in a [`super::spill::Buffer`]
+//! whose memory is a *spillable* reservation: under a `--memory-limit` the pool shares it fairly
+//! with the other spilling operators (H's aggregation), and when the buffer cannot grow its rows
+//! go to a spill file and it starts again. If nothing was spilled the rows become the
 //! [`History`] every partition reads; otherwise the index keeps only each query's row count,
 //! and a partition loads, for each block of its chunks, the rows its queries and their
 //! neighbours need ([`Spilled::load`]), sized to fit the memory left (`split::Blocks`).
@@ -18,14 +18,14 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{
     DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, UInt32Type,
 };
-use datafusion::common::{DataFusionError, Result};
-use datafusion::execution::memory_pool::MemoryReservation;
-use datafusion::execution::spill_file::SpillFile;
+use datafusion::common::Result;
+use datafusion::physical_plan::sorts::streaming_merge::SortedSpillFile;
 use datafusion::physical_plan::spill::SpillManager;
 use futures::StreamExt;
 use rayon::prelude::*;
 
 use super::intern::Ranks;
+use super::spill::SpillRow;
 
 /// One history row: H(q,p) and I(q,p) of a (query, product) pair.
 #[derive(Debug, Clone, Copy)]
@@ -82,161 +82,37 @@ pub fn offsets(n: usize, groups: impl Iterator<Item = u32>) -> Vec<usize> {
     offsets
 }
 
-/// Rows per batch of a spill file.
-const SPILL_BATCH_ROWS: usize = 1 << 16;
-
-/// The columns of a spill file: a history row with provisional ids.
-fn spill_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("query", DataType::UInt32, false),
-        Field::new("product", DataType::UInt32, false),
-        Field::new("impressions", DataType::Int64, false),
-        Field::new("h", DataType::Float64, false),
-    ]))
-}
-
-/// A spill manager for the history's spill files, counting into `metrics`.
-pub fn spill_manager(
-    env: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
-    metrics: datafusion::physical_plan::metrics::SpillMetrics,
-) -> SpillManager {
-    SpillManager::new(env, metrics, spill_schema())
-}
-
-/// The history rows read so far, with provisional ids: in memory as long as `reservation` can
-/// grow, in spill files after that (when `spill` is given).
-pub struct Buffer<'a> {
-    rows: Vec<HistoryRow>,
-    reservation: &'a mut MemoryReservation,
-    spill: Option<&'a SpillManager>,
-    files: Vec<Arc<dyn SpillFile>>,
-    /// Rows spilled per provisional query id.
-    counts: Vec<u32>,
-    spilled_rows: usize,
-}
-
-/// What a [`Buffer`] ends as.
-pub enum Buffered {
-    /// Every row, in memory.
-    Resident(Vec<HistoryRow>),
-    /// Every row in `files`; `counts[q]`: the rows of provisional query id q.
-    Spilled {
-        files: Vec<Arc<dyn SpillFile>>,
-        counts: Vec<u32>,
-        rows: usize,
-    },
-}
-
-impl<'a> Buffer<'a> {
-    pub fn new(reservation: &'a mut MemoryReservation, spill: Option<&'a SpillManager>) -> Self {
-        Buffer {
-            rows: Vec::new(),
-            reservation,
-            spill,
-            files: Vec::new(),
-            counts: Vec::new(),
-            spilled_rows: 0,
-        }
+impl SpillRow for HistoryRow {
+    /// A history row with provisional ids (no view: it is set when read back).
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("query", DataType::UInt32, false),
+            Field::new("product", DataType::UInt32, false),
+            Field::new("impressions", DataType::Int64, false),
+            Field::new("h", DataType::Float64, false),
+        ]))
     }
 
-    /// Adds a batch's rows, spilling the buffer when the pool cannot grow it; `out_of_memory`
-    /// words the error when the rows fit nowhere.
-    pub fn add(
-        &mut self,
-        piece: Vec<HistoryRow>,
-        out_of_memory: impl Fn(DataFusionError) -> DataFusionError,
-    ) -> Result<()> {
-        let needed = self.rows.len() + piece.len();
-        if needed > self.rows.capacity() {
-            let capacity = (self.rows.capacity() * 2).max(needed).max(1024);
-            let more = (capacity - self.rows.capacity()) * size_of::<HistoryRow>();
-            match self.reservation.try_grow(more) {
-                Ok(()) => self.rows.reserve_exact(capacity - self.rows.len()),
-                Err(e) => {
-                    if !self.make_room()? {
-                        return Err(out_of_memory(e));
-                    }
-                    let capacity = piece.len().max(1024);
-                    self.reservation
-                        .try_grow(capacity * size_of::<HistoryRow>())
-                        .map_err(&out_of_memory)?;
-                    self.rows.reserve_exact(capacity);
-                }
-            }
-        }
-        self.rows.extend(piece);
-        Ok(())
-    }
-
-    /// Spills the rows in memory and returns their memory to the pool, so that what cannot
-    /// spill gets it; false if there is nothing to spill or nowhere to spill it.
-    pub fn make_room(&mut self) -> Result<bool> {
-        if self.rows.is_empty() || self.spill.is_none() {
-            return Ok(false);
-        }
-        self.flush()?;
-        self.rows = Vec::new();
-        self.reservation.free();
-        Ok(true)
-    }
-
-    /// Writes the buffered rows to a new spill file and empties the buffer.
-    fn flush(&mut self) -> Result<()> {
-        let manager = self
-            .spill
-            .expect("flush is called only with a spill manager");
-        let mut file = manager.create_in_progress_file("PriorMergeExec history")?;
-        for slice in self.rows.chunks(SPILL_BATCH_ROWS) {
-            let batch = RecordBatch::try_new(
-                Arc::clone(manager.schema()),
-                vec![
-                    Arc::new(UInt32Array::from_iter_values(slice.iter().map(|r| r.query))),
-                    Arc::new(UInt32Array::from_iter_values(
-                        slice.iter().map(|r| r.product),
-                    )),
-                    Arc::new(Int64Array::from_iter_values(
-                        slice.iter().map(|r| r.impressions),
-                    )),
-                    Arc::new(Float64Array::from_iter_values(slice.iter().map(|r| r.h))),
-                ],
-            )?;
-            file.append_batch(&batch)?;
-        }
-        for row in &self.rows {
-            let q = row.query as usize;
-            if q >= self.counts.len() {
-                self.counts.resize(q + 1, 0);
-            }
-            self.counts[q] += 1;
-        }
-        self.spilled_rows += self.rows.len();
-        self.files.extend(file.finish()?);
-        self.rows.clear();
-        Ok(())
-    }
-
-    /// The rows in memory if none was spilled; otherwise the rest spilled too and the
-    /// buffer's memory returned.
-    pub fn finish(mut self) -> Result<Buffered> {
-        if self.files.is_empty() {
-            return Ok(Buffered::Resident(std::mem::take(&mut self.rows)));
-        }
-        if !self.rows.is_empty() {
-            self.flush()?;
-        }
-        self.rows = Vec::new();
-        self.reservation.free();
-        Ok(Buffered::Spilled {
-            files: std::mem::take(&mut self.files),
-            counts: std::mem::take(&mut self.counts),
-            rows: self.spilled_rows,
-        })
+    fn batch(rows: &[Self], schema: &SchemaRef) -> Result<RecordBatch> {
+        Ok(RecordBatch::try_new(
+            Arc::clone(schema),
+            vec![
+                Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.query))),
+                Arc::new(UInt32Array::from_iter_values(
+                    rows.iter().map(|r| r.product),
+                )),
+                Arc::new(Int64Array::from_iter_values(
+                    rows.iter().map(|r| r.impressions),
+                )),
+                Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.h))),
+            ],
+        )?)
     }
 }
 
 /// The history in spill files, with what turns their provisional ids into final ones.
 pub struct Spilled {
-    pub files: Vec<Arc<dyn SpillFile>>,
+    pub files: Vec<SortedSpillFile>,
     pub manager: SpillManager,
     pub query_rank: Ranks,
     pub product_rank: Ranks,
@@ -250,7 +126,9 @@ impl Spilled {
     pub async fn load(&self, needed: &[bool], rows: usize) -> Result<History> {
         let mut rows = Vec::with_capacity(rows);
         for file in &self.files {
-            let mut batches = self.manager.read_spill_as_stream(Arc::clone(file), None)?;
+            let mut batches = self
+                .manager
+                .read_spill_as_stream(Arc::clone(&file.file), None)?;
             while let Some(batch) = batches.next().await {
                 let batch = batch?;
                 let query = batch.column(0).as_primitive::<UInt32Type>().values();

@@ -30,16 +30,19 @@ use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::{DataFusionError, Result, internal_err};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::memory_pool::MemoryReservation;
-use datafusion::physical_plan::spill::SpillManager;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::physical_plan::metrics::SpillMetrics;
 use futures::StreamExt;
 use rayon::prelude::*;
 
 pub use super::history::HistoryRow;
-use super::history::{Buffer, Buffered, History, Spilled};
+use super::history::{History, Spilled};
 pub use super::intern::{Interner, Key};
 use super::intern::{Ranks, Sharded};
+use super::sets;
+pub use super::sets::Member;
+use super::spill::{self, Buffer, Buffered};
 use super::{MergeMetrics, MergeParams};
-use crate::formula;
 
 /// The product ids of the index, by id: strings, or integers of the input's integer type.
 pub enum Products {
@@ -80,15 +83,6 @@ fn read_products(column: &Arc<dyn Array>) -> ProductColumn<'_> {
         DataType::UInt64 => ProductColumn::Unsigned(column.as_primitive::<UInt64Type>()),
         _ => ProductColumn::Strings(column.as_string::<i32>()),
     }
-}
-
-/// A neighbour row that survived the row filters (`weight` holds its score), then a kept member c
-/// of C_q with its weight in the prior.
-#[derive(Debug, Clone, Copy)]
-pub struct Member {
-    pub weight: f64,
-    pub query: u32,
-    pub neighbour: u32,
 }
 
 /// Where the history rows are: in memory, or in spill files ([`super::history`]).
@@ -141,21 +135,6 @@ fn out_of_memory(e: DataFusionError, held: usize) -> DataFusionError {
          --memory-limit",
         held / (1 << 20)
     ))
-}
-
-/// Grows `reservation` by `bytes`, spilling the history in memory when that makes room, and
-/// explaining what a failure means for this plan.
-fn reserve(reservation: &mut MemoryReservation, history: &mut Buffer, bytes: usize) -> Result<()> {
-    loop {
-        match reservation.try_grow(bytes) {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                if !history.make_room()? {
-                    return Err(out_of_memory(e, reservation.size()));
-                }
-            }
-        }
-    }
 }
 
 /// A string column of `batch` as `Utf8`, whatever string type the plan produced.
@@ -315,10 +294,40 @@ fn neighbour_candidates(
 pub struct Memory {
     /// Strings, neighbour sets and tables.
     pub reservation: MemoryReservation,
-    /// The history's rows while in memory: spillable, they go to spill files through `spill`
-    /// when it cannot grow (if `spill` is set).
+    /// The history's rows and the neighbour candidates while in memory: spillable, they go to
+    /// spill files when they cannot grow (if `spill` is set: the runtime whose disk manager
+    /// holds them, and what counts them).
     pub history: MemoryReservation,
-    pub spill: Option<SpillManager>,
+    pub candidates: MemoryReservation,
+    pub spill: Option<(Arc<RuntimeEnv>, SpillMetrics)>,
+}
+
+/// What is held in spillable memory while the inputs are read.
+struct Buffers<'a> {
+    history: Buffer<'a, HistoryRow>,
+    candidates: Buffer<'a, Member>,
+}
+
+impl Buffers<'_> {
+    /// Spills what is in memory, the history first; false if nothing could be.
+    fn make_room(&mut self) -> Result<bool> {
+        Ok(self.history.make_room()? || self.candidates.make_room()?)
+    }
+}
+
+/// Grows `reservation` by `bytes`, spilling what `buffers` hold when that makes room, and
+/// explaining what a failure means for this plan.
+fn reserve(reservation: &mut MemoryReservation, buffers: &mut Buffers, bytes: usize) -> Result<()> {
+    loop {
+        match reservation.try_grow(bytes) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                if !buffers.make_room()? {
+                    return Err(out_of_memory(e, reservation.size()));
+                }
+            }
+        }
+    }
 }
 
 /// Reads both inputs and builds the [`Index`], with `workers` batches in work at once.
@@ -332,11 +341,19 @@ pub async fn build(
     memory: &mut Memory,
     metrics: &MergeMetrics,
 ) -> Result<Index> {
-    let Memory {
-        reservation,
-        history: history_reservation,
-        spill,
-    } = memory;
+    let spill = memory.spill.as_ref().map(|(env, metrics)| {
+        (
+            spill::manager::<HistoryRow>(Arc::clone(env), metrics.clone()),
+            spill::manager::<Member>(Arc::clone(env), metrics.clone()),
+        )
+    });
+    // for merging the candidates' runs, should they spill
+    let merge = memory.candidates.new_empty();
+    let reservation = &mut memory.reservation;
+    let mut buffers = Buffers {
+        history: Buffer::new(&mut memory.history, spill.as_ref().map(|s| &s.0)),
+        candidates: Buffer::new(&mut memory.candidates, spill.as_ref().map(|s| &s.1)),
+    };
     let queries: Arc<Sharded<Arc<str>>> = Arc::default();
     let products = Arc::new(if history.schema().field(1).data_type().is_integer() {
         ProductInterner::Integers(Sharded::default())
@@ -346,7 +363,6 @@ pub async fn build(
     let workers = workers.max(1);
 
     let start = Instant::now();
-    let mut buffer = Buffer::new(history_reservation, spill.as_ref());
     let mut pieces = history
         .map(|batch| {
             let (queries, products) = (Arc::clone(&queries), Arc::clone(&products));
@@ -355,12 +371,23 @@ pub async fn build(
         })
         .buffer_unordered(workers);
     let mut history_rows = 0;
+    // rows per provisional query id, should the history spill
+    let mut counts: Vec<u32> = Vec::new();
     while let Some(piece) = pieces.next().await {
         let (piece, keys) = piece.map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))??;
         history_rows += piece.len();
-        reserve(reservation, &mut buffer, keys)?;
+        if spill.is_some() {
+            for row in &piece {
+                let q = row.query as usize;
+                if q >= counts.len() {
+                    counts.resize(q + 1, 0);
+                }
+                counts[q] += 1;
+            }
+        }
+        reserve(reservation, &mut buffers, keys)?;
         let held = reservation.size();
-        buffer.add(piece, |e| out_of_memory(e, held))?;
+        buffers.history.add(piece, |e| out_of_memory(e, held))?;
     }
     drop(pieces);
     metrics.history_rows.add(history_rows);
@@ -369,7 +396,6 @@ pub async fn build(
     // Every query interned so far has history: a neighbour must be one of them.
     let start = Instant::now();
     let with_history: Arc<[u32]> = queries.lens().into();
-    let mut candidates: Vec<Member> = Vec::new();
     let mut read = 0usize;
     let mut pieces = neighbours
         .map(|batch| {
@@ -387,13 +413,9 @@ pub async fn build(
     while let Some(piece) = pieces.next().await {
         let (n, piece, keys) = piece.map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))??;
         read += n;
-        let capacity = candidates.capacity();
-        candidates.extend(piece);
-        reserve(
-            reservation,
-            &mut buffer,
-            keys + (candidates.capacity() - capacity) * size_of::<Member>(),
-        )?;
+        reserve(reservation, &mut buffers, keys)?;
+        let held = reservation.size();
+        buffers.candidates.add(piece, |e| out_of_memory(e, held))?;
     }
     drop(pieces);
     metrics.neighbour_rows.add(read);
@@ -404,19 +426,58 @@ pub async fn build(
         (Ok(q), Ok(p)) => (q, p),
         _ => return internal_err!("a worker of the index build outlived it"),
     };
-    // the rank tables, offsets and row counts below; members at most one per candidate
+    // the rank tables, offsets and row counts below
     let n = queries.len() + products.len();
     reserve(
         reservation,
-        &mut buffer,
+        &mut buffers,
         n * (size_of::<u32>() + size_of::<Arc<str>>())
             + products.len() * size_of::<[u64; 2]>()
             + queries.len() * (2 * size_of::<usize>() + size_of::<f64>() + size_of::<u32>()),
     )?;
-    let buffered = buffer.finish()?;
     let (query_strings, query_rank) = queries.into_sorted();
     let (product_keys, product_rank) = products.into_sorted();
     let n_queries = query_strings.len();
+
+    let Buffers {
+        history: mut history_buffer,
+        candidates,
+    } = buffers;
+    let sets = match candidates.finish()? {
+        // members at most one per candidate: in place
+        Buffered::Resident(candidates) => {
+            sets::in_memory(candidates, &query_rank, n_queries, params)
+        }
+        Buffered::Spilled { files, .. } => {
+            let manager = &spill
+                .as_ref()
+                .expect("only a buffer that can spill spills")
+                .1;
+            let history_buffer = &mut history_buffer;
+            let mut reserve_members = |bytes: usize| loop {
+                match reservation.try_grow(bytes) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
+                        if !history_buffer.make_room()? {
+                            return Err(out_of_memory(e, reservation.size()));
+                        }
+                    }
+                }
+            };
+            sets::from_runs(
+                files,
+                manager,
+                merge,
+                &query_rank,
+                n_queries,
+                params,
+                &mut reserve_members,
+            )
+            .await?
+        }
+    };
+    metrics.neighbour_set_rows.add(sets.members.len());
+    metrics.queries_with_prior.add(sets.sets);
 
     let views: Vec<[u64; 2]> = match &product_keys {
         Products::Strings(strings) => strings
@@ -432,12 +493,8 @@ pub async fn build(
         // integers are written from `products` directly
         Products::Integers(keys) => vec![[0, 0]; keys.len()],
     };
-    candidates.par_iter_mut().for_each(|row| {
-        row.query = query_rank.of(row.query);
-        row.neighbour = query_rank.of(row.neighbour);
-    });
     let history_lens: Vec<u32>;
-    let history = match buffered {
+    let history = match history_buffer.finish()? {
         Buffered::Resident(mut rows) => {
             rows.par_iter_mut().for_each(|row| {
                 row.query = query_rank.of(row.query);
@@ -451,11 +508,7 @@ pub async fn build(
                 .collect();
             Stored::Resident(Arc::new(history))
         }
-        Buffered::Spilled {
-            files,
-            counts,
-            rows,
-        } => {
+        Buffered::Spilled { files, rows } => {
             let mut lens = vec![0u32; n_queries];
             for (provisional, &count) in counts.iter().enumerate() {
                 if count > 0 {
@@ -465,9 +518,7 @@ pub async fn build(
             history_lens = lens;
             Stored::Spilled(Spilled {
                 files,
-                manager: spill
-                    .clone()
-                    .expect("only a buffer with a spill manager spills"),
+                manager: spill.expect("only a buffer that can spill spills").0,
                 query_rank,
                 product_rank,
                 views,
@@ -475,53 +526,6 @@ pub async fn build(
             })
         }
     };
-    // one row per (query, neighbour), the highest score first
-    candidates.par_sort_unstable_by(|a, b| {
-        (a.query, a.neighbour)
-            .cmp(&(b.query, b.neighbour))
-            .then(b.weight.total_cmp(&a.weight))
-    });
-    candidates.dedup_by(|next, kept| (next.query, next.neighbour) == (kept.query, kept.neighbour));
-
-    // C_q is compacted in place at the front of `candidates`: no second allocation
-    let mut member_offsets = vec![0usize; n_queries + 1];
-    let mut weight_total = vec![0.0f64; n_queries];
-    let mut sets = 0usize;
-    let (mut read, mut write) = (0usize, 0usize);
-    while read < candidates.len() {
-        let query = candidates[read].query;
-        let end = read + candidates[read..].partition_point(|c| c.query == query);
-        let set = &mut candidates[read..end];
-        // rank: score descending, neighbour ascending (ids are in byte order)
-        set.sort_unstable_by(|a, b| {
-            b.weight
-                .total_cmp(&a.weight)
-                .then(a.neighbour.cmp(&b.neighbour))
-        });
-        let kept = set.len().min(params.top_k as usize);
-        let score_sum: f64 = set[..kept].iter().map(|m| m.weight).sum();
-        let weighting = params.prior_weighting;
-        weight_total[query as usize] = formula::weight_total(weighting, kept as f64, score_sum);
-        for i in 0..kept {
-            // write <= read: moving members forward never overwrites an unread row
-            let member = candidates[read + i];
-            candidates[write + i] = Member {
-                weight: formula::neighbour_weight(weighting, member.weight, score_sum),
-                ..member
-            };
-        }
-        member_offsets[query as usize + 1] = kept;
-        write += kept;
-        sets += 1;
-        read = end;
-    }
-    candidates.truncate(write);
-    let members = candidates;
-    for q in 0..n_queries {
-        member_offsets[q + 1] += member_offsets[q];
-    }
-    metrics.neighbour_set_rows.add(members.len());
-    metrics.queries_with_prior.add(sets);
     metrics.build_index.add_elapsed(start);
 
     Ok(Index {
@@ -529,8 +533,8 @@ pub async fn build(
         products: product_keys,
         history_lens,
         history,
-        members,
-        member_offsets,
-        weight_total,
+        members: sets.members,
+        member_offsets: sets.member_offsets,
+        weight_total: sets.weight_total,
     })
 }

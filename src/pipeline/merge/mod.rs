@@ -25,6 +25,8 @@ pub mod emit;
 pub mod history;
 pub mod index;
 pub mod intern;
+pub mod sets;
+pub mod spill;
 pub mod split;
 
 use std::fmt;
@@ -419,10 +421,13 @@ impl PriorMergeExec {
             history: MemoryConsumer::new("PriorMergeExec history")
                 .with_can_spill(true)
                 .register(&pool),
+            candidates: MemoryConsumer::new("PriorMergeExec neighbour candidates")
+                .with_can_spill(true)
+                .register(&pool),
             spill: env
                 .disk_manager
                 .tmp_files_enabled()
-                .then(|| history::spill_manager(Arc::clone(&env), self.measured.spill.clone())),
+                .then(|| (Arc::clone(&env), self.measured.spill.clone())),
         };
         let (params, metrics) = (self.params, self.measured.clone());
         let workers = context.session_config().target_partitions();
@@ -438,8 +443,10 @@ impl PriorMergeExec {
             let index::Memory {
                 reservation,
                 history: history_reservation,
+                candidates,
                 ..
             } = memory;
+            drop(candidates);
             let (blocks, history_reservation) = match index.history {
                 index::Stored::Resident(_) => (Vec::new(), Some(history_reservation)),
                 index::Stored::Spilled(_) => {
@@ -771,7 +778,7 @@ mod tests {
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
     use datafusion::prelude::SessionConfig;
 
-    /// `queries` queries with 20 history rows each and 12 neighbour rows, from a fixed
+    /// `queries` queries with 20 history rows each and 30 neighbour rows, from a fixed
     /// generator (some neighbours repeat, some have no history, some score below 0.2).
     fn inputs(queries: usize) -> (RecordBatch, RecordBatch) {
         let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -792,7 +799,7 @@ mod tests {
         }
         let (mut nq, mut nn, mut ns) = (vec![], vec![], vec![]);
         for q in 0..queries {
-            for _ in 0..12 {
+            for _ in 0..30 {
                 nq.push(format!("query {q:05}"));
                 // a tenth of the neighbours are queries without history
                 nn.push(format!("query {:05}", next() % (queries as u64 * 11 / 10)));
@@ -891,9 +898,15 @@ mod tests {
         assert_eq!(free.spill.spill_file_count.value(), 0);
         let expected: Vec<RecordBatch> = unlimited.into_iter().flatten().collect();
         assert!(expected.iter().map(|b| b.num_rows()).sum::<usize>() > 100_000);
-        // 60,000 history rows hold 2.4 MB in memory
-        let limit = 2_500_000;
-        for (partitions, concurrently) in [(1, false), (3, false), (3, true), (8, true)] {
+        // 60,000 history rows hold 2.4 MB in memory, 90,000 neighbour rows 1.4 MB
+        for (limit, partitions, concurrently) in [
+            (3_500_000, 1, false),
+            (3_500_000, 3, false),
+            (3_500_000, 3, true),
+            (3_500_000, 8, true),
+            (1_600_000, 1, false),
+            (1_600_000, 2, true),
+        ] {
             let (out, m) = run(Some(limit), partitions, concurrently, queries)
                 .await
                 .unwrap();
@@ -903,11 +916,18 @@ mod tests {
                 "{partitions} partitions (concurrently: {concurrently}) under {limit} bytes \
                  differ from an unlimited run"
             );
+            let spilled = m.spill.spilled_rows.value();
             assert!(
                 m.spill.spill_file_count.value() >= 2,
                 "spilled more than once"
             );
-            assert_eq!(m.spill.spilled_rows.value(), 60_000);
+            assert!(spilled >= 60_000, "{spilled} rows spilled");
+            if limit < 2_000_000 {
+                assert!(
+                    spilled > 60_000,
+                    "the candidates spilled too: {spilled} rows"
+                );
+            }
             assert!(m.spill.spilled_bytes.value() > 60_000 * 24);
             assert!(
                 m.history_blocks.value() > partitions,
