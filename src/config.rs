@@ -332,7 +332,8 @@ pub enum JoinAlgorithm {
 pub enum PlanKind {
     /// One operator (`PriorMergeExec`): queries and products interned to integers, the history
     /// grouped by query, and each query's prior a merge of its neighbours' short lists. Keeps
-    /// the history (about 24 bytes per engagement row) in memory.
+    /// the history (40 bytes per engagement row) in memory, or under a memory limit in spill
+    /// files, read back a block of queries at a time.
     Merge,
     /// The SQL stages as written in `sql/` (joins and aggregations; spill under a memory limit).
     Sql,

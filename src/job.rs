@@ -160,12 +160,16 @@ impl fmt::Display for JobSummary {
                 m.history_rows_needed as f64 / m.history_rows.max(1) as f64
             )?;
             if m.spill_files == 0 {
-                writeln!(f, "    history spilled: none (it fitted in memory)")?;
+                writeln!(
+                    f,
+                    "    spilled: nothing (history and neighbour candidates fitted in memory)"
+                )?;
             } else {
                 writeln!(
                     f,
-                    "    history spilled: {} rows, {} bytes in {} spill files; read back in {} \
-                     blocks, {:.2}x the history, {} (partitions' time, summed)",
+                    "    spilled: {} rows of history and neighbour candidates, {} bytes in {} \
+                     spill files; history read back in {} blocks, {:.2}x the history, {} \
+                     (partitions' time, summed)",
                     m.spilled_rows,
                     m.spilled_bytes,
                     m.spill_files,

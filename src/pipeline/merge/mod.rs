@@ -41,7 +41,7 @@ use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result, internal_err, plan_err};
 use datafusion::execution::TaskContext;
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryReservation};
 use datafusion::logical_expr::{Expr, LogicalPlan, TableType};
 use datafusion::physical_expr::{
     Distribution, EquivalenceProperties, PhysicalExpr, PhysicalSortExpr,
@@ -326,9 +326,9 @@ struct Built {
     chunks: split::Chunks,
     /// When the history is spilled: the blocks the partitions load it in.
     blocks: Vec<split::Block>,
-    _reservation: MemoryReservation,
-    /// The history's rows, when they are in memory.
-    _history_reservation: Option<MemoryReservation>,
+    /// What the index holds (the history's and candidates' parts empty if they spilled; the
+    /// members, when the candidates did not, are in the candidates' memory).
+    _memory: index::Memory,
 }
 
 /// History rows a partition reads, with the memory they hold.
@@ -424,10 +424,10 @@ impl PriorMergeExec {
             candidates: MemoryConsumer::new("PriorMergeExec neighbour candidates")
                 .with_can_spill(true)
                 .register(&pool),
-            spill: env
-                .disk_manager
-                .tmp_files_enabled()
-                .then(|| (Arc::clone(&env), self.measured.spill.clone())),
+            // only a bounded pool ever refuses memory
+            spill: (env.disk_manager.tmp_files_enabled()
+                && matches!(pool.memory_limit(), MemoryLimit::Finite(_)))
+            .then(|| (Arc::clone(&env), self.measured.spill.clone())),
         };
         let (params, metrics) = (self.params, self.measured.clone());
         let workers = context.session_config().target_partitions();
@@ -440,28 +440,18 @@ impl PriorMergeExec {
             metrics
                 .history_rows_needed
                 .add(split::history_rows_needed(&index, &chunks, partitions));
-            let index::Memory {
-                reservation,
-                history: history_reservation,
-                candidates,
-                ..
-            } = memory;
-            drop(candidates);
-            let (blocks, history_reservation) = match index.history {
-                index::Stored::Resident(_) => (Vec::new(), Some(history_reservation)),
+            let blocks = match index.history {
+                index::Stored::Resident(_) => Vec::new(),
                 index::Stored::Spilled(_) => {
-                    // unregistered: a spillable consumer would halve what blocks may take
-                    drop(history_reservation);
                     let budget = block_budget(pool.as_ref(), index.queries.len(), partitions);
-                    (split::blocks(&index, &chunks, partitions, budget), None)
+                    split::blocks(&index, &chunks, partitions, budget)
                 }
             };
             Ok::<_, DataFusionError>(Arc::new(Built {
                 index,
                 chunks,
                 blocks,
-                _reservation: reservation,
-                _history_reservation: history_reservation,
+                _memory: memory,
             }))
         });
         let shared = async move {
@@ -701,7 +691,6 @@ fn block_budget(
     n_queries: usize,
     partitions: usize,
 ) -> usize {
-    use datafusion::execution::memory_pool::MemoryLimit;
     let free = match pool.memory_limit() {
         MemoryLimit::Finite(limit) => limit.saturating_sub(pool.reserved()),
         _ => usize::MAX,
