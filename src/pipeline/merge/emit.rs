@@ -25,10 +25,9 @@ use super::index::{Index, Products};
 use crate::formula;
 
 /// Produces the feature rows of a range of an [`Index`]'s queries in batches of about
-/// `batch_size` rows.
-pub struct Emitter<'a> {
-    index: &'a Index,
-    history: &'a History,
+/// `batch_size` rows (the index and the history it reads are passed to each call, so that an
+/// emitter can live in a stream beside what owns them).
+pub struct Emitter {
     params: MergeParams,
     schema: SchemaRef,
     batch_size: usize,
@@ -192,20 +191,17 @@ struct Pair {
     n_contributing: i64,
 }
 
-impl<'a> Emitter<'a> {
+impl Emitter {
     /// An emitter of the rows of `queries` (ids of `index`), reading the history rows of the
     /// queries and their neighbours from `history`.
     pub fn new(
-        index: &'a Index,
-        history: &'a History,
+        index: &Index,
         queries: Range<u32>,
         params: MergeParams,
         schema: SchemaRef,
         batch_size: usize,
     ) -> Self {
         Emitter {
-            index,
-            history,
             params,
             columns: Columns::new(&schema, batch_size.max(1) + 256),
             schema,
@@ -217,9 +213,9 @@ impl<'a> Emitter<'a> {
     }
 
     /// Every batch of the range at once.
-    pub fn all_batches(mut self) -> Result<Vec<RecordBatch>> {
+    pub fn all_batches(mut self, index: &Index, history: &History) -> Result<Vec<RecordBatch>> {
         let mut batches = Vec::new();
-        while let Some(batch) = self.next_batch()? {
+        while let Some(batch) = self.next_batch(index, history)? {
             batches.push(batch);
         }
         Ok(batches)
@@ -227,9 +223,9 @@ impl<'a> Emitter<'a> {
 
     /// The next batch, `None` when every query of the range is done. A query's rows never
     /// straddle batches unless one query alone has more than `batch_size` rows.
-    pub fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+    pub fn next_batch(&mut self, index: &Index, history: &History) -> Result<Option<RecordBatch>> {
         while self.columns.rows < self.batch_size && self.next_query < self.end_query {
-            self.emit_query(self.next_query as u32);
+            self.emit_query(index, history, self.next_query as u32);
             self.next_query += 1;
         }
         if self.columns.rows == 0 {
@@ -238,8 +234,7 @@ impl<'a> Emitter<'a> {
         self.columns.finish(&self.schema).map(Some)
     }
 
-    fn emit_query(&mut self, query: u32) {
-        let (index, history) = (self.index, self.history);
+    fn emit_query(&mut self, index: &Index, history: &History, query: u32) {
         let own = history.of(query);
         let members = index.members_of(query);
         if own.is_empty() && members.is_empty() {

@@ -651,8 +651,46 @@ impl Emit {
         built: Arc<Built>,
         held: Arc<Held>,
         chunks: std::ops::Range<usize>,
-    ) -> impl futures::Stream<Item = Result<RecordBatch>> + Send + use<> {
+    ) -> futures::stream::BoxStream<'static, Result<RecordBatch>> {
         let this = self.clone();
+        if self.workers == 1 {
+            // One worker: each batch is computed when the consumer asks for it, on its thread,
+            // and encoded while still in cache (a chunk computed whole on another thread was
+            // cold by the time the writer read it).
+            let state = (built, held, this, chunks, None::<(usize, Emitter)>);
+            return futures::stream::try_unfold(
+                state,
+                |(built, held, this, mut chunks, mut current)| async move {
+                    loop {
+                        if current.is_none() {
+                            let Some(chunk) = chunks.next() else {
+                                return Ok(None);
+                            };
+                            let queries = built.chunks.queries(chunk);
+                            let emitter = Emitter::new(
+                                &built.index,
+                                queries,
+                                this.params,
+                                Arc::clone(&this.schema),
+                                this.batch_size,
+                            );
+                            current = Some((chunk, emitter));
+                        }
+                        let (_, emitter) = current.as_mut().expect("set above");
+                        let timer = this.metrics.prior_blend.timer();
+                        let batch = emitter.next_batch(&built.index, &held.history)?;
+                        timer.done();
+                        match batch {
+                            Some(batch) => {
+                                return Ok(Some((batch, (built, held, this, chunks, current))));
+                            }
+                            None => current = None,
+                        }
+                    }
+                },
+            )
+            .boxed();
+        }
         futures::stream::iter(chunks)
             .map(move |chunk| {
                 let (built, held, this) = (Arc::clone(&built), Arc::clone(&held), this.clone());
@@ -661,13 +699,12 @@ impl Emit {
                     let queries = built.chunks.queries(chunk);
                     let batches = Emitter::new(
                         &built.index,
-                        &held.history,
                         queries,
                         this.params,
                         this.schema,
                         this.batch_size,
                     )
-                    .all_batches();
+                    .all_batches(&built.index, &held.history);
                     timer.done();
                     batches
                 })
@@ -680,6 +717,7 @@ impl Emit {
             .and_then(futures::future::ready)
             .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
             .try_flatten()
+            .boxed()
     }
 }
 
@@ -831,13 +869,14 @@ mod tests {
         partitions: usize,
         concurrently: bool,
         queries: usize,
+        workers: usize,
     ) -> Result<(Vec<Vec<RecordBatch>>, MergeMetrics)> {
         let mut runtime = RuntimeEnvBuilder::new();
         if let Some(limit) = limit {
             runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
         }
         let config = SessionConfig::new()
-            .with_target_partitions(2)
+            .with_target_partitions(workers)
             .with_batch_size(512);
         let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
         let (history, neighbours) = inputs(queries);
@@ -883,7 +922,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn under_a_limit_far_below_its_history_the_merge_spills_and_writes_the_same_batches() {
         let queries = 3000;
-        let (unlimited, free) = run(None, 1, false, queries).await.unwrap();
+        let (unlimited, free) = run(None, 1, false, queries, 2).await.unwrap();
         assert_eq!(free.spill.spill_file_count.value(), 0);
         let expected: Vec<RecordBatch> = unlimited.into_iter().flatten().collect();
         assert!(expected.iter().map(|b| b.num_rows()).sum::<usize>() > 100_000);
@@ -896,9 +935,16 @@ mod tests {
             (1_600_000, 1, false),
             (1_600_000, 2, true),
         ] {
-            let (out, m) = run(Some(limit), partitions, concurrently, queries)
-                .await
-                .unwrap();
+            // one worker computes batches as they are asked for, two compute chunks ahead
+            let (out, m) = run(
+                Some(limit),
+                partitions,
+                concurrently,
+                queries,
+                partitions % 2 + 1,
+            )
+            .await
+            .unwrap();
             let got: Vec<RecordBatch> = out.into_iter().flatten().collect();
             assert!(
                 got == expected,
@@ -929,7 +975,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_limit_too_small_for_the_strings_and_neighbour_sets_fails_clearly() {
-        let e = run(Some(200_000), 2, false, 3000).await.unwrap_err();
+        let e = run(Some(200_000), 2, false, 3000, 2).await.unwrap_err();
         let text = e.to_string();
         assert!(text.contains("raise --memory-limit"), "{text}");
         assert!(text.contains("neighbour sets"), "{text}");
