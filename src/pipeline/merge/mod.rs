@@ -774,6 +774,11 @@ async fn load_block(
     }
     let history = spilled.load(&needed, block.rows).await?;
     drop(needed);
+    debug_assert_eq!(
+        history.rows(),
+        block.rows,
+        "a block holds the rows it was cut for"
+    );
     metrics.history_blocks.add(1);
     metrics.history_rows_loaded.add(history.rows());
     timer.done();

@@ -196,4 +196,68 @@ mod tests {
         }
         assert_eq!(chunks.queries(2), 6..9);
     }
+
+    /// 30 queries with q % 4 + 1 history rows each, each with the next two queries as
+    /// neighbours (wrapping round).
+    fn ring() -> Index {
+        use super::super::history::History;
+        use super::super::index::{Member, Products, Stored};
+        use std::sync::Arc;
+        let n = 30u32;
+        let members: Vec<Member> = (0..n)
+            .flat_map(|q| {
+                [1, 2].map(|d| Member {
+                    weight: 1.0,
+                    query: q,
+                    neighbour: (q + d) % n,
+                })
+            })
+            .collect();
+        Index {
+            queries: (0..n).map(|q| Arc::from(format!("q{q:02}"))).collect(),
+            products: Products::Strings(Vec::new()),
+            history_lens: (0..n).map(|q| q % 4 + 1).collect(),
+            history: Stored::Resident(Arc::new(History::from_rows(Vec::new(), n as usize))),
+            member_offsets: (0..=n as usize).map(|q| 2 * q).collect(),
+            members,
+            weight_total: vec![2.0; n as usize],
+        }
+    }
+
+    #[test]
+    fn blocks_cut_each_partition_within_the_budget_and_count_each_row_once() {
+        let index = ring();
+        let chunks = Chunks {
+            bounds: (0..=10).map(|i| i * 3).collect(),
+        };
+        for (partitions, budget) in [(1, 1000), (1, 20), (3, 20), (4, 7), (2, 1)] {
+            let blocks = blocks(&index, &chunks, partitions, budget);
+            let mut next = 0;
+            for block in &blocks {
+                assert_eq!(block.chunks.start, next, "blocks are contiguous");
+                next = block.chunks.end;
+                let within = (0..partitions).any(|p| {
+                    let range = chunks.of_partition(p, partitions);
+                    range.start <= block.chunks.start && block.chunks.end <= range.end
+                });
+                assert!(within, "{block:?} spans two of {partitions} partitions");
+                // the rows of the distinct queries the block's queries need
+                let first = chunks.queries(block.chunks.start).start;
+                let end = chunks.queries(block.chunks.end - 1).end;
+                let mut needed: Vec<u32> = (first..end)
+                    .flat_map(|q| [q, (q + 1) % 30, (q + 2) % 30])
+                    .collect();
+                needed.sort_unstable();
+                needed.dedup();
+                let rows: usize = needed.iter().map(|&q| index.history_len(q)).sum();
+                assert_eq!(block.rows, rows, "{block:?}");
+                assert!(
+                    rows <= budget || block.chunks.len() == 1,
+                    "{block:?} over a budget of {budget}"
+                );
+            }
+            assert_eq!(next, chunks.len(), "every chunk is in a block");
+        }
+        assert_eq!(blocks(&index, &chunks, 1, 1000).len(), 1);
+    }
 }
