@@ -269,7 +269,7 @@ fn merge_plan_under_a_memory_limit_below_its_history_spills_and_writes_the_same_
         (std::fs::read(out).unwrap(), stderr(&result))
     };
     let (free, free_log) = run("free.parquet", &[]);
-    assert!(free_log.contains("history spilled: none"), "{free_log}");
+    assert!(free_log.contains("spilled: nothing"), "{free_log}");
     let (limited, log) = run("limited.parquet", &["--memory-limit", "96MiB"]);
     assert!(limited == free, "the run under 96MiB wrote another file");
     let line = log
