@@ -443,9 +443,11 @@ pub async fn build(
         history: mut history_buffer,
         candidates,
     } = buffers;
+    let mut sets_in_candidates = false;
     let sets = match candidates.finish()? {
         // members at most one per candidate: in place
         Buffered::Resident(candidates) => {
+            sets_in_candidates = true;
             sets::in_memory(candidates, &query_rank, n_queries, params)
         }
         Buffered::Spilled { files, .. } => {
@@ -526,6 +528,12 @@ pub async fn build(
             })
         }
     };
+    if sets_in_candidates {
+        // what is left of the candidates' memory: the sets
+        memory
+            .candidates
+            .resize(sets.members.capacity() * size_of::<Member>());
+    }
     metrics.build_index.add_elapsed(start);
 
     Ok(Index {

@@ -146,6 +146,8 @@ pub fn in_memory(
         read = end;
     }
     candidates.truncate(write);
+    // the sets keep at most k of a query's candidates: return the rest of the memory
+    candidates.shrink_to_fit();
     Sets {
         members: candidates,
         member_offsets: cumulate(member_offsets),
