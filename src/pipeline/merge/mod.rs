@@ -18,6 +18,12 @@
 //! in the session it runs in, so the same table works in `run`, in the SQL shell and per input
 //! partition. On a Ballista cluster, [`codec`] carries the table to the scheduler and the operator
 //! to the executors.
+//!
+//! In data-flow order: [`index`] reads both inputs ([`intern`] numbers the keys, [`sets`] builds
+//! C_q, [`history`] keeps the history, [`spill`] sends both to disk under a memory limit);
+//! [`split`] cuts the queries into chunks, partitions and, when the history spilled, blocks;
+//! `partition` runs one output partition; [`emit`] computes a query's rows; [`concat`] reads the
+//! partitions as one sorted stream.
 
 pub mod codec;
 pub mod concat;
@@ -25,6 +31,7 @@ pub mod emit;
 pub mod history;
 pub mod index;
 pub mod intern;
+mod partition;
 pub mod sets;
 pub mod spill;
 pub mod split;
@@ -41,7 +48,7 @@ use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result, internal_err, plan_err};
 use datafusion::execution::TaskContext;
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryReservation};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit};
 use datafusion::logical_expr::{Expr, LogicalPlan, TableType};
 use datafusion::physical_expr::{
     Distribution, EquivalenceProperties, PhysicalExpr, PhysicalSortExpr,
@@ -59,12 +66,11 @@ use datafusion::physical_plan::{
 };
 use datafusion::prelude::SessionContext;
 use futures::future::{BoxFuture, Shared};
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::{FutureExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::inputs::OUTPUT_COLUMNS;
 use crate::config::{Blend, FeatureParams, PriorWeighting};
-use emit::Emitter;
 
 /// The parameters of stages 2-4 (everything but H's weights, which `history` applies).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -331,16 +337,6 @@ struct Built {
     _memory: index::Memory,
 }
 
-/// History rows a partition reads, with the memory they hold.
-struct Held {
-    history: Arc<history::History>,
-    _reservation: Option<MemoryReservation>,
-}
-
-/// Of the memory free when the index is built, the share blocks of history may take, in tenths
-/// (the rest: output batches in flight and the writer's buffers).
-const BLOCK_SHARE_TENTHS: usize = 8;
-
 type SharedIndex = Shared<BoxFuture<'static, Result<Arc<Built>, Arc<DataFusionError>>>>;
 
 impl PriorMergeExec {
@@ -443,7 +439,8 @@ impl PriorMergeExec {
             let blocks = match index.history {
                 index::Stored::Resident(_) => Vec::new(),
                 index::Stored::Spilled(_) => {
-                    let budget = block_budget(pool.as_ref(), index.queries.len(), partitions);
+                    let budget =
+                        partition::block_budget(pool.as_ref(), index.queries.len(), partitions);
                     split::blocks(&index, &chunks, partitions, budget)
                 }
             };
@@ -573,7 +570,7 @@ impl ExecutionPlan for PriorMergeExec {
         let out_schema = Arc::clone(&schema);
         let measured_rows = self.measured.output_rows.clone();
         let pool = Arc::clone(context.memory_pool());
-        let emit = Emit {
+        let emit = partition::Emit {
             params,
             schema,
             metrics,
@@ -582,45 +579,7 @@ impl ExecutionPlan for PriorMergeExec {
         };
         let batches = futures::stream::once(shared)
             .map_err(DataFusionError::Shared)
-            .map_ok(move |built| {
-                let chunks = built.chunks.of_partition(partition, partitions);
-                match built.index.resident() {
-                    Some(history) => {
-                        let held = Arc::new(Held {
-                            history: Arc::clone(history),
-                            _reservation: None,
-                        });
-                        emit.chunks(built, held, chunks).boxed()
-                    }
-                    None => {
-                        // this partition's blocks, one at a time
-                        let blocks: Vec<split::Block> = built
-                            .blocks
-                            .iter()
-                            .filter(|b| chunks.contains(&b.chunks.start))
-                            .cloned()
-                            .collect();
-                        let (emit, pool) = (emit.clone(), Arc::clone(&pool));
-                        let metrics = emit.metrics.clone();
-                        futures::stream::iter(blocks)
-                            .then(move |block| {
-                                let (built, pool) = (Arc::clone(&built), Arc::clone(&pool));
-                                let metrics = metrics.clone();
-                                async move {
-                                    let held =
-                                        load_block(&built, &block, partition, &pool, &metrics)
-                                            .await?;
-                                    Ok::<_, DataFusionError>((built, held, block))
-                                }
-                            })
-                            .map_ok(move |(built, held, block)| {
-                                emit.chunks(built, held, block.chunks)
-                            })
-                            .try_flatten()
-                            .boxed()
-                    }
-                }
-            })
+            .map_ok(move |built| partition::batches(built, partition, partitions, &emit, &pool))
             .try_flatten()
             .inspect_ok(move |batch: &RecordBatch| {
                 measured_rows.add(batch.num_rows());
@@ -631,161 +590,6 @@ impl ExecutionPlan for PriorMergeExec {
     fn metrics(&self) -> Option<MetricsSet> {
         Some(self.metrics.clone_inner())
     }
-}
-
-/// What computing a partition's chunks needs.
-#[derive(Clone)]
-struct Emit {
-    params: MergeParams,
-    schema: SchemaRef,
-    metrics: MergeMetrics,
-    batch_size: usize,
-    workers: usize,
-}
-
-impl Emit {
-    /// The batches of `chunks`, in order, computed by up to `workers` blocking tasks at once
-    /// from `held`'s history.
-    fn chunks(
-        &self,
-        built: Arc<Built>,
-        held: Arc<Held>,
-        chunks: std::ops::Range<usize>,
-    ) -> futures::stream::BoxStream<'static, Result<RecordBatch>> {
-        let this = self.clone();
-        if self.workers == 1 {
-            // One worker: each batch is computed when the consumer asks for it, on its thread,
-            // and encoded while still in cache (a chunk computed whole on another thread was
-            // cold by the time the writer read it).
-            let state = (built, held, this, chunks, None::<(usize, Emitter)>);
-            return futures::stream::try_unfold(
-                state,
-                |(built, held, this, mut chunks, mut current)| async move {
-                    loop {
-                        if current.is_none() {
-                            let Some(chunk) = chunks.next() else {
-                                return Ok(None);
-                            };
-                            let queries = built.chunks.queries(chunk);
-                            let emitter = Emitter::new(
-                                &built.index,
-                                queries,
-                                this.params,
-                                Arc::clone(&this.schema),
-                                this.batch_size,
-                            );
-                            current = Some((chunk, emitter));
-                        }
-                        let (_, emitter) = current.as_mut().expect("set above");
-                        let timer = this.metrics.prior_blend.timer();
-                        let batch = emitter.next_batch(&built.index, &held.history)?;
-                        timer.done();
-                        match batch {
-                            Some(batch) => {
-                                return Ok(Some((batch, (built, held, this, chunks, current))));
-                            }
-                            None => current = None,
-                        }
-                    }
-                },
-            )
-            .boxed();
-        }
-        futures::stream::iter(chunks)
-            .map(move |chunk| {
-                let (built, held, this) = (Arc::clone(&built), Arc::clone(&held), this.clone());
-                SpawnedTask::spawn_blocking(move || {
-                    let timer = this.metrics.prior_blend.timer();
-                    let queries = built.chunks.queries(chunk);
-                    let batches = Emitter::new(
-                        &built.index,
-                        queries,
-                        this.params,
-                        this.schema,
-                        this.batch_size,
-                    )
-                    .all_batches(&built.index, &held.history);
-                    timer.done();
-                    batches
-                })
-                .join_unwind()
-            })
-            // no more chunks computing than workers: on one core a second would only preempt
-            // the first and the writer, evicting their caches
-            .buffered(self.workers)
-            .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))
-            .and_then(futures::future::ready)
-            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
-            .try_flatten()
-            .boxed()
-    }
-}
-
-/// History rows a block of each partition may hold, when the history is spilled: a share of
-/// the memory the pool has left once the index is built, split between the partitions (which
-/// may all load a block at once) less each block's offsets and marks.
-fn block_budget(
-    pool: &dyn datafusion::execution::memory_pool::MemoryPool,
-    n_queries: usize,
-    partitions: usize,
-) -> usize {
-    let free = match pool.memory_limit() {
-        MemoryLimit::Finite(limit) => limit.saturating_sub(pool.reserved()),
-        _ => usize::MAX,
-    };
-    let per_partition = free / 10 * BLOCK_SHARE_TENTHS / partitions.max(1);
-    per_partition.saturating_sub(history::History::bytes(0, n_queries) + n_queries)
-        / std::mem::size_of::<history::HistoryRow>()
-}
-
-/// Reads `block`'s history back from the spill files, its memory reserved from `pool`.
-async fn load_block(
-    built: &Built,
-    block: &split::Block,
-    partition: usize,
-    pool: &Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
-    metrics: &MergeMetrics,
-) -> Result<Arc<Held>> {
-    let index::Stored::Spilled(spilled) = &built.index.history else {
-        return internal_err!("a block of history is loaded only when it is spilled");
-    };
-    let timer = metrics.load_history.timer();
-    let n = built.index.queries.len();
-    let reservation =
-        MemoryConsumer::new(format!("PriorMergeExec[{partition}] history block")).register(pool);
-    reservation
-        .try_grow(history::History::bytes(block.rows, n) + n)
-        .map_err(|e| {
-            DataFusionError::ResourcesExhausted(format!(
-                "the merge plan reads its spilled history back a block of queries at a time, \
-                 and a block of {} rows does not fit ({e}); raise --memory-limit or lower \
-                 --partitions",
-                block.rows
-            ))
-        })?;
-    let mut needed = vec![false; n];
-    let first = built.chunks.queries(block.chunks.start).start;
-    let end = built.chunks.queries(block.chunks.end - 1).end;
-    for q in first..end {
-        needed[q as usize] = true;
-        for m in built.index.members_of(q) {
-            needed[m.neighbour as usize] = true;
-        }
-    }
-    let history = spilled.load(&needed, block.rows).await?;
-    drop(needed);
-    debug_assert_eq!(
-        history.rows(),
-        block.rows,
-        "a block holds the rows it was cut for"
-    );
-    metrics.history_blocks.add(1);
-    metrics.history_rows_loaded.add(history.rows());
-    timer.done();
-    Ok(Arc::new(Held {
-        history: Arc::new(history),
-        _reservation: Some(reservation),
-    }))
 }
 
 /// Every [`PriorMergeExec`] in `plan` (one per input partition).
@@ -802,187 +606,4 @@ pub fn find_merges(plan: &Arc<dyn ExecutionPlan>) -> Vec<&PriorMergeExec> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use datafusion::arrow::array::{Float64Array, Int64Array, StringArray};
-    use datafusion::arrow::datatypes::{Field, Schema};
-    use datafusion::execution::memory_pool::FairSpillPool;
-    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-    use datafusion::prelude::SessionConfig;
-
-    /// `queries` queries with 20 history rows each and 30 neighbour rows, from a fixed
-    /// generator (some neighbours repeat, some have no history, some score below 0.2).
-    fn inputs(queries: usize) -> (RecordBatch, RecordBatch) {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let (mut hq, mut hp, mut hi, mut hh) = (vec![], vec![], vec![], vec![]);
-        for q in 0..queries {
-            for j in 0..20u64 {
-                hq.push(format!("query {q:05}"));
-                hp.push(format!("p{}", (q as u64 * 7 + j * 13 + next() % 5) % 2000));
-                hi.push((next() % 1000) as i64);
-                hh.push((next() % 10_000) as f64 / 997.0);
-            }
-        }
-        let (mut nq, mut nn, mut ns) = (vec![], vec![], vec![]);
-        for q in 0..queries {
-            for _ in 0..30 {
-                nq.push(format!("query {q:05}"));
-                // a tenth of the neighbours are queries without history
-                nn.push(format!("query {:05}", next() % (queries as u64 * 11 / 10)));
-                ns.push((next() % 1000) as f64 / 1000.0);
-            }
-        }
-        let history = RecordBatch::try_from_iter(vec![
-            ("query", Arc::new(StringArray::from(hq)) as _),
-            ("product_id", Arc::new(StringArray::from(hp)) as _),
-            ("impressions", Arc::new(Int64Array::from(hi)) as _),
-            ("h", Arc::new(Float64Array::from(hh)) as _),
-        ])
-        .unwrap();
-        let neighbours = RecordBatch::try_from_iter(vec![
-            ("query", Arc::new(StringArray::from(nq)) as _),
-            ("neighbour", Arc::new(StringArray::from(nn)) as _),
-            ("score", Arc::new(Float64Array::from(ns)) as _),
-        ])
-        .unwrap();
-        (history, neighbours)
-    }
-
-    fn params() -> MergeParams {
-        MergeParams {
-            top_k: 10,
-            min_score: 0.2,
-            prior_weighting: PriorWeighting::Score,
-            gamma: 0.5,
-            beta: 0.8,
-            blend: Blend::Paper,
-            smoothing: 0.0,
-            pseudo_impressions: 10.0,
-        }
-    }
-
-    /// The operator's partitions, each collected whole, in order; `concurrently`: all polled
-    /// at once (as a folder write does) rather than one after the other.
-    async fn run(
-        limit: Option<usize>,
-        partitions: usize,
-        concurrently: bool,
-        queries: usize,
-        workers: usize,
-    ) -> Result<(Vec<Vec<RecordBatch>>, MergeMetrics)> {
-        let mut runtime = RuntimeEnvBuilder::new();
-        if let Some(limit) = limit {
-            runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
-        }
-        let config = SessionConfig::new()
-            .with_target_partitions(workers)
-            .with_batch_size(512);
-        let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
-        let (history, neighbours) = inputs(queries);
-        ctx.register_batch("history", history)?;
-        ctx.register_batch("neighbours", neighbours)?;
-        let history = ctx.table("history").await?.create_physical_plan().await?;
-        let neighbours = ctx
-            .table("neighbours")
-            .await?
-            .create_physical_plan()
-            .await?;
-        let schema = Arc::new(Schema::new(
-            OUTPUT_COLUMNS
-                .iter()
-                .zip(TYPES)
-                .map(|(name, t)| Field::new(*name, t, true))
-                .collect::<Vec<_>>(),
-        ));
-        let exec = Arc::new(PriorMergeExec::try_new(
-            history,
-            neighbours,
-            params(),
-            partitions,
-            schema,
-        )?);
-        let task = ctx.task_ctx();
-        let collect = |p: usize| {
-            let stream = exec.execute(p, Arc::clone(&task));
-            async move { stream?.try_collect::<Vec<_>>().await }
-        };
-        let out = if concurrently {
-            futures::future::try_join_all((0..partitions).map(collect)).await?
-        } else {
-            let mut out = Vec::new();
-            for p in 0..partitions {
-                out.push(collect(p).await?);
-            }
-            out
-        };
-        Ok((out, exec.measured().clone()))
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn under_a_limit_far_below_its_history_the_merge_spills_and_writes_the_same_batches() {
-        let queries = 3000;
-        let (unlimited, free) = run(None, 1, false, queries, 2).await.unwrap();
-        assert_eq!(free.spill.spill_file_count.value(), 0);
-        let expected: Vec<RecordBatch> = unlimited.into_iter().flatten().collect();
-        assert!(expected.iter().map(|b| b.num_rows()).sum::<usize>() > 100_000);
-        // 60,000 history rows hold 2.4 MB in memory, 90,000 neighbour rows 1.4 MB
-        for (limit, partitions, concurrently) in [
-            (3_500_000, 1, false),
-            (3_500_000, 3, false),
-            (3_500_000, 3, true),
-            (3_500_000, 8, true),
-            (1_600_000, 1, false),
-            (1_600_000, 2, true),
-        ] {
-            // one worker computes batches as they are asked for, two compute chunks ahead
-            let (out, m) = run(
-                Some(limit),
-                partitions,
-                concurrently,
-                queries,
-                partitions % 2 + 1,
-            )
-            .await
-            .unwrap();
-            let got: Vec<RecordBatch> = out.into_iter().flatten().collect();
-            assert!(
-                got == expected,
-                "{partitions} partitions (concurrently: {concurrently}) under {limit} bytes \
-                 differ from an unlimited run"
-            );
-            let spilled = m.spill.spilled_rows.value();
-            assert!(
-                m.spill.spill_file_count.value() >= 2,
-                "spilled more than once"
-            );
-            assert!(spilled >= 60_000, "{spilled} rows spilled");
-            if limit < 2_000_000 {
-                assert!(
-                    spilled > 60_000,
-                    "the candidates spilled too: {spilled} rows"
-                );
-            }
-            assert!(m.spill.spilled_bytes.value() > 60_000 * 24);
-            assert!(
-                m.history_blocks.value() > partitions,
-                "{partitions} partitions read the history back in {} blocks",
-                m.history_blocks.value()
-            );
-            assert!(m.history_rows_loaded.value() >= 60_000);
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_limit_too_small_for_the_strings_and_neighbour_sets_fails_clearly() {
-        let e = run(Some(200_000), 2, false, 3000, 2).await.unwrap_err();
-        let text = e.to_string();
-        assert!(text.contains("raise --memory-limit"), "{text}");
-        assert!(text.contains("neighbour sets"), "{text}");
-    }
-}
+mod tests;

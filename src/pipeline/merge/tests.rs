@@ -1,0 +1,185 @@
+//! The merge operator under memory limits: spilled runs equal in-memory ones.
+use super::*;
+use crate::config::{Blend, PriorWeighting};
+use datafusion::arrow::array::{Float64Array, Int64Array, StringArray};
+use datafusion::arrow::datatypes::{Field, Schema};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionConfig;
+
+/// `queries` queries with 20 history rows each and 30 neighbour rows, from a fixed
+/// generator (some neighbours repeat, some have no history, some score below 0.2).
+fn inputs(queries: usize) -> (RecordBatch, RecordBatch) {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut hq, mut hp, mut hi, mut hh) = (vec![], vec![], vec![], vec![]);
+    for q in 0..queries {
+        for j in 0..20u64 {
+            hq.push(format!("query {q:05}"));
+            hp.push(format!("p{}", (q as u64 * 7 + j * 13 + next() % 5) % 2000));
+            hi.push((next() % 1000) as i64);
+            hh.push((next() % 10_000) as f64 / 997.0);
+        }
+    }
+    let (mut nq, mut nn, mut ns) = (vec![], vec![], vec![]);
+    for q in 0..queries {
+        for _ in 0..30 {
+            nq.push(format!("query {q:05}"));
+            // a tenth of the neighbours are queries without history
+            nn.push(format!("query {:05}", next() % (queries as u64 * 11 / 10)));
+            ns.push((next() % 1000) as f64 / 1000.0);
+        }
+    }
+    let history = RecordBatch::try_from_iter(vec![
+        ("query", Arc::new(StringArray::from(hq)) as _),
+        ("product_id", Arc::new(StringArray::from(hp)) as _),
+        ("impressions", Arc::new(Int64Array::from(hi)) as _),
+        ("h", Arc::new(Float64Array::from(hh)) as _),
+    ])
+    .unwrap();
+    let neighbours = RecordBatch::try_from_iter(vec![
+        ("query", Arc::new(StringArray::from(nq)) as _),
+        ("neighbour", Arc::new(StringArray::from(nn)) as _),
+        ("score", Arc::new(Float64Array::from(ns)) as _),
+    ])
+    .unwrap();
+    (history, neighbours)
+}
+
+fn params() -> MergeParams {
+    MergeParams {
+        top_k: 10,
+        min_score: 0.2,
+        prior_weighting: PriorWeighting::Score,
+        gamma: 0.5,
+        beta: 0.8,
+        blend: Blend::Paper,
+        smoothing: 0.0,
+        pseudo_impressions: 10.0,
+    }
+}
+
+/// The operator's partitions, each collected whole, in order; `concurrently`: all polled
+/// at once (as a folder write does) rather than one after the other.
+async fn run(
+    limit: Option<usize>,
+    partitions: usize,
+    concurrently: bool,
+    queries: usize,
+    workers: usize,
+) -> Result<(Vec<Vec<RecordBatch>>, MergeMetrics)> {
+    let mut runtime = RuntimeEnvBuilder::new();
+    if let Some(limit) = limit {
+        runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+    }
+    let config = SessionConfig::new()
+        .with_target_partitions(workers)
+        .with_batch_size(512);
+    let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
+    let (history, neighbours) = inputs(queries);
+    ctx.register_batch("history", history)?;
+    ctx.register_batch("neighbours", neighbours)?;
+    let history = ctx.table("history").await?.create_physical_plan().await?;
+    let neighbours = ctx
+        .table("neighbours")
+        .await?
+        .create_physical_plan()
+        .await?;
+    let schema = Arc::new(Schema::new(
+        OUTPUT_COLUMNS
+            .iter()
+            .zip(TYPES)
+            .map(|(name, t)| Field::new(*name, t, true))
+            .collect::<Vec<_>>(),
+    ));
+    let exec = Arc::new(PriorMergeExec::try_new(
+        history,
+        neighbours,
+        params(),
+        partitions,
+        schema,
+    )?);
+    let task = ctx.task_ctx();
+    let collect = |p: usize| {
+        let stream = exec.execute(p, Arc::clone(&task));
+        async move { stream?.try_collect::<Vec<_>>().await }
+    };
+    let out = if concurrently {
+        futures::future::try_join_all((0..partitions).map(collect)).await?
+    } else {
+        let mut out = Vec::new();
+        for p in 0..partitions {
+            out.push(collect(p).await?);
+        }
+        out
+    };
+    Ok((out, exec.measured().clone()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_limit_far_below_its_history_the_merge_spills_and_writes_the_same_batches() {
+    let queries = 3000;
+    let (unlimited, free) = run(None, 1, false, queries, 2).await.unwrap();
+    assert_eq!(free.spill.spill_file_count.value(), 0);
+    let expected: Vec<RecordBatch> = unlimited.into_iter().flatten().collect();
+    assert!(expected.iter().map(|b| b.num_rows()).sum::<usize>() > 100_000);
+    // 60,000 history rows hold 2.4 MB in memory, 90,000 neighbour rows 1.4 MB
+    for (limit, partitions, concurrently) in [
+        (3_500_000, 1, false),
+        (3_500_000, 3, false),
+        (3_500_000, 3, true),
+        (3_500_000, 8, true),
+        (1_600_000, 1, false),
+        (1_600_000, 2, true),
+    ] {
+        // one worker computes batches as they are asked for, two compute chunks ahead
+        let (out, m) = run(
+            Some(limit),
+            partitions,
+            concurrently,
+            queries,
+            partitions % 2 + 1,
+        )
+        .await
+        .unwrap();
+        let got: Vec<RecordBatch> = out.into_iter().flatten().collect();
+        assert!(
+            got == expected,
+            "{partitions} partitions (concurrently: {concurrently}) under {limit} bytes \
+             differ from an unlimited run"
+        );
+        let spilled = m.spill.spilled_rows.value();
+        assert!(
+            m.spill.spill_file_count.value() >= 2,
+            "spilled more than once"
+        );
+        assert!(spilled >= 60_000, "{spilled} rows spilled");
+        if limit < 2_000_000 {
+            assert!(
+                spilled > 60_000,
+                "the candidates spilled too: {spilled} rows"
+            );
+        }
+        assert!(m.spill.spilled_bytes.value() > 60_000 * 24);
+        assert!(
+            m.history_blocks.value() > partitions,
+            "{partitions} partitions read the history back in {} blocks",
+            m.history_blocks.value()
+        );
+        assert!(m.history_rows_loaded.value() >= 60_000);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_too_small_for_the_strings_and_neighbour_sets_fails_clearly() {
+    let e = run(Some(200_000), 2, false, 3000, 2).await.unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("raise --memory-limit"), "{text}");
+    assert!(text.contains("neighbour sets"), "{text}");
+}
