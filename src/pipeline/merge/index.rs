@@ -315,14 +315,18 @@ impl Buffers<'_> {
     }
 }
 
-/// Grows `reservation` by `bytes`, spilling what `buffers` hold when that makes room, and
+/// Grows `reservation` by `bytes`, spilling what `make_room` can when that is needed, and
 /// explaining what a failure means for this plan.
-fn reserve(reservation: &mut MemoryReservation, buffers: &mut Buffers, bytes: usize) -> Result<()> {
+fn reserve(
+    reservation: &mut MemoryReservation,
+    make_room: &mut dyn FnMut() -> Result<bool>,
+    bytes: usize,
+) -> Result<()> {
     loop {
         match reservation.try_grow(bytes) {
             Ok(()) => return Ok(()),
             Err(e) => {
-                if !buffers.make_room()? {
+                if !make_room()? {
                     return Err(out_of_memory(e, reservation.size()));
                 }
             }
@@ -385,7 +389,7 @@ pub async fn build(
                 counts[q] += 1;
             }
         }
-        reserve(reservation, &mut buffers, keys)?;
+        reserve(reservation, &mut || buffers.make_room(), keys)?;
         let held = reservation.size();
         buffers.history.add(piece, |e| out_of_memory(e, held))?;
     }
@@ -413,7 +417,7 @@ pub async fn build(
     while let Some(piece) = pieces.next().await {
         let (n, piece, keys) = piece.map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))??;
         read += n;
-        reserve(reservation, &mut buffers, keys)?;
+        reserve(reservation, &mut || buffers.make_room(), keys)?;
         let held = reservation.size();
         buffers.candidates.add(piece, |e| out_of_memory(e, held))?;
     }
@@ -430,7 +434,7 @@ pub async fn build(
     let n = queries.len() + products.len();
     reserve(
         reservation,
-        &mut buffers,
+        &mut || buffers.make_room(),
         n * (size_of::<u32>() + size_of::<Arc<str>>())
             + products.len() * size_of::<[u64; 2]>()
             + queries.len() * (2 * size_of::<usize>() + size_of::<f64>() + size_of::<u32>()),
@@ -455,17 +459,8 @@ pub async fn build(
                 .as_ref()
                 .expect("only a buffer that can spill spills")
                 .1;
-            let history_buffer = &mut history_buffer;
-            let mut reserve_members = |bytes: usize| loop {
-                match reservation.try_grow(bytes) {
-                    Ok(()) => return Ok(()),
-                    Err(e) => {
-                        if !history_buffer.make_room()? {
-                            return Err(out_of_memory(e, reservation.size()));
-                        }
-                    }
-                }
-            };
+            let mut reserve_members =
+                |bytes: usize| reserve(reservation, &mut || history_buffer.make_room(), bytes);
             sets::from_runs(
                 files,
                 manager,
