@@ -11,7 +11,7 @@ mod common;
 use common::arg;
 use std::time::{Duration, Instant};
 
-use q2q_prior::config::{InputSpec, JobConfig, OutputFormat};
+use q2q_prior::config::{InputFormat, InputSpec, JobConfig};
 use q2q_prior::synth::{self, SynthSpec};
 
 fn main() {
@@ -26,7 +26,7 @@ fn main() {
         &SynthSpec {
             queries: queries as usize,
             seed,
-            format: OutputFormat::Parquet,
+            format: InputFormat::Parquet,
             later_period: false,
             bestseller_queries: 0,
         },

@@ -16,7 +16,7 @@ use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::prelude::ParquetReadOptions;
-use q2q_prior::config::OutputFormat;
+use q2q_prior::config::InputFormat;
 use q2q_prior::normalize::normalize_query;
 use q2q_prior::synth::{self, SynthSpec};
 
@@ -33,7 +33,7 @@ fn main() {
         &SynthSpec {
             queries: queries as usize,
             seed: 42,
-            format: OutputFormat::Parquet,
+            format: InputFormat::Parquet,
             later_period: false,
             bestseller_queries: 0,
         },

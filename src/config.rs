@@ -223,6 +223,9 @@ pub enum OutputFormat {
     Csv,
     /// Newline-delimited JSON, one object per row (`.json`, `.ndjson`, `.jsonl`).
     Json,
+    /// A Delta Lake table (a folder with a transaction log): each run, and each backfill day,
+    /// is one commit that readers see whole or not at all (`run` and `backfill` only).
+    Delta,
 }
 
 impl fmt::Display for OutputFormat {
@@ -231,6 +234,7 @@ impl fmt::Display for OutputFormat {
             OutputFormat::Parquet => "parquet",
             OutputFormat::Csv => "csv",
             OutputFormat::Json => "json",
+            OutputFormat::Delta => "delta",
         })
     }
 }

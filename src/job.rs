@@ -13,7 +13,7 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::prelude::{ident, lit};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::config::{JobConfig, PlanKind};
+use crate::config::{JobConfig, OutputFormat, PlanKind};
 use crate::error::{Error, Result};
 use crate::pipeline::{self, inputs};
 use crate::session;
@@ -102,8 +102,15 @@ impl fmt::Display for JobSummary {
         let secs = |d: Duration| format!("{:.2}s", d.as_secs_f64());
         writeln!(
             f,
-            "q2q-prior run: wrote {} rows ({} bytes) to {} (plan: {})",
-            self.written.rows, self.written.bytes, self.output, self.plan
+            "q2q-prior run: wrote {} rows ({} bytes) to {}{} (plan: {})",
+            self.written.rows,
+            self.written.bytes,
+            self.output,
+            self.written
+                .delta_version
+                .map(|v| format!(" (Delta table, version {v})"))
+                .unwrap_or_default(),
+            self.plan
         )?;
         writeln!(f, "  features: {}", self.formulas)?;
         writeln!(
@@ -240,6 +247,15 @@ pub struct RunOptions {
     pub runtime: Option<Arc<RuntimeEnv>>,
     /// No spinner: the caller shows its own progress.
     pub quiet: bool,
+    /// With `format = "delta"`: what the commit replaces, the table's partition columns and the
+    /// record it carries (default: the whole table, partitioned as the engagement input).
+    pub delta: Option<sink::delta::Commit>,
+}
+
+/// Where the rows go: one file (Parquet, CSV, NDJSON), or a Delta table.
+enum Destination {
+    File(OutputLocation),
+    Delta(storage::Root),
 }
 
 pub async fn run(config: &JobConfig, cancel: &CancellationToken) -> Result<JobSummary> {
@@ -324,9 +340,23 @@ async fn run_until(
         }
         None => cancellable(cancel, session::open(config)).await?,
     };
-    let location = OutputLocation::resolve(ctx.runtime_env().as_ref(), output)?;
-    // before any work: an unwritable destination fails now; dead runs' staging files go
-    cancellable(cancel, sink::staging::prepare(&location)).await?;
+    let format = config.output_format()?;
+    let destination = if format == OutputFormat::Delta {
+        let root = storage::Root::open(ctx.runtime_env().as_ref(), output)?;
+        // before any work: an unwritable destination, or a folder that is not a table, fails now
+        let probe = OutputLocation::resolve(
+            ctx.runtime_env().as_ref(),
+            &root.uri_of(sink::delta::WRITE_PROBE),
+        )?;
+        cancellable(cancel, sink::staging::prepare(&probe)).await?;
+        cancellable(cancel, sink::delta::prepare(&root)).await?;
+        Destination::Delta(root)
+    } else {
+        let location = OutputLocation::resolve(ctx.runtime_env().as_ref(), output)?;
+        // before any work: an unwritable destination fails now; dead runs' staging files go
+        cancellable(cancel, sink::staging::prepare(&location)).await?;
+        Destination::File(location)
+    };
 
     progress.set_message("checking inputs");
     tracing::info!("checking inputs");
@@ -413,21 +443,31 @@ async fn run_until(
     let task = Arc::new(features.task_ctx());
     let plan =
         pipeline::merge::concat::concat_sorted_ranges(features.create_physical_plan().await?)?;
-    let mut rows = 0u64;
-    let written = sink::write_plan_atomic(
-        Arc::clone(&plan),
-        task,
-        &location,
-        config.output_format()?,
-        cancel,
-        |batch| {
-            rows += batch.num_rows() as u64;
-            progress.set_message(format!(
-                "computing prior and features, writing: {rows} rows"
-            ));
-        },
-    )
-    .await?;
+    let written = match &destination {
+        Destination::File(location) => {
+            let mut rows = 0u64;
+            sink::write_plan_atomic(Arc::clone(&plan), task, location, format, cancel, |batch| {
+                rows += batch.num_rows() as u64;
+                progress.set_message(format!(
+                    "computing prior and features, writing: {rows} rows"
+                ));
+            })
+            .await?
+        }
+        Destination::Delta(root) => {
+            progress.set_message("computing prior and features, writing the Delta table");
+            let commit = options
+                .delta
+                .clone()
+                .unwrap_or_else(|| sink::delta::Commit {
+                    replace: sink::delta::Replace::All,
+                    partition_columns: inputs.engagement.partitions.columns.clone(),
+                    record: None,
+                    create_first: false,
+                });
+            sink::delta::write(Arc::clone(&plan), &ctx.state(), root, &commit, cancel).await?
+        }
+    };
     summary.written = written;
     summary.features_time = features_start.elapsed();
     if merge && !on_cluster {

@@ -13,11 +13,12 @@ use datafusion::execution::object_store::{
     DefaultObjectStoreRegistry, ObjectStoreRegistry, ObjectStoreUrl,
 };
 use datafusion::execution::runtime_env::RuntimeEnv;
+use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::path::Path as ObjectPath;
-use object_store::{BackoffConfig, ObjectStore, RetryConfig};
+use object_store::{BackoffConfig, ObjectMeta, ObjectStore, RetryConfig};
 use url::Url;
 
 use crate::error::{Error, Result};
@@ -450,5 +451,67 @@ mod tests {
         let staged = crate::sink::staging::sibling(&loc);
         assert!(staged.filename().unwrap().starts_with("_q2q_staging."));
         assert_eq!(staged.parts().count(), loc.path.parts().count());
+    }
+}
+
+/// A folder (local path or object-store URL) and the store that serves it.
+#[derive(Debug, Clone)]
+pub struct Root {
+    /// As the user wrote it, without a trailing slash.
+    pub uri: String,
+    pub store: Arc<dyn ObjectStore>,
+    pub prefix: ObjectPath,
+    /// The folder on disk, for a local root.
+    pub local: Option<std::path::PathBuf>,
+    /// The folder as a URL, with a trailing slash (`file:///abs/path/`, `s3://bucket/prefix/`).
+    pub url: Url,
+}
+
+impl Root {
+    pub fn open(runtime: &RuntimeEnv, uri: &str) -> Result<Root> {
+        let uri = uri.trim_end_matches('/').to_string();
+        let url = table_url(&format!("{uri}/"))?;
+        register_store(runtime, url.get_url())?;
+        let store = runtime.object_store(url.object_store())?;
+        let local = match url.get_url().scheme() {
+            "file" => url.get_url().to_file_path().ok(),
+            _ => None,
+        };
+        Ok(Root {
+            local,
+            prefix: url.prefix().clone(),
+            store,
+            uri,
+            url: url.get_url().clone(),
+        })
+    }
+
+    /// The URI of `relative` below the root.
+    pub fn uri_of(&self, relative: &str) -> String {
+        format!("{}/{relative}", self.uri)
+    }
+
+    pub fn path_of(&self, relative: &str) -> ObjectPath {
+        relative
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .fold(self.prefix.clone(), |path, part| path.join(part))
+    }
+
+    /// Every object below the root (recursively), hidden ones included.
+    pub async fn list(&self) -> Result<Vec<ObjectMeta>> {
+        self.list_below(&self.prefix).await
+    }
+
+    pub async fn list_below(&self, prefix: &ObjectPath) -> Result<Vec<ObjectMeta>> {
+        Ok(self.store.list(Some(prefix)).try_collect().await?)
+    }
+
+    /// The path of `meta` relative to the root, as its segments.
+    pub fn relative(&self, meta: &ObjectMeta) -> Vec<String> {
+        meta.location
+            .prefix_match(&self.prefix)
+            .map(|parts| parts.map(|p| p.as_ref().to_string()).collect())
+            .unwrap_or_default()
     }
 }

@@ -24,7 +24,7 @@ use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Binomial, Distribution, Poisson};
 
-use crate::config::OutputFormat;
+use crate::config::InputFormat;
 use crate::error::Result;
 use crate::sink::parquet_properties;
 
@@ -128,7 +128,7 @@ const BATCH_ROWS: usize = 64 * 1024;
 pub struct SynthSpec {
     pub queries: usize,
     pub seed: u64,
-    pub format: OutputFormat,
+    pub format: InputFormat,
     /// Also write `engagement_later.<ext>`: a second period of the same traffic and relevance with
     /// independent randomness, as held-out outcomes for `evaluate features` and labels for export.
     pub later_period: bool,
@@ -301,22 +301,22 @@ enum FileWriter {
 }
 
 impl TableWriter {
-    fn create(path: &Path, schema: SchemaRef, format: OutputFormat) -> Result<Self> {
+    fn create(path: &Path, schema: SchemaRef, format: InputFormat) -> Result<Self> {
         let file = File::create(path)?;
         let writer = match format {
-            OutputFormat::Parquet => {
+            InputFormat::Parquet => {
                 FileWriter::Parquet(datafusion::parquet::arrow::ArrowWriter::try_new(
                     file,
                     Arc::clone(&schema),
                     Some(parquet_properties()),
                 )?)
             }
-            OutputFormat::Csv => FileWriter::Csv(
+            InputFormat::Csv => FileWriter::Csv(
                 datafusion::arrow::csv::WriterBuilder::new()
                     .with_header(true)
                     .build(file),
             ),
-            OutputFormat::Json => {
+            InputFormat::Json => {
                 FileWriter::Json(datafusion::arrow::json::LineDelimitedWriter::new(file))
             }
         };
@@ -495,7 +495,7 @@ fn write_engagement(
     catalogue: &Catalogue,
     rng: &mut ChaCha8Rng,
     path: &Path,
-    format: OutputFormat,
+    format: InputFormat,
     bestseller_queries: usize,
 ) -> Result<(u64, [u64; 3])> {
     let schema = Arc::new(Schema::new(vec![
@@ -542,9 +542,9 @@ pub fn generate(spec: &SynthSpec, dir: &Path) -> Result<SynthOutput> {
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let catalogue = build_catalogue(spec, &mut rng);
     let ext = match spec.format {
-        OutputFormat::Parquet => "parquet",
-        OutputFormat::Csv => "csv",
-        OutputFormat::Json => "ndjson",
+        InputFormat::Parquet => "parquet",
+        InputFormat::Csv => "csv",
+        InputFormat::Json => "ndjson",
     };
 
     let engagement_path = dir.join(format!("engagement.{ext}"));
@@ -635,7 +635,7 @@ mod tests {
         let spec = SynthSpec {
             queries: 5_000,
             seed: 7,
-            format: OutputFormat::Parquet,
+            format: InputFormat::Parquet,
             later_period: false,
             bestseller_queries: 0,
         };

@@ -3,79 +3,15 @@
 //! reads.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use chrono::{Days, NaiveDate};
-use futures::TryStreamExt;
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectMeta, ObjectStore};
+use object_store::ObjectMeta;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::sink::sha256_writer::hex;
-use crate::storage;
 
-/// A folder (local path or object-store URL) and the store that serves it.
-#[derive(Debug, Clone)]
-pub struct Root {
-    /// As the user wrote it, without a trailing slash.
-    pub uri: String,
-    pub store: Arc<dyn ObjectStore>,
-    pub prefix: ObjectPath,
-    /// The folder on disk, for a local root.
-    pub local: Option<std::path::PathBuf>,
-}
-
-impl Root {
-    pub fn open(
-        runtime: &datafusion::execution::runtime_env::RuntimeEnv,
-        uri: &str,
-    ) -> Result<Root> {
-        let uri = uri.trim_end_matches('/').to_string();
-        let url = storage::table_url(&format!("{uri}/"))?;
-        storage::register_store(runtime, url.get_url())?;
-        let store = runtime.object_store(url.object_store())?;
-        let local = match url.get_url().scheme() {
-            "file" => url.get_url().to_file_path().ok(),
-            _ => None,
-        };
-        Ok(Root {
-            local,
-            prefix: url.prefix().clone(),
-            store,
-            uri,
-        })
-    }
-
-    /// The URI of `relative` below the root.
-    pub fn uri_of(&self, relative: &str) -> String {
-        format!("{}/{relative}", self.uri)
-    }
-
-    pub fn path_of(&self, relative: &str) -> ObjectPath {
-        relative
-            .split('/')
-            .filter(|p| !p.is_empty())
-            .fold(self.prefix.clone(), |path, part| path.join(part))
-    }
-
-    /// Every object below the root (recursively), hidden ones included.
-    pub async fn list(&self) -> Result<Vec<ObjectMeta>> {
-        self.list_below(&self.prefix).await
-    }
-
-    pub async fn list_below(&self, prefix: &ObjectPath) -> Result<Vec<ObjectMeta>> {
-        Ok(self.store.list(Some(prefix)).try_collect().await?)
-    }
-
-    /// The path of `meta` relative to the root, as its segments.
-    pub fn relative(&self, meta: &ObjectMeta) -> Vec<String> {
-        meta.location
-            .prefix_match(&self.prefix)
-            .map(|parts| parts.map(|p| p.as_ref().to_string()).collect())
-            .unwrap_or_default()
-    }
-}
+pub use crate::storage::Root;
 
 /// The local filesystem store writes every object to `<name>#<n>` first and renames it when
 /// complete; a process killed meanwhile leaves that file, which listings do not show. Returns

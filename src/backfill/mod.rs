@@ -146,7 +146,8 @@ impl std::fmt::Display for Report {
 /// overwrites the file of the build readers are reading.
 fn data_file(format: OutputFormat, run_id: &str) -> String {
     let ext = match format {
-        OutputFormat::Parquet => "parquet",
+        // a Delta table's files are Parquet, named by delta-rs
+        OutputFormat::Parquet | OutputFormat::Delta => "parquet",
         OutputFormat::Csv => "csv",
         OutputFormat::Json => "json",
     };
@@ -636,6 +637,7 @@ async fn build_locked(
         ],
         runtime: Some(Arc::clone(&backfill.runtime)),
         quiet: true,
+        delta: None,
     };
     let built = job::run_with(&config, cancel, &options).await;
     let lost = match &built {

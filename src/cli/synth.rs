@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use clap::Args;
 
-use crate::config::OutputFormat;
+use crate::config::InputFormat;
 use crate::error::Result;
 use crate::synth::{self, SynthSpec};
 
@@ -28,8 +28,8 @@ pub struct SynthArgs {
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// File format.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Parquet)]
-    pub format: OutputFormat,
+    #[arg(long, value_enum, default_value_t = InputFormat::Parquet)]
+    pub format: InputFormat,
     /// Also write engagement_later.<fmt>: a second period of the same traffic and relevance, for
     /// `evaluate features` (held-out outcomes) and `export lightgbm` (labels).
     #[arg(long)]

@@ -27,6 +27,7 @@ use crate::config::OutputFormat;
 use crate::error::{Error, Result};
 use crate::storage::OutputLocation;
 
+pub mod delta;
 mod parallel_parquet;
 pub mod sha256_writer;
 pub mod staging;
@@ -38,8 +39,10 @@ pub use sha256_writer::Sha256Writer;
 pub struct WriteStats {
     pub rows: u64,
     pub bytes: u64,
-    /// SHA-256 of the file's bytes, hex (computed while writing).
+    /// SHA-256 of the file's bytes, hex (computed while writing; empty for a Delta table).
     pub sha256: String,
+    /// The version a Delta commit created.
+    pub delta_version: Option<u64>,
 }
 
 /// Parquet settings for feature tables: zstd, and row groups large enough for fast scans.
@@ -158,6 +161,11 @@ async fn write_to(
     cancel: &CancellationToken,
     on_batch: &mut impl FnMut(&RecordBatch),
 ) -> Result<WriteStats> {
+    if format == OutputFormat::Delta {
+        return Err(Error::config(
+            "a Delta table is a folder, not a file: write it with `run` or `backfill`",
+        ));
+    }
     let schema = plan.schema();
     let mut stream = execute_stream(plan, task)?;
     let upload = Sha256Writer::new(BufWriter::new(Arc::clone(&location.store), staging.clone()));
@@ -180,7 +188,7 @@ async fn write_to(
             }
             stats.sha256 = writer.close().await?.finish();
         }
-        OutputFormat::Csv | OutputFormat::Json => {
+        OutputFormat::Csv | OutputFormat::Json | OutputFormat::Delta => {
             let mut upload = upload;
             let mut header = true;
             loop {
