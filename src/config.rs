@@ -29,6 +29,38 @@ pub struct JobConfig {
     pub features: FeatureParams,
     pub execution: ExecutionConfig,
     pub backfill: BackfillConfig,
+    pub delta: DeltaConfig,
+}
+
+/// `format = "delta"`: what happens to the files a commit replaced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeltaConfig {
+    /// Vacuum the table after `run` and after each backfill: delete the files no version within
+    /// the retention needs (replaced builds' files, and those of builds killed before their
+    /// commit).
+    pub vacuum: bool,
+    /// Keep replaced files this many hours, for readers of older versions (time travel) and for
+    /// builds still writing; absent: the table's `delta.deletedFileRetentionDuration` (7 days
+    /// unless set). Shorter than the longest run can delete a running build's files.
+    pub retention_hours: Option<u64>,
+}
+
+impl DeltaConfig {
+    /// The retention the vacuum uses (`None`: the table's own).
+    pub fn retention(&self) -> Option<std::time::Duration> {
+        self.retention_hours
+            .map(|h| std::time::Duration::from_secs(h.saturating_mul(3600)))
+    }
+}
+
+impl Default for DeltaConfig {
+    fn default() -> Self {
+        DeltaConfig {
+            vacuum: true,
+            retention_hours: None,
+        }
+    }
 }
 
 /// `q2q-prior backfill`: one feature partition per day from date-partitioned inputs.

@@ -35,6 +35,8 @@ pub struct JobSummary {
     /// Queries with a non-empty neighbour set, i.e. with at least one prior pair.
     pub queries_with_prior: u64,
     pub written: WriteStats,
+    /// Files the vacuum after a Delta commit deleted.
+    pub vacuumed: Option<usize>,
     pub warnings: Vec<String>,
     pub check_time: Duration,
     /// The plan's name (`merge` or `sql`).
@@ -207,6 +209,12 @@ impl fmt::Display for JobSummary {
             "  (q,p) pairs only through the prior: {}",
             self.prior_only_pairs()
         )?;
+        if let Some(n) = self.vacuumed {
+            writeln!(
+                f,
+                "  vacuum: deleted {n} file(s) no table version within the retention needs"
+            )?;
+        }
         for w in &self.warnings {
             writeln!(f, "  warning: {w}")?;
         }
@@ -465,7 +473,13 @@ async fn run_until(
                     record: None,
                     create_first: false,
                 });
-            sink::delta::write(Arc::clone(&plan), &ctx.state(), root, &commit, cancel).await?
+            let written =
+                sink::delta::write(Arc::clone(&plan), &ctx.state(), root, &commit, cancel).await?;
+            // the backfill vacuums once, after all its days
+            if options.delta.is_none() && config.delta.vacuum {
+                summary.vacuumed = Some(sink::delta::vacuum(root, config.delta.retention()).await?);
+            }
+            written
         }
     };
     summary.written = written;

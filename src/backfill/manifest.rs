@@ -30,6 +30,14 @@ pub struct Manifest {
     pub date: NaiveDate,
     pub row_count: u64,
     pub files: Vec<ManifestFile>,
+    #[serde(flatten)]
+    pub build: Build,
+}
+
+/// What a day was built from and by whom: the part of a partition's record both layouts keep
+/// (the Parquet folder's `_manifest.json`, a Delta commit's `commitInfo`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Build {
     /// Hash of every setting that changes the rows ([`config_hash`]).
     pub config_hash: String,
     /// Hash of the input files the day read ([`super::layout::fingerprint`]).
@@ -43,6 +51,21 @@ pub struct Manifest {
     pub run_id: String,
     /// RFC 3339, UTC.
     pub created_timestamp: String,
+}
+
+/// The format of a Delta commit's day record.
+pub const DELTA_FORMAT: &str = "q2q-prior/backfill-delta-day/1";
+
+/// A backfill commit's record of the day it replaced, in the commit's `commitInfo` (key
+/// [`crate::sink::delta::COMMIT_INFO_KEY`]); its row count is the commit's own
+/// `operationMetrics.num_added_rows`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DayRecord {
+    pub format: String,
+    pub partition: String,
+    pub date: NaiveDate,
+    #[serde(flatten)]
+    pub build: Build,
 }
 
 /// The settings that decide a partition's rows, hashed: formula parameters, normalization,
@@ -141,7 +164,7 @@ pub enum PartitionState {
     Damaged(String),
     /// Complete and intact; built from other settings or inputs.
     Stale(String),
-    Current(Box<Manifest>),
+    Current,
 }
 
 impl PartitionState {
@@ -183,13 +206,42 @@ impl PartitionState {
         }) {
             return PartitionState::Damaged(format!("{extra} is not in the manifest"));
         }
-        if manifest.config_hash != config_hash {
+        PartitionState::of_build(&manifest.build, config_hash, input_fingerprint)
+    }
+
+    /// A day of a Delta table, from the rows the table holds for it (`None`: no file) and the
+    /// newest backfill commit that replaced it (its record and the rows it added).
+    pub fn judge_delta(
+        rows: Option<u64>,
+        built: Option<(&DayRecord, u64)>,
+        config_hash: &str,
+        input_fingerprint: &str,
+    ) -> PartitionState {
+        match (rows, built) {
+            (None, None) => PartitionState::Missing,
+            (Some(_), None) => PartitionState::Incomplete(
+                "its rows have no q2q-prior build record in the Delta log".into(),
+            ),
+            (rows, Some((_, added))) if rows.unwrap_or(0) != added => {
+                PartitionState::Damaged(format!(
+                    "the table holds {} rows for it, its build added {added}",
+                    rows.unwrap_or(0)
+                ))
+            }
+            (_, Some((record, _))) => {
+                PartitionState::of_build(&record.build, config_hash, input_fingerprint)
+            }
+        }
+    }
+
+    fn of_build(build: &Build, config_hash: &str, input_fingerprint: &str) -> PartitionState {
+        if build.config_hash != config_hash {
             return PartitionState::Stale("config changed".into());
         }
-        if manifest.input_fingerprint != input_fingerprint {
+        if build.input_fingerprint != input_fingerprint {
             return PartitionState::Stale("inputs changed".into());
         }
-        PartitionState::Current(Box::new(manifest))
+        PartitionState::Current
     }
 
     /// Why it must be (re)built, or `None` when it is current.
@@ -199,7 +251,7 @@ impl PartitionState {
             PartitionState::Incomplete(why) => Some(format!("incomplete ({why})")),
             PartitionState::Damaged(why) => Some(format!("damaged ({why})")),
             PartitionState::Stale(why) => Some(format!("stale ({why})")),
-            PartitionState::Current(_) => None,
+            PartitionState::Current => None,
         }
     }
 }
@@ -233,6 +285,12 @@ mod tests {
                 size: 100,
                 sha256: "ab".into(),
             }],
+            build: build(),
+        }
+    }
+
+    fn build() -> Build {
+        Build {
             config_hash: "c".into(),
             input_fingerprint: "i".into(),
             engagement_window: [NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(); 2],
@@ -243,6 +301,48 @@ mod tests {
             run_id: "r".into(),
             created_timestamp: "t".into(),
         }
+    }
+
+    #[test]
+    fn delta_days_from_their_rows_and_last_build() {
+        let record = DayRecord {
+            format: DELTA_FORMAT.into(),
+            partition: "dt=2026-01-02".into(),
+            date: NaiveDate::from_ymd_opt(2026, 1, 2).unwrap(),
+            build: build(),
+        };
+        let judge = |rows, built, c, i| PartitionState::judge_delta(rows, built, c, i).reason();
+        assert_eq!(judge(None, None, "c", "i").unwrap(), "missing");
+        assert!(
+            judge(Some(5), None, "c", "i")
+                .unwrap()
+                .contains("no q2q-prior build record")
+        );
+        assert_eq!(judge(Some(5), Some((&record, 5)), "c", "i"), None);
+        assert_eq!(
+            judge(None, Some((&record, 0)), "c", "i"),
+            None,
+            "an empty day"
+        );
+        assert!(
+            judge(Some(4), Some((&record, 5)), "c", "i")
+                .unwrap()
+                .contains("holds 4 rows for it, its build added 5")
+        );
+        assert_eq!(
+            judge(Some(5), Some((&record, 5)), "other", "i").unwrap(),
+            "stale (config changed)"
+        );
+        assert_eq!(
+            judge(Some(5), Some((&record, 5)), "c", "other").unwrap(),
+            "stale (inputs changed)"
+        );
+        let text = serde_json::to_value(&record).unwrap();
+        assert_eq!(
+            text["config_hash"], "c",
+            "the build's fields sit beside the day's"
+        );
+        assert_eq!(serde_json::from_value::<DayRecord>(text).unwrap(), record);
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! without `_SUCCESS`, which the next run rebuilds. A rebuild that fails (bad input, Ctrl-C)
 //! deletes its own file and puts `_SUCCESS` back on the previous build, if that was intact.
 
+mod delta;
 pub mod layout;
 pub mod lock;
 pub mod manifest;
@@ -104,12 +105,70 @@ struct Backfill {
     started: DateTime<Utc>,
 }
 
+impl Backfill {
+    /// The feature job of `plan`'s day, writing to `output`: its window and neighbour snapshot
+    /// as inputs, the day's timestamps as constant columns.
+    fn day_job(&self, plan: &DayPlan, output: String) -> (JobConfig, RunOptions) {
+        let mut config = self.config.clone();
+        let engagement = config.engagement.as_mut().expect("checked by plan");
+        engagement.paths = plan.engagement.clone();
+        engagement.partitioned = false;
+        let neighbours = config.neighbours.as_mut().expect("checked by plan");
+        *neighbours = InputSpec {
+            uri: plan.neighbours.clone(),
+            partitioned: false,
+            ..neighbours.clone()
+        };
+        config.output = Some(output);
+        let event = plan
+            .day
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight exists")
+            .and_utc()
+            .timestamp_micros();
+        let utc = || Some(Arc::from("UTC"));
+        let options = RunOptions {
+            constant_columns: vec![
+                (
+                    "event_timestamp".into(),
+                    ScalarValue::TimestampMicrosecond(Some(event), utc()),
+                ),
+                (
+                    "created_timestamp".into(),
+                    ScalarValue::TimestampMicrosecond(Some(self.started.timestamp_micros()), utc()),
+                ),
+            ],
+            runtime: Some(Arc::clone(&self.runtime)),
+            quiet: true,
+            delta: None,
+        };
+        (config, options)
+    }
+
+    /// What `plan`'s day is built from and by which run, as its record keeps it.
+    fn build_record(&self, plan: &DayPlan) -> manifest::Build {
+        manifest::Build {
+            config_hash: self.config_hash.clone(),
+            input_fingerprint: plan.input_fingerprint.clone(),
+            engagement_window: [plan.window.0, plan.window.1],
+            engagement_days: plan.engagement.len(),
+            engagement_files: plan.engagement_files,
+            neighbours: plan.neighbours.clone(),
+            engine_version: env!("CARGO_PKG_VERSION").into(),
+            run_id: self.run_id.clone(),
+            created_timestamp: self.started.to_rfc3339(),
+        }
+    }
+}
+
 /// The outcome of a backfill, printed on stderr.
 #[derive(Debug, Default)]
 pub struct Report {
     pub built: Vec<(NaiveDate, u64, Duration)>,
     pub skipped: Vec<(NaiveDate, String)>,
     pub failed: Vec<(NaiveDate, String)>,
+    /// Files the vacuum of a Delta table deleted at the end.
+    pub vacuumed: Option<usize>,
     pub elapsed: Duration,
 }
 
@@ -137,6 +196,12 @@ impl std::fmt::Display for Report {
         }
         for (day, why) in &self.failed {
             writeln!(f, "  FAILED  {day}  {why}")?;
+        }
+        if let Some(n) = self.vacuumed {
+            writeln!(
+                f,
+                "  vacuum: deleted {n} file(s) no table version within the retention needs"
+            )?;
         }
         Ok(())
     }
@@ -263,7 +328,15 @@ async fn plan_days(backfill: &Backfill, request: &Request) -> Result<Vec<DayPlan
             .collect()
     };
 
-    let outputs = list_partitions(&backfill.output, key).await?;
+    // what the output holds: partition folders, or the days of a Delta table
+    let (outputs, delta_days) = if backfill.format == OutputFormat::Delta {
+        (
+            Vec::new(),
+            Some(delta::Days::load(&backfill.output, key).await?),
+        )
+    } else {
+        (list_partitions(&backfill.output, key).await?, None)
+    };
     let mut plans = Vec::new();
     for day in layout::days(request.from, request.to) {
         let (first, last) = layout::window(day, config.backfill.window_days);
@@ -303,26 +376,32 @@ async fn plan_days(backfill: &Backfill, request: &Request) -> Result<Vec<DayPlan
                 neighbours_root.uri
             ))
         } else {
-            let files = outputs
-                .iter()
-                .find(|(f, _)| *f == folder)
-                .map(|(_, files)| files.clone())
-                .unwrap_or_default();
-            match read_manifest(&backfill.output, &folder, &files).await {
-                Err(e) => Action::Fail(format!("cannot read its {MANIFEST}: {e}")),
-                Ok(manifest) => {
-                    let state = PartitionState::judge(
-                        &files,
-                        manifest.as_deref(),
-                        &backfill.config_hash,
-                        &fingerprint,
-                    );
-                    match (state.reason(), request.force) {
-                        (Some(reason), _) => Action::Build(reason),
-                        (None, true) => Action::Build("forced".into()),
-                        (None, false) => Action::Skip("up to date".into()),
-                    }
+            let state = match &delta_days {
+                Some(days) => Ok(days.judge(day, &backfill.config_hash, &fingerprint)),
+                None => {
+                    let files = outputs
+                        .iter()
+                        .find(|(f, _)| *f == folder)
+                        .map(|(_, files)| files.clone())
+                        .unwrap_or_default();
+                    read_manifest(&backfill.output, &folder, &files)
+                        .await
+                        .map(|manifest| {
+                            PartitionState::judge(
+                                &files,
+                                manifest.as_deref(),
+                                &backfill.config_hash,
+                                &fingerprint,
+                            )
+                        })
+                        .map_err(|e| format!("cannot read its {MANIFEST}: {e}"))
                 }
+            };
+            match state.map(|state| (state.reason(), request.force)) {
+                Err(why) => Action::Fail(why),
+                Ok((Some(reason), _)) => Action::Build(reason),
+                Ok((None, true)) => Action::Build("forced".into()),
+                Ok((None, false)) => Action::Skip("up to date".into()),
             }
         };
         plans.push(DayPlan {
@@ -470,6 +549,14 @@ pub async fn run(
     bar.finish_and_clear();
     if !interrupted {
         clear_abandoned_locks(&backfill, &report).await;
+        if backfill.format == OutputFormat::Delta && backfill.config.delta.vacuum {
+            match crate::sink::delta::vacuum(&backfill.output, backfill.config.delta.retention())
+                .await
+            {
+                Ok(n) => report.vacuumed = Some(n),
+                Err(e) => tracing::warn!("the vacuum after the backfill failed: {e}"),
+            }
+        }
     }
     report.built.sort_by_key(|(d, _, _)| *d);
     report.skipped.sort_by_key(|(d, _)| *d);
@@ -549,7 +636,11 @@ async fn build(backfill: &Backfill, plan: &DayPlan, cancel: &CancellationToken) 
             remove_local(&temp)?;
         }
     }
-    let result = build_locked(backfill, plan, cancel, &lock).await;
+    let result = if backfill.format == OutputFormat::Delta {
+        delta::build(backfill, plan, cancel).await
+    } else {
+        build_locked(backfill, plan, cancel, &lock).await
+    };
     lock.release().await;
     result
 }
@@ -571,7 +662,7 @@ async fn build_locked(
         &backfill.config_hash,
         &plan.input_fingerprint,
     );
-    if matches!(state, PartitionState::Current(_)) && plan.action.reason() != "forced" {
+    if matches!(state, PartitionState::Current) && plan.action.reason() != "forced" {
         return Ok(Built::AlreadyCurrent);
     }
 
@@ -584,7 +675,7 @@ async fn build_locked(
             .is_some_and(|m| m.files.iter().any(|f| f.path == name))
     };
     // published and intact: put back if this rebuild fails
-    let was_published = matches!(state, PartitionState::Current(_) | PartitionState::Stale(_));
+    let was_published = matches!(state, PartitionState::Current | PartitionState::Stale(_));
 
     // 1. leftovers of killed runs; nobody else writes here while this run holds the lock
     for (name, meta) in &files {
@@ -606,39 +697,7 @@ async fn build_locked(
     // 3. the new build, under a name of its own
     let data_name = data_file(backfill.format, &backfill.run_id);
     let data_path = output.path_of(&format!("{folder}/{data_name}"));
-    let mut config = backfill.config.clone();
-    let engagement = config.engagement.as_mut().expect("checked by plan");
-    engagement.paths = plan.engagement.clone();
-    engagement.partitioned = false;
-    let neighbours = config.neighbours.as_mut().expect("checked by plan");
-    *neighbours = InputSpec {
-        uri: plan.neighbours.clone(),
-        partitioned: false,
-        ..neighbours.clone()
-    };
-    config.output = Some(output.uri_of(&format!("{folder}/{data_name}")));
-    let event = plan
-        .day
-        .and_hms_opt(0, 0, 0)
-        .expect("midnight exists")
-        .and_utc()
-        .timestamp_micros();
-    let utc = || Some(Arc::from("UTC"));
-    let options = RunOptions {
-        constant_columns: vec![
-            (
-                "event_timestamp".into(),
-                ScalarValue::TimestampMicrosecond(Some(event), utc()),
-            ),
-            (
-                "created_timestamp".into(),
-                ScalarValue::TimestampMicrosecond(Some(backfill.started.timestamp_micros()), utc()),
-            ),
-        ],
-        runtime: Some(Arc::clone(&backfill.runtime)),
-        quiet: true,
-        delta: None,
-    };
+    let (config, options) = backfill.day_job(plan, output.uri_of(&format!("{folder}/{data_name}")));
     let built = job::run_with(&config, cancel, &options).await;
     let lost = match &built {
         Ok(_) => !lock.confirm().await?, // 4.
@@ -679,15 +738,7 @@ async fn build_locked(
             size: summary.written.bytes,
             sha256: summary.written.sha256.clone(),
         }],
-        config_hash: backfill.config_hash.clone(),
-        input_fingerprint: plan.input_fingerprint.clone(),
-        engagement_window: [plan.window.0, plan.window.1],
-        engagement_days: plan.engagement.len(),
-        engagement_files: plan.engagement_files,
-        neighbours: plan.neighbours.clone(),
-        engine_version: env!("CARGO_PKG_VERSION").into(),
-        run_id: backfill.run_id.clone(),
-        created_timestamp: backfill.started.to_rfc3339(),
+        build: backfill.build_record(plan),
     };
     let text = serde_json::to_vec_pretty(&manifest).expect("plain data serializes");
     let previous_version =
@@ -762,7 +813,8 @@ async fn publish_manifest(
         ) => {
             // a put retried after it succeeded finds its own manifest
             let current = output.store.get(&path).await?.bytes().await?;
-            if serde_json::from_slice::<Manifest>(&current).is_ok_and(|m| m.run_id == run_id) {
+            if serde_json::from_slice::<Manifest>(&current).is_ok_and(|m| m.build.run_id == run_id)
+            {
                 return Ok(());
             }
             Err(Error::Io(std::io::Error::other(format!(

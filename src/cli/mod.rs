@@ -189,12 +189,17 @@ pub struct JobArgs {
 /// Where `run` writes the feature table (commands that only read the inputs do not take these).
 #[derive(Debug, Clone, Args)]
 pub struct OutputArgs {
-    /// Output file (path or URL), written atomically.
+    /// Output file (path or URL), written atomically; with --format delta, the table's folder.
     #[arg(long, short = 'o', env = "Q2Q_OUTPUT", value_name = "URI")]
     pub output: Option<String>,
-    /// Output format [config: format; default parquet].
+    /// Output format [config: format; default parquet]. `delta`: a Delta Lake table at the output
+    /// folder, one commit per run (per day with backfill).
     #[arg(long, value_enum)]
     pub format: Option<OutputFormat>,
+    /// With --format delta: keep replaced files this many hours before the vacuum that ends the
+    /// run deletes them [delta.retention_hours; default: the table's, 7 days].
+    #[arg(long, value_name = "HOURS")]
+    pub delta_retention_hours: Option<u64>,
 }
 
 impl JobArgs {
@@ -250,6 +255,9 @@ impl JobArgs {
             }
             if let Some(format) = flags.format {
                 config.format = Some(format);
+            }
+            if flags.delta_retention_hours.is_some() {
+                config.delta.retention_hours = flags.delta_retention_hours;
             }
         }
         let f = &mut config.features;
