@@ -67,7 +67,8 @@ pub const HELP: &str = r"Statements end with ';' and may span lines. Meta-comman
 Ctrl-C cancels the running statement. EXPLAIN / EXPLAIN ANALYZE show plans; SHOW FUNCTIONS lists
 functions, including q2q_alpha(impressions, max_impressions, gamma), q2q_blend(h, prior, alpha, beta)
 and normalize_query(text [, lang]). COPY (SELECT ...) TO 's3://bucket/x.parquet' writes to object stores;
-SELECT * FROM 'path/or/url.parquet' reads a file directly.";
+SELECT * FROM 'path/or/url.parquet' reads a file directly, and FROM 'folder/' a folder or a Delta table
+(CREATE EXTERNAL TABLE t STORED AS DELTA LOCATION 'folder/' names one; \d shows its version).";
 
 impl Shell {
     /// A session with the UDFs, and the inputs and stage views of `config` when they are set.
@@ -260,12 +261,23 @@ impl Shell {
                     details.push(source.detail.clone());
                 }
                 None => {
-                    let kind = match schema.table(name).await? {
-                        Some(t) => format!("{:?}", t.table_type()).to_lowercase(),
-                        None => "table".into(),
-                    };
-                    kinds.push(kind);
-                    details.push("created in this session".into());
+                    let table = schema.table(name).await?;
+                    match table
+                        .as_ref()
+                        .and_then(|t| t.downcast_ref::<url_table::DeltaView>())
+                    {
+                        Some(delta) => {
+                            kinds.push("delta table".into());
+                            details.push(format!("{}, version {}", delta.uri, delta.version));
+                        }
+                        None => {
+                            kinds.push(match table {
+                                Some(t) => format!("{:?}", t.table_type()).to_lowercase(),
+                                None => "table".into(),
+                            });
+                            details.push("created in this session".into());
+                        }
+                    }
                 }
             }
         }
