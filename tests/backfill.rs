@@ -15,50 +15,7 @@ use common::*;
 use q2q_prior::reference::FeatureRow;
 use serde_json::Value;
 
-const DAYS: usize = 8; // input days 2026-01-01 .. 2026-01-08
-const FROM: &str = "2026-01-02";
-const TO: &str = "2026-01-09";
-const WINDOW: &str = "3";
-
-fn day(i: usize) -> String {
-    format!("2026-01-{:02}", i + 1)
-}
-
-/// Daily engagement (CSV, one file per day) and two neighbour snapshots (2026-01-01 and -05).
-fn write_inputs(dir: &Path) {
-    for i in 0..DAYS {
-        let mut text = String::from("query,product_id,impressions,clicks,adds,purchases\n");
-        for q in 0..25 {
-            for p in 0..12 {
-                if (q + p + i) % 3 == 0 {
-                    text.push_str(&format!(
-                        "q{q},p{p},{},{},{},{}\n",
-                        10 + i + q,
-                        (q + p) % 4,
-                        q % 2,
-                        (p + i) % 2
-                    ));
-                }
-            }
-        }
-        write(&dir.join(format!("eng/dt={}", day(i))), "part-0.csv", &text);
-    }
-    for (snapshot, shift) in [(0, 1), (4, 3)] {
-        let mut text = String::from("query,neighbour,score\n");
-        for q in 0..25 {
-            text.push_str(&format!(
-                "q{q},q{},0.9\nq{q},q{},0.8\n",
-                (q + shift) % 25,
-                (q + shift + 2) % 25
-            ));
-        }
-        write(
-            &dir.join(format!("nb/dt={}", day(snapshot))),
-            "part-0.csv",
-            &text,
-        );
-    }
-}
+use common::daily::{DAYS, FROM, TO, WINDOW, day, walk, write_inputs};
 
 fn backfill_cmd(data: &Path, out: &str, extra: &[&str]) -> Command {
     let mut cmd = bin();
@@ -507,19 +464,6 @@ fn a_rerun_removes_locks_that_dead_runs_left_on_published_partitions() {
     assert!(log.contains("0 built"), "everything was up to date: {log}");
     assert!(!dead_lock.exists(), "the dead run's lock is removed");
     assert!(live_lock.exists(), "a live holder's lock stays");
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            found.extend(walk(&path));
-        } else {
-            found.push(path);
-        }
-    }
-    found
 }
 
 #[test]

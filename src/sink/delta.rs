@@ -137,6 +137,10 @@ async fn create(
         .write(vec![RecordBatch::new_empty(schema)])
         .with_save_mode(SaveMode::ErrorIfExists)
         .with_partition_columns(partition_columns.to_vec())
+        // no retry: of writers creating it at once, exactly one wins version 0 (a retry at
+        // version 1 would commit a second table definition, conflicting with every write that
+        // started from version 0)
+        .with_commit_properties(CommitProperties::default().with_max_retries(0))
         .await;
     match created {
         Ok(_) => Ok(()),

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: run the real binary, write small inputs, read outputs.
 #![allow(dead_code)]
 
+pub mod daily;
 pub mod moto;
 
 use std::path::{Path, PathBuf};
