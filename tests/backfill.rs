@@ -638,18 +638,7 @@ fn the_same_backfill_on_s3_gives_the_same_partitions() {
     write_inputs(data);
     let (_, clean) = clean_run(data);
     let moto = start_moto();
-    moto.boto("s3.create_bucket(Bucket='q2q')");
-    for file in walk(data) {
-        let relative = file
-            .strip_prefix(data)
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_string();
-        if relative.starts_with("eng/") || relative.starts_with("nb/") {
-            moto.put(&format!("in/{relative}"), &file);
-        }
-    }
+    moto.upload_daily_inputs(data);
     let secret = "sekrit-backfill-7f3a9c";
     let run_s3 = |extra: &[&str]| {
         let mut cmd = moto.q2q();

@@ -610,18 +610,7 @@ fn the_delta_backfill_on_s3_equals_the_local_one_and_reruns_from_the_log() {
     write_inputs(data);
     let parquet = parquet_backfill(data, &[]);
     let moto = start_moto();
-    moto.boto("s3.create_bucket(Bucket='q2q')");
-    for file in walk(data) {
-        let relative = file
-            .strip_prefix(data)
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_string();
-        if relative.starts_with("eng/") || relative.starts_with("nb/") {
-            moto.put(&format!("in/{relative}"), &file);
-        }
-    }
+    moto.upload_daily_inputs(data);
     let uri = "s3://q2q/features/";
     let secret = "sekrit-delta-51c2";
     let spawn = |parallel: &str, extra: &[&str]| {

@@ -49,6 +49,24 @@ pub fn write_inputs(dir: &Path) {
     }
 }
 
+impl super::moto::Moto {
+    /// Creates the bucket `q2q` and copies [`write_inputs`]'s `eng/` and `nb/` below `in/`.
+    pub fn upload_daily_inputs(&self, data: &Path) {
+        self.boto("s3.create_bucket(Bucket='q2q')");
+        for file in walk(data) {
+            let relative = file
+                .strip_prefix(data)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string();
+            if relative.starts_with("eng/") || relative.starts_with("nb/") {
+                self.put(&format!("in/{relative}"), &file);
+            }
+        }
+    }
+}
+
 /// Every file below `dir`.
 pub fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
