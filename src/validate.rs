@@ -452,8 +452,14 @@ async fn joint_diagnostics(
         String::new()
     };
     for slice in slices {
-        pipeline::register_stages(&slice.ctx, params, crate::config::PlanKind::Sql, None, &[])
-            .await?;
+        pipeline::register_stages(
+            &slice.ctx,
+            params,
+            crate::config::PlanKind::Sql,
+            (None, pipeline::merge::Split::Ranges),
+            &[],
+        )
+        .await?;
         let batches = slice
             .ctx
             .sql(NEIGHBOURS_WITHOUT_HISTORY)

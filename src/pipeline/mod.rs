@@ -75,12 +75,13 @@ pub struct StageTimings {
 /// Stages named in `materialize` are computed into memory as soon as they are planned, so later
 /// stages read the result instead of recomputing it; used by `run` for `neighbour_sets`, which is
 /// small (at most k rows per query) and read twice by the last stages. Everything else stays lazy.
-/// `partitions`: the merge plan's output partitions (see [`ExecutionConfig::partitions`]).
+/// `partitions`: the merge plan's output partitions (see [`ExecutionConfig::partitions`]) and
+/// how they divide the queries.
 pub async fn register_stages(
     ctx: &SessionContext,
     params: &FeatureParams,
     plan: PlanKind,
-    partitions: Option<usize>,
+    (partitions, split): (Option<usize>, merge::Split),
     materialize: &[&str],
 ) -> Result<StageTimings> {
     let mut timings = StageTimings::default();
@@ -88,7 +89,7 @@ pub async fn register_stages(
         if stage.name == blend::STAGE.name && plan == PlanKind::Merge {
             let sql = stage.plan(ctx, params).await?;
             let schema = Arc::new(sql.schema().as_arrow().clone());
-            let merged = merge::MergedFeatures::new(ctx, params, partitions, schema).await?;
+            let merged = merge::MergedFeatures::new(ctx, params, partitions, split, schema).await?;
             ctx.register_table(stage.name, Arc::new(merged))?;
             continue;
         }
@@ -145,12 +146,14 @@ pub async fn register_job_views(
     Ok(timings)
 }
 
-/// The merge plan's output partitions for `execution`: one on a Ballista cluster (see
-/// [`ExecutionConfig::partitions`]), else as configured.
-pub fn merge_partitions(execution: &ExecutionConfig) -> Option<usize> {
+/// The merge plan's output partitions for `execution` (see [`ExecutionConfig::partitions`]), and
+/// how they divide the queries: sorted ranges of one index locally, independent shares (tasks
+/// of their own) on a Ballista cluster.
+pub fn merge_partitions(execution: &ExecutionConfig) -> (Option<usize>, merge::Split) {
     match execution.cluster {
-        Some(_) => Some(1),
-        None => execution.partitions,
+        // one task until the cluster path with more is verified (docs/DISTRIBUTED.md)
+        Some(_) => (execution.partitions.or(Some(1)), merge::Split::Shares),
+        None => (execution.partitions, merge::Split::Ranges),
     }
 }
 

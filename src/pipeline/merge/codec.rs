@@ -26,17 +26,18 @@ use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use serde::{Deserialize, Serialize};
 
-use super::{MergeParams, MergedFeatures, PriorMergeExec};
+use super::{MergeParams, MergedFeatures, PriorMergeExec, Split};
 
 /// Prefixes that tell our payloads from Ballista's (whose protobuf messages never start so).
-const TABLE_TAG: &[u8] = b"q2q-prior:MergedFeatures:2:";
-const EXEC_TAG: &[u8] = b"q2q-prior:PriorMergeExec:2:";
+const TABLE_TAG: &[u8] = b"q2q-prior:MergedFeatures:3:";
+const EXEC_TAG: &[u8] = b"q2q-prior:PriorMergeExec:3:";
 
 /// The table's payload after its tag: this header as one JSON line, then the two plans.
 #[derive(Debug, Serialize, Deserialize)]
 struct TableHeader {
     params: MergeParams,
     partitions: usize,
+    split: Split,
     history_bytes: usize,
     neighbours_bytes: usize,
 }
@@ -46,6 +47,7 @@ struct TableHeader {
 struct ExecPayload {
     params: MergeParams,
     partitions: usize,
+    split: Split,
     /// (name, type, nullable) of the output columns.
     fields: Vec<(String, String, bool)>,
 }
@@ -126,6 +128,7 @@ impl LogicalExtensionCodec for LogicalCodec {
             neighbours,
             header.params,
             header.partitions,
+            header.split,
         )?))
     }
 
@@ -143,6 +146,7 @@ impl LogicalExtensionCodec for LogicalCodec {
         let header = TableHeader {
             params: table.params,
             partitions: table.partitions(),
+            split: table.split(),
             history_bytes: history.len(),
             neighbours_bytes: neighbours.len(),
         };
@@ -203,6 +207,7 @@ impl PhysicalExtensionCodec for PhysicalCodec {
             Arc::clone(neighbours),
             payload.params,
             payload.partitions,
+            payload.split,
             Arc::new(Schema::new(fields)),
         )?))
     }
@@ -231,6 +236,7 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         let payload = ExecPayload {
             params: *exec.params(),
             partitions: exec.partitions(),
+            split: exec.split(),
             fields,
         };
         buf.extend_from_slice(EXEC_TAG);
@@ -278,7 +284,15 @@ mod tests {
             )]))))
         };
         let exec: Arc<dyn ExecutionPlan> = Arc::new(
-            PriorMergeExec::try_new(child(0), child(1), params, 5, Arc::clone(&schema)).unwrap(),
+            PriorMergeExec::try_new(
+                child(0),
+                child(1),
+                params,
+                5,
+                Split::Shares,
+                Arc::clone(&schema),
+            )
+            .unwrap(),
         );
         let codec = PhysicalCodec::default();
         let converter = DefaultPhysicalProtoConverter {};
@@ -292,6 +306,7 @@ mod tests {
         let back = back.downcast_ref::<PriorMergeExec>().unwrap();
         assert_eq!(*back.params(), params);
         assert_eq!(back.partitions(), 5);
+        assert_eq!(back.split(), Split::Shares);
         assert_eq!(back.schema(), schema);
         // another node goes to Ballista's codec, which refuses what it does not know
         assert!(

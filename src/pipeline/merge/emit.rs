@@ -235,6 +235,9 @@ impl Emitter {
     }
 
     fn emit_query(&mut self, index: &Index, history: &History, query: u32) {
+        if !index.is_emitted(query) {
+            return; // another share's query, here for its history
+        }
         let own = history.of(query);
         let members = index.members_of(query);
         if own.is_empty() && members.is_empty() {

@@ -105,12 +105,22 @@ pub struct Index {
     pub member_offsets: Vec<usize>,
     /// The prior's divisor per query (|C_q|, or the sum of kept scores).
     pub weight_total: Vec<f64>,
+    /// The queries whose rows are written, by id, when not all are: a share's own queries (the
+    /// others are there for their history only; see [`super::share`]).
+    pub emitted: Option<Vec<bool>>,
 }
 
 impl Index {
     /// How many history rows query `query` has.
     pub fn history_len(&self, query: u32) -> usize {
         self.history_lens[query as usize] as usize
+    }
+
+    /// Whether `query`'s rows are written.
+    pub fn is_emitted(&self, query: u32) -> bool {
+        self.emitted
+            .as_ref()
+            .is_none_or(|emitted| emitted[query as usize])
     }
 
     pub fn members_of(&self, query: u32) -> &[Member] {
@@ -138,7 +148,7 @@ fn out_of_memory(e: DataFusionError, held: usize) -> DataFusionError {
 }
 
 /// A string column of `batch` as `Utf8`, whatever string type the plan produced.
-fn strings(batch: &RecordBatch, index: usize) -> Result<Arc<dyn Array>> {
+pub(super) fn strings(batch: &RecordBatch, index: usize) -> Result<Arc<dyn Array>> {
     let column = batch.column(index);
     Ok(match column.data_type() {
         DataType::Utf8 => Arc::clone(column),
@@ -146,7 +156,7 @@ fn strings(batch: &RecordBatch, index: usize) -> Result<Arc<dyn Array>> {
     })
 }
 
-fn numbers(batch: &RecordBatch, index: usize, to: &DataType) -> Result<Arc<dyn Array>> {
+pub(super) fn numbers(batch: &RecordBatch, index: usize, to: &DataType) -> Result<Arc<dyn Array>> {
     let column = batch.column(index);
     Ok(if column.data_type() == to {
         Arc::clone(column)
@@ -539,5 +549,6 @@ pub async fn build(
         members: sets.members,
         member_offsets: sets.member_offsets,
         weight_total: sets.weight_total,
+        emitted: None,
     })
 }

@@ -23,7 +23,8 @@
 //! C_q, [`history`] keeps the history, [`spill`] sends both to disk under a memory limit);
 //! [`split`] cuts the queries into chunks, partitions and, when the history spilled, blocks;
 //! `partition` runs one output partition; [`emit`] computes a query's rows; [`concat`] reads the
-//! partitions as one sorted stream.
+//! partitions as one sorted stream. On a cluster each partition is a task of its own over its
+//! [`share`] of the queries ([`Split::Shares`]).
 
 pub mod codec;
 pub mod concat;
@@ -33,6 +34,7 @@ pub mod index;
 pub mod intern;
 mod partition;
 pub mod sets;
+pub mod share;
 pub mod spill;
 pub mod split;
 
@@ -112,6 +114,20 @@ impl MergeParams {
     }
 }
 
+/// How the operator's output partitions divide the queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Split {
+    /// One index for all partitions, built once in this process by the first partition
+    /// executed; partition i is the i-th contiguous range of the queries in sort order, so the
+    /// partitions read in order are the sorted output. For one machine.
+    #[default]
+    Ranges,
+    /// Every partition an independent task over its [`share`] of the queries, which reads both
+    /// inputs and keeps only what its queries need; each partition sorted. For a cluster, whose
+    /// tasks run in different processes (a child is executed once per partition).
+    Shares,
+}
+
 /// The types of the output columns ([`OUTPUT_COLUMNS`], those of `sql/features.sql`); the key
 /// columns are `Utf8` or `Utf8View`, as the inputs give them, and `product_id` may be of any
 /// integer type instead (written as the input types it).
@@ -156,18 +172,20 @@ pub struct MergedFeatures {
     history: LogicalPlan,
     neighbours: LogicalPlan,
     params: MergeParams,
-    /// Output partitions of the operator.
+    /// Output partitions of the operator, and how they divide the queries.
     partitions: usize,
+    split: Split,
 }
 
 impl MergedFeatures {
     /// Reads `history` and `neighbours` from `ctx`; `schema` is the SQL `features` view's.
     /// `partitions`: the operator's output partitions (the session's target partitions, its
-    /// cores, if absent).
+    /// cores, if absent), divided as `split` says.
     pub async fn new(
         ctx: &SessionContext,
         params: &FeatureParams,
         partitions: Option<usize>,
+        split: Split,
         schema: SchemaRef,
     ) -> Result<Self> {
         check_schema(&schema)?;
@@ -188,6 +206,7 @@ impl MergedFeatures {
             neighbours,
             params: params.into(),
             partitions: partitions.max(1),
+            split,
         })
     }
 
@@ -198,6 +217,7 @@ impl MergedFeatures {
         neighbours: LogicalPlan,
         params: MergeParams,
         partitions: usize,
+        split: Split,
     ) -> Result<Self> {
         check_schema(&schema)?;
         Ok(MergedFeatures {
@@ -206,11 +226,16 @@ impl MergedFeatures {
             neighbours,
             params,
             partitions: partitions.max(1),
+            split,
         })
     }
 
     pub fn partitions(&self) -> usize {
         self.partitions
+    }
+
+    pub fn split(&self) -> Split {
+        self.split
     }
 }
 
@@ -238,6 +263,7 @@ impl TableProvider for MergedFeatures {
             neighbours,
             self.params,
             self.partitions,
+            self.split,
             Arc::clone(&self.schema),
         )?);
         match projection {
@@ -315,6 +341,7 @@ pub struct PriorMergeExec {
     neighbours: Arc<dyn ExecutionPlan>,
     params: MergeParams,
     partitions: usize,
+    split: Split,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
     /// Set on construction; read after a run.
@@ -340,12 +367,13 @@ struct Built {
 type SharedIndex = Shared<BoxFuture<'static, Result<Arc<Built>, Arc<DataFusionError>>>>;
 
 impl PriorMergeExec {
-    /// The operator with `partitions` output partitions (at least 1).
+    /// The operator with `partitions` output partitions (at least 1), divided as `split` says.
     pub fn try_new(
         history: Arc<dyn ExecutionPlan>,
         neighbours: Arc<dyn ExecutionPlan>,
         params: MergeParams,
         partitions: usize,
+        split: Split,
         schema: SchemaRef,
     ) -> Result<Self> {
         check_schema(&schema)?;
@@ -386,6 +414,7 @@ impl PriorMergeExec {
             neighbours,
             params,
             partitions,
+            split,
             properties: Arc::new(properties),
             metrics,
             measured,
@@ -401,12 +430,29 @@ impl PriorMergeExec {
         self.partitions
     }
 
-    /// The index build, started by the first partition to execute and awaited by all.
-    fn shared_index(&self, context: &Arc<TaskContext>) -> Result<SharedIndex> {
+    pub fn split(&self) -> Split {
+        self.split
+    }
+
+    /// The index partition `partition` reads: with [`Split::Ranges`] the one index, started by
+    /// the first partition to execute and awaited by all; with [`Split::Shares`] the partition's
+    /// own.
+    fn index_of(&self, partition: usize, context: &Arc<TaskContext>) -> Result<SharedIndex> {
+        // one share is the whole index
+        if self.split == Split::Shares && self.partitions > 1 {
+            return self.build_index(context, Some(partition));
+        }
         let mut built = self.built.lock().expect("no panic holds this lock");
         if let Some(shared) = &*built {
             return Ok(shared.clone());
         }
+        let shared = self.build_index(context, None)?;
+        *built = Some(shared.clone());
+        Ok(shared)
+    }
+
+    /// Starts building the index of every query (`share` absent) or of a share's queries.
+    fn build_index(&self, context: &Arc<TaskContext>, share: Option<usize>) -> Result<SharedIndex> {
         let history = execute_stream(Arc::clone(&self.history), Arc::clone(context))?;
         let neighbours = execute_stream(Arc::clone(&self.neighbours), Arc::clone(context))?;
         let pool = Arc::clone(context.memory_pool());
@@ -427,11 +473,45 @@ impl PriorMergeExec {
         };
         let (params, metrics) = (self.params, self.measured.clone());
         let workers = context.session_config().target_partitions();
-        let partitions = self.partitions;
+        let shares = self.partitions;
+        // the partitions that read this index
+        let partitions = if share.is_some() { 1 } else { self.partitions };
+        let share_memory = share.map(|i| {
+            MemoryConsumer::new(format!("PriorMergeExec[{i}] neighbour rows")).register(&pool)
+        });
         // its own task, so the build goes on whichever partition polls
         let task = SpawnedTask::spawn(async move {
-            let index =
+            let (history, neighbours) = match (share, share_memory) {
+                (Some(share), Some(reservation)) => {
+                    let start = std::time::Instant::now();
+                    let schema = neighbours.schema();
+                    let (kept, needed) = share::neighbours_of_share(
+                        neighbours,
+                        share,
+                        shares,
+                        params.min_score,
+                        reservation,
+                    )
+                    .await?;
+                    metrics.read_neighbours.add_elapsed(start);
+                    (
+                        share::history_of_share(history, share, shares, needed),
+                        kept.into_stream(schema),
+                    )
+                }
+                _ => (history, neighbours),
+            };
+            let mut index =
                 index::build(history, neighbours, &params, workers, &mut memory, &metrics).await?;
+            if let Some(share) = share {
+                index.emitted = Some(
+                    index
+                        .queries
+                        .iter()
+                        .map(|q| share::share_of(q, shares) == share)
+                        .collect(),
+                );
+            }
             let chunks = split::Chunks::new(&index);
             metrics
                 .history_rows_needed
@@ -460,7 +540,6 @@ impl PriorMergeExec {
         }
         .boxed()
         .shared();
-        *built = Some(shared.clone());
         Ok(shared)
     }
 
@@ -477,7 +556,7 @@ impl DisplayAs for PriorMergeExec {
             f,
             "PriorMergeExec: neighbour sets (top_k={}, min_score={}, weighting={:?}), prior as a \
              per-query merge of the neighbours' history, blend {} (gamma={}, beta={}, m={}); \
-             {} partitions, sorted ranges of query, each ordered by query, product_id",
+             {} partitions, {}, each ordered by query, product_id",
             p.top_k,
             p.min_score,
             p.prior_weighting,
@@ -485,7 +564,11 @@ impl DisplayAs for PriorMergeExec {
             p.gamma,
             p.beta,
             p.pseudo_impressions,
-            self.partitions
+            self.partitions,
+            match self.split {
+                Split::Ranges => "sorted ranges of query",
+                Split::Shares => "independent shares of query (by hash)",
+            }
         )
     }
 }
@@ -532,6 +615,7 @@ impl ExecutionPlan for PriorMergeExec {
             neighbours,
             self.params,
             self.partitions,
+            self.split,
             self.schema(),
         )?))
     }
@@ -560,9 +644,13 @@ impl ExecutionPlan for PriorMergeExec {
                 partition + 1
             );
         }
-        let shared = self.shared_index(&context)?;
+        let shared = self.index_of(partition, &context)?;
         let (params, schema, metrics) = (self.params, self.schema(), self.measured.clone());
-        let partitions = self.partitions;
+        // a share's index is read by its partition alone
+        let (partition, partitions) = match self.split {
+            Split::Ranges => (partition, self.partitions),
+            Split::Shares => (0, 1),
+        };
         let batch_size = context.session_config().batch_size();
         // Workers per partition: all cores, since a single-file sink reads the partitions one
         // after the other; a few chunks in flight each.

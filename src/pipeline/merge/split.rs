@@ -38,6 +38,9 @@ impl Chunks {
     pub fn new(index: &Index) -> Self {
         let n = index.queries.len() as u32;
         let work_of = |q: u32| -> usize {
+            if !index.is_emitted(q) {
+                return 1;
+            }
             let theirs: usize = index
                 .members_of(q)
                 .iter()
@@ -221,6 +224,7 @@ mod tests {
             member_offsets: (0..=n as usize).map(|q| 2 * q).collect(),
             members,
             weight_total: vec![2.0; n as usize],
+            emitted: None,
         }
     }
 

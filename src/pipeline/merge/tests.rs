@@ -1,7 +1,7 @@
 //! The merge operator under memory limits: spilled runs equal in-memory ones.
 use super::*;
 use crate::config::{Blend, PriorWeighting};
-use datafusion::arrow::array::{Float64Array, Int64Array, StringArray};
+use datafusion::arrow::array::{AsArray, Float64Array, Int64Array, StringArray};
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -70,6 +70,7 @@ fn params() -> MergeParams {
 async fn run(
     limit: Option<usize>,
     partitions: usize,
+    split: Split,
     concurrently: bool,
     queries: usize,
     workers: usize,
@@ -103,6 +104,7 @@ async fn run(
         neighbours,
         params(),
         partitions,
+        split,
         schema,
     )?);
     let task = ctx.task_ctx();
@@ -125,7 +127,9 @@ async fn run(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_a_limit_far_below_its_history_the_merge_spills_and_writes_the_same_batches() {
     let queries = 3000;
-    let (unlimited, free) = run(None, 1, false, queries, 2).await.unwrap();
+    let (unlimited, free) = run(None, 1, Split::Ranges, false, queries, 2)
+        .await
+        .unwrap();
     assert_eq!(free.spill.spill_file_count.value(), 0);
     let expected: Vec<RecordBatch> = unlimited.into_iter().flatten().collect();
     assert!(expected.iter().map(|b| b.num_rows()).sum::<usize>() > 100_000);
@@ -142,6 +146,7 @@ async fn under_a_limit_far_below_its_history_the_merge_spills_and_writes_the_sam
         let (out, m) = run(
             Some(limit),
             partitions,
+            Split::Ranges,
             concurrently,
             queries,
             partitions % 2 + 1,
@@ -178,8 +183,96 @@ async fn under_a_limit_far_below_its_history_the_merge_spills_and_writes_the_sam
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_too_small_for_the_strings_and_neighbour_sets_fails_clearly() {
-    let e = run(Some(200_000), 2, false, 3000, 2).await.unwrap_err();
+    let e = run(Some(200_000), 2, Split::Ranges, false, 3000, 2)
+        .await
+        .unwrap_err();
     let text = e.to_string();
     assert!(text.contains("raise --memory-limit"), "{text}");
     assert!(text.contains("neighbour sets"), "{text}");
+}
+
+/// `batches` as one batch sorted by (query, product_id).
+fn sorted(schema: &SchemaRef, batches: &[RecordBatch]) -> RecordBatch {
+    use datafusion::arrow::compute::{
+        SortColumn, concat_batches, lexsort_to_indices, take_record_batch,
+    };
+    let all = concat_batches(schema, batches).unwrap();
+    let keys: Vec<SortColumn> = (0..2)
+        .map(|i| SortColumn {
+            values: Arc::clone(all.column(i)),
+            options: None,
+        })
+        .collect();
+    let order = lexsort_to_indices(&keys, None).unwrap();
+    take_record_batch(&all, &order).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_hold_their_queries_only_and_together_equal_the_ranges() {
+    for (queries, limit, shares) in [
+        (3000, None, 1),
+        (3000, None, 2),
+        (3000, None, 3),
+        (3000, None, 7),
+        // more shares than queries: some are empty
+        (40, None, 64),
+        // each share spills its history (one at a time, as each task of a cluster has a pool
+        // of its own)
+        (3000, Some(2_000_000), 3),
+    ] {
+        let (ranges, whole) = run(None, 1, Split::Ranges, false, queries, 2)
+            .await
+            .unwrap();
+        let expected: Vec<RecordBatch> = ranges.into_iter().flatten().collect();
+        let schema = expected[0].schema();
+        let history_rows = whole.history_rows.value();
+        let (out, m) = run(limit, shares, Split::Shares, limit.is_none(), queries, 2)
+            .await
+            .unwrap();
+        assert_eq!(out.len(), shares);
+        for (i, part) in out.iter().enumerate() {
+            let keys: Vec<(String, String)> = part
+                .iter()
+                .flat_map(|b| {
+                    let (q, p) = (
+                        b.column(0).as_string::<i32>(),
+                        b.column(1).as_string::<i32>(),
+                    );
+                    (0..b.num_rows())
+                        .map(|r| (q.value(r).to_string(), p.value(r).to_string()))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            assert!(keys.is_sorted(), "share {i} of {shares} is sorted");
+            assert!(
+                keys.iter().all(|(q, _)| share::share_of(q, shares) == i),
+                "share {i} of {shares} holds only its queries"
+            );
+        }
+        let got: Vec<RecordBatch> = out.into_iter().flatten().collect();
+        assert_eq!(
+            sorted(&schema, &got),
+            sorted(&schema, &expected),
+            "{shares} shares (limit {limit:?}) give the rows of one index"
+        );
+        // each share holds its queries' history and its neighbours': at least the history once
+        let held = m.history_rows.value();
+        assert!(held >= history_rows, "{held} < {history_rows}");
+        assert!(m.history_rows_needed.value() <= held);
+        if shares == 1 {
+            assert_eq!(held, history_rows);
+        } else {
+            // at most every share of a query's 30 neighbour rows
+            assert!(
+                held <= history_rows * 31,
+                "{held} rows held by {shares} shares"
+            );
+        }
+        if limit.is_some() {
+            assert!(
+                m.spill.spill_file_count.value() >= shares,
+                "every share spilled"
+            );
+        }
+    }
 }
