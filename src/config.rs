@@ -544,12 +544,6 @@ impl JobConfig {
                  {MAX_MERGE_PARTITIONS}, got {n}"
             )));
         }
-        if let (Some(n @ 2..), Some(_)) = (self.execution.partitions, &self.execution.cluster) {
-            return Err(Error::config(format!(
-                "execution.partitions (--partitions) = {n} needs a local run: on a Ballista \
-                 cluster the merge stage runs as one task (docs/DISTRIBUTED.md); leave it out"
-            )));
-        }
         if let Some(url) = &self.execution.cluster {
             crate::cluster::parse_url(url)?;
         }

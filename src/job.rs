@@ -263,7 +263,15 @@ pub struct RunOptions {
 /// Where the rows go: one file (Parquet, CSV, NDJSON), or a Delta table.
 enum Destination {
     File(OutputLocation),
+    /// A folder of part files, one per partition of the plan (see [`sink::parts`]).
+    Parts(sink::parts::Staging),
     Delta(storage::Root),
+}
+
+/// An output that names a folder of parts: one ending in `/` (an existing folder named without
+/// it is refused, as it may not be the job's: see `sink::staging`).
+fn is_folder(output: &str) -> bool {
+    output.ends_with('/')
 }
 
 pub async fn run(config: &JobConfig, cancel: &CancellationToken) -> Result<JobSummary> {
@@ -359,6 +367,17 @@ async fn run_until(
         cancellable(cancel, sink::staging::prepare(&probe)).await?;
         cancellable(cancel, sink::delta::prepare(&root)).await?;
         Destination::Delta(root)
+    } else if is_folder(output) {
+        let root = storage::Root::open(ctx.runtime_env().as_ref(), output)?;
+        storage::refuse_overlap(
+            output,
+            true,
+            &[
+                (inputs::ENGAGEMENT, &engagement.uri),
+                (inputs::NEIGHBOURS, &neighbours.uri),
+            ],
+        )?;
+        Destination::Parts(cancellable(cancel, sink::parts::Staging::prepare(root)).await?)
     } else {
         let location = OutputLocation::resolve(ctx.runtime_env().as_ref(), output)?;
         // before any work: an unwritable destination fails now; dead runs' staging files go
@@ -449,9 +468,31 @@ async fn run_until(
         features = features.with_column(name, lit(value.clone()))?;
     }
     let task = Arc::new(features.task_ctx());
-    let plan =
-        pipeline::merge::concat::concat_sorted_ranges(features.create_physical_plan().await?)?;
+    let (plan, parts) = match &destination {
+        Destination::Parts(staging) => {
+            let written = write_parts(
+                &ctx,
+                features,
+                Arc::clone(&task),
+                staging,
+                format,
+                on_cluster,
+                cancel,
+            )
+            .await;
+            if written.is_err() {
+                staging.discard().await;
+            }
+            let (plan, parts) = written?;
+            (plan, Some(parts))
+        }
+        _ => (
+            pipeline::merge::concat::concat_sorted_ranges(features.create_physical_plan().await?)?,
+            None,
+        ),
+    };
     let written = match &destination {
+        Destination::Parts(_) => parts.expect("set for a parts destination"),
         Destination::File(location) => {
             let mut rows = 0u64;
             sink::write_plan_atomic(Arc::clone(&plan), task, location, format, cancel, |batch| {
@@ -498,6 +539,53 @@ async fn run_until(
     summary.total_time = start.elapsed();
     progress.finish_and_clear();
     Ok(summary)
+}
+
+/// Writes `features` as a folder of parts through `staging` and commits it: locally by this
+/// process (each partition of the plan one part), on a cluster by the executors (the client
+/// gets one report row per part). Returns the plan (for its metrics) and what was committed.
+async fn write_parts(
+    ctx: &SessionContext,
+    features: DataFrame,
+    task: Arc<datafusion::execution::TaskContext>,
+    staging: &sink::parts::Staging,
+    format: OutputFormat,
+    on_cluster: bool,
+    cancel: &CancellationToken,
+) -> Result<(
+    Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    WriteStats,
+)> {
+    use sink::parts::{PartsTable, PartsWriterExec, parts_of, without_final_merge};
+    let (plan, report) = if on_cluster {
+        let table = PartsTable {
+            input: features.logical_plan().clone(),
+            staging: staging.url.clone(),
+            format,
+        };
+        let report = ctx.read_table(Arc::new(table))?;
+        let plan = report.clone().create_physical_plan().await?;
+        let batches = cancellable(cancel, async {
+            Ok(datafusion::physical_plan::collect(Arc::clone(&plan), task).await?)
+        })
+        .await?;
+        (plan, batches)
+    } else {
+        let input = without_final_merge(features.create_physical_plan().await?);
+        let plan: Arc<dyn datafusion::physical_plan::ExecutionPlan> =
+            Arc::new(PartsWriterExec::new(input, staging.url.clone(), format));
+        let batches = cancellable(cancel, async {
+            Ok(datafusion::physical_plan::collect(Arc::clone(&plan), task).await?)
+        })
+        .await?;
+        (plan, batches)
+    };
+    let parts = parts_of(&report)?;
+    // every partition writes one part; on a cluster the writer's plan is the scheduler's
+    let expected = (!on_cluster).then(|| plan.properties().partitioning.partition_count());
+    // once every part is written the commit is not interrupted: a cancellation arrives too late
+    let written = staging.commit(parts, expected, format).await?;
+    Ok((plan, written))
 }
 
 /// Rows of the neighbour-set stage, and queries with a neighbour set (rank 1 rows).

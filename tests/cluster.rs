@@ -327,6 +327,97 @@ fn the_job_backfill_and_sql_on_two_executors_equal_the_local_run() {
     }
 }
 
+/// The pids of the writers `_SUCCESS` lists for a parts folder, part by part.
+fn part_writers(folder: &Path) -> Vec<u32> {
+    let listing: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join("_SUCCESS")).unwrap()).unwrap();
+    listing["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let writer = p["writer"].as_str().unwrap();
+            writer.rsplit_once(':').unwrap().1.parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn the_merge_stage_runs_as_tasks_on_both_executors_which_write_the_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (engagement, neighbours) = synth(dir, "3000");
+    let local = dir.join("local.parquet");
+    ok(&run_job(
+        &engagement,
+        &neighbours,
+        local.to_str().unwrap(),
+        &["--top-k", "10"],
+    ));
+    let expected = read_features(&local);
+    // one slot each: the four shares must spread over both
+    let cluster = start_cluster(dir, 2, 1);
+    let folder = dir.join("parts");
+    let uri = format!("{}/", folder.to_str().unwrap());
+    ok(&run_job(
+        &engagement,
+        &neighbours,
+        &uri,
+        &[
+            "--top-k",
+            "10",
+            "--partitions",
+            "4",
+            "--cluster",
+            &cluster.url,
+        ],
+    ));
+    // each share was computed and written by an executor, and both took part: the client got
+    // four report rows, never the features
+    let executors: Vec<u32> = cluster.executors.iter().map(|e| e.id()).collect();
+    let writers = part_writers(&folder);
+    assert_eq!(writers.len(), 4, "{writers:?}");
+    assert!(
+        writers.iter().all(|w| executors.contains(w)),
+        "{writers:?} vs {executors:?}"
+    );
+    for e in &executors {
+        assert!(
+            writers.contains(e),
+            "executor {e} wrote no part: {writers:?}"
+        );
+    }
+    // read together the parts are the local output; each is sorted
+    assert_same_features(&read_features(&folder), &expected);
+    for i in 0..4 {
+        let part =
+            common::read_features_in_file_order(&folder.join(format!("part-{i:05}.parquet")));
+        assert!(
+            part.windows(2)
+                .all(|w| (&w[0].query, &w[0].product_id) < (&w[1].query, &w[1].product_id)),
+            "part {i} is sorted"
+        );
+    }
+    // a file through the client from three shares: every row once (Ballista 55 ran every
+    // partition of a stage in each of its tasks when the operator's partitions did not come from
+    // a leaf, and the rows came back doubled)
+    let file = dir.join("three-shares.parquet");
+    ok(&run_job(
+        &engagement,
+        &neighbours,
+        file.to_str().unwrap(),
+        &[
+            "--top-k",
+            "10",
+            "--partitions",
+            "3",
+            "--cluster",
+            &cluster.url,
+        ],
+    ));
+    assert_same_features(&read_features(&file), &expected);
+}
+
 #[test]
 fn bad_cluster_urls_and_an_unreachable_scheduler_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
@@ -391,7 +482,8 @@ fn the_job_survives_losing_an_executor() {
     ));
 
     let mut cluster = start_cluster(dir, 2, 2);
-    let remote = dir.join("cluster.parquet");
+    // a folder of four parts, which the executors write
+    let remote = dir.join("cluster");
     let job = bin()
         .args([
             "run",
@@ -400,7 +492,9 @@ fn the_job_survives_losing_an_executor() {
             "--neighbours",
             &neighbours,
             "--output",
-            remote.to_str().unwrap(),
+            &format!("{}/", remote.to_str().unwrap()),
+            "--partitions",
+            "4",
             "--top-k",
             "10",
             "--cluster",
@@ -428,6 +522,21 @@ fn the_job_survives_losing_an_executor() {
         "the scheduler did not notice the loss:\n{scheduler}"
     );
     assert_same_features(&read_features(&remote), &read_features(&local));
+    // the survivor wrote what the lost one did not finish; nothing staged is left
+    let survivor_pid = cluster.executors[0].id();
+    let writers = part_writers(&remote);
+    assert_eq!(writers.len(), 4, "{writers:?}");
+    assert!(writers.contains(&survivor_pid), "{writers:?}");
+    let names: Vec<String> = std::fs::read_dir(&remote)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| n == "_SUCCESS" || n.starts_with("part-")),
+        "{names:?}"
+    );
 
     // losing the last executor fails the job clearly (after the scheduler's executor timeout,
     // its grace period for one to come back), writes nothing, and a rerun then succeeds

@@ -240,3 +240,107 @@ fn explain_shows_the_partitions_read_in_order() {
     assert!(plan.contains("PriorMergeExec"), "{plan}");
     assert!(!plan.contains("SortPreservingMergeExec"), "{plan}");
 }
+
+/// The parts of a folder output in their order, and what `_SUCCESS` lists.
+fn parts_of(folder: &Path) -> (Vec<PathBuf>, serde_json::Value) {
+    let mut parts: Vec<PathBuf> = std::fs::read_dir(folder)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("part-")
+        })
+        .collect();
+    parts.sort();
+    let listing = serde_json::from_slice(&std::fs::read(folder.join("_SUCCESS")).unwrap()).unwrap();
+    (parts, listing)
+}
+
+#[test]
+fn a_folder_output_is_one_part_per_partition_whose_concatenation_is_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, n) = synth(&dir.path().join("data"), "2000", "5", &[]);
+    let (e, n) = (e.to_str().unwrap(), n.to_str().unwrap());
+    let file = dir.path().join("features.parquet");
+    let out = run_job(e, n, file.to_str().unwrap(), &["--top-k", "10"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let expected = common::read_features_in_file_order(&file);
+    let folder = dir.path().join("features");
+    let uri = format!("{}/", folder.to_str().unwrap());
+    for n_parts in [3usize, 7, 2] {
+        let out = run_job(
+            e,
+            n,
+            &uri,
+            &["--top-k", "10", "--partitions", &n_parts.to_string()],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let (parts, listing) = parts_of(&folder);
+        // a rerun with fewer partitions leaves none of the previous run's extra parts
+        assert_eq!(parts.len(), n_parts, "{parts:?}");
+        assert_eq!(listing["parts"].as_array().unwrap().len(), n_parts);
+        let mut rows = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            assert_eq!(
+                part.file_name().unwrap().to_str().unwrap(),
+                format!("part-{i:05}.parquet")
+            );
+            let listed = &listing["parts"][i];
+            assert_eq!(listed["file"], format!("part-{i:05}.parquet"));
+            assert_eq!(
+                listed["bytes"].as_u64().unwrap(),
+                std::fs::metadata(part).unwrap().len()
+            );
+            let part_rows = common::read_features_in_file_order(part);
+            assert_eq!(listed["rows"].as_u64().unwrap(), part_rows.len() as u64);
+            rows.extend(part_rows);
+        }
+        // the parts are the sorted ranges: read in order, the file's rows
+        assert!(rows == expected, "{n_parts} parts differ from the file");
+        assert_eq!(listing["rows"].as_u64().unwrap(), expected.len() as u64);
+        // nothing staged is left
+        let names: Vec<String> = std::fs::read_dir(&folder)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| n == "_SUCCESS" || n.starts_with("part-")),
+            "{names:?}"
+        );
+    }
+
+    // a folder holding anything else is refused, untouched
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    let out = run_job(e, n, &format!("{}/", other.to_str().unwrap()), &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("notes.txt"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1);
+
+    // a run that fails (bad input) leaves the previous parts and nothing staged; a new folder
+    // is not created
+    let bad = common::write(
+        dir.path(),
+        "bad.csv",
+        "query,neighbour,score\nq,r,not-a-number\n",
+    );
+    let out = run_job(e, bad.to_str().unwrap(), &uri, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(parts_of(&folder).0.len(), 2);
+    assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 3);
+    let new = dir.path().join("new");
+    let out = run_job(
+        e,
+        bad.to_str().unwrap(),
+        &format!("{}/", new.to_str().unwrap()),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(!new.exists());
+}

@@ -151,8 +151,7 @@ pub async fn register_job_views(
 /// of their own) on a Ballista cluster.
 pub fn merge_partitions(execution: &ExecutionConfig) -> (Option<usize>, merge::Split) {
     match execution.cluster {
-        // one task until the cluster path with more is verified (docs/DISTRIBUTED.md)
-        Some(_) => (execution.partitions.or(Some(1)), merge::Split::Shares),
+        Some(_) => (execution.partitions, merge::Split::Shares),
         None => (execution.partitions, merge::Split::Ranges),
     }
 }

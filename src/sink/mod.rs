@@ -29,6 +29,7 @@ use crate::storage::OutputLocation;
 
 pub mod delta;
 mod parallel_parquet;
+pub mod parts;
 pub mod sha256_writer;
 pub mod staging;
 pub use parallel_parquet::ParallelParquetWriter;
@@ -43,6 +44,8 @@ pub struct WriteStats {
     pub sha256: String,
     /// The version a Delta commit created.
     pub delta_version: Option<u64>,
+    /// The part files of a folder output (empty for one file).
+    pub parts: Vec<parts::WrittenPart>,
 }
 
 /// Parquet settings for feature tables: zstd, and row groups large enough for fast scans.
@@ -167,8 +170,31 @@ async fn write_to(
         ));
     }
     let schema = plan.schema();
-    let mut stream = execute_stream(plan, task)?;
-    let upload = Sha256Writer::new(BufWriter::new(Arc::clone(&location.store), staging.clone()));
+    let stream = execute_stream(plan, task)?;
+    write_stream(
+        stream,
+        schema,
+        &location.store,
+        staging,
+        format,
+        cancel,
+        on_batch,
+    )
+    .await
+}
+
+/// Writes `stream`'s batches as one object at `path` of `store` in `format` (Parquet, CSV or
+/// NDJSON), complete or not at all: an error or a cancellation aborts the upload.
+pub async fn write_stream(
+    mut stream: datafusion::execution::SendableRecordBatchStream,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+    store: &Arc<dyn object_store::ObjectStore>,
+    path: &ObjectPath,
+    format: OutputFormat,
+    cancel: &CancellationToken,
+    on_batch: &mut impl FnMut(&RecordBatch),
+) -> Result<WriteStats> {
+    let upload = Sha256Writer::new(BufWriter::new(Arc::clone(store), path.clone()));
     let mut stats = WriteStats::default();
     match format {
         OutputFormat::Parquet => {
@@ -219,7 +245,7 @@ async fn write_to(
             stats.sha256 = upload.finish();
         }
     }
-    stats.bytes = location.store.head(staging).await?.size;
+    stats.bytes = store.head(path).await?.size;
     Ok(stats)
 }
 

@@ -106,6 +106,15 @@ fn is_leftover(file: &str, destination: &str, unchanged_for: Duration) -> bool {
     }
 }
 
+/// A staging folder (`name`, directly below a parts output) of a run that can no longer finish
+/// it; `meta` is one of the objects in it.
+pub fn is_leftover_folder(name: &str, destination: &str, meta: &object_store::ObjectMeta) -> bool {
+    let unchanged_for = (chrono::Utc::now() - meta.last_modified)
+        .to_std()
+        .unwrap_or_default();
+    is_leftover(name, destination, unchanged_for)
+}
+
 /// Before a job computes anything: fails (exit 2) when the destination cannot be written, and
 /// removes the staging files that dead runs left beside it (see the module documentation).
 pub async fn prepare(location: &OutputLocation) -> Result<()> {
@@ -136,7 +145,10 @@ fn check_local(location: &OutputLocation, dir: &Path) -> Result<()> {
     if let Some(name) = location.path.filename()
         && dir.join(name).is_dir()
     {
-        return Err(not_writable(location, "it is an existing folder"));
+        return Err(not_writable(
+            location,
+            "it is an existing folder (end it with / to write a folder of part files there)",
+        ));
     }
     let mut existing = dir;
     while !existing.exists() {

@@ -6,6 +6,10 @@
 //! - [`PhysicalCodec`] carries [`PriorMergeExec`] from the scheduler to the executors: its
 //!   parameters and output schema; its children are encoded by Ballista as any other plan.
 //!
+//! - The parts writer of a folder output ([`crate::sink::parts`]): its table from the client
+//!   (the input's logical plan, the staging folder, the format) and its operator to the
+//!   executors, which write the parts.
+//!
 //! Everything else goes to Ballista's own codecs, which both wrap. The client, the scheduler and
 //! every executor get them from [`crate::cluster`], so all three decode what the others encode.
 
@@ -27,10 +31,13 @@ use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConve
 use serde::{Deserialize, Serialize};
 
 use super::{MergeParams, MergedFeatures, PriorMergeExec, Split};
+use crate::sink::parts;
 
 /// Prefixes that tell our payloads from Ballista's (whose protobuf messages never start so).
 const TABLE_TAG: &[u8] = b"q2q-prior:MergedFeatures:3:";
 const EXEC_TAG: &[u8] = b"q2q-prior:PriorMergeExec:3:";
+const PARTS_TABLE_TAG: &[u8] = b"q2q-prior:PartsTable:1:";
+const PARTS_EXEC_TAG: &[u8] = b"q2q-prior:PartsWriterExec:1:";
 
 /// The table's payload after its tag: this header as one JSON line, then the two plans.
 #[derive(Debug, Serialize, Deserialize)]
@@ -104,6 +111,21 @@ impl LogicalExtensionCodec for LogicalCodec {
         schema: SchemaRef,
         ctx: &TaskContext,
     ) -> Result<Arc<dyn TableProvider>> {
+        if let Some(payload) = buf.strip_prefix(PARTS_TABLE_TAG) {
+            let end = payload
+                .iter()
+                .position(|b| *b == b'\n')
+                .ok_or_else(|| corrupt("parts table", "no header"))?;
+            let header: parts::TablePayload = serde_json::from_slice(&payload[..end])
+                .map_err(|e| corrupt("parts table header", e))?;
+            let input =
+                logical_plan_from_bytes_with_extension_codec(&payload[end + 1..], ctx, self)?;
+            return Ok(Arc::new(parts::PartsTable {
+                input,
+                staging: header.staging,
+                format: header.format,
+            }));
+        }
         let Some(payload) = buf.strip_prefix(TABLE_TAG) else {
             return self
                 .inner
@@ -138,6 +160,19 @@ impl LogicalExtensionCodec for LogicalCodec {
         node: Arc<dyn TableProvider>,
         buf: &mut Vec<u8>,
     ) -> Result<()> {
+        if let Some(table) = node.downcast_ref::<parts::PartsTable>() {
+            let input = logical_plan_to_bytes_with_extension_codec(&table.input, self)?;
+            let header = parts::TablePayload {
+                staging: table.staging.clone(),
+                format: table.format,
+            };
+            buf.extend_from_slice(PARTS_TABLE_TAG);
+            serde_json::to_writer(&mut *buf, &header)
+                .map_err(|e| corrupt("parts table header", e))?;
+            buf.push(b'\n');
+            buf.extend_from_slice(&input);
+            return Ok(());
+        }
         let Some(table) = node.downcast_ref::<MergedFeatures>() else {
             return self.inner.try_encode_table_provider(table_ref, node, buf);
         };
@@ -189,6 +224,18 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         ctx: &TaskContext,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        if let Some(payload) = buf.strip_prefix(PARTS_EXEC_TAG) {
+            let payload: parts::WriterPayload =
+                serde_json::from_slice(payload).map_err(|e| corrupt("parts writer", e))?;
+            let [input] = inputs else {
+                return internal_err!("PartsWriterExec has one child, not {}", inputs.len());
+            };
+            return Ok(Arc::new(parts::PartsWriterExec::new(
+                Arc::clone(input),
+                payload.staging,
+                payload.format,
+            )));
+        }
         let Some(payload) = buf.strip_prefix(EXEC_TAG) else {
             return self.inner.try_decode(buf, inputs, ctx, proto_converter);
         };
@@ -199,12 +246,20 @@ impl PhysicalExtensionCodec for PhysicalCodec {
             .iter()
             .map(|(name, t, nullable)| Ok(Field::new(name, type_of(t)?, *nullable)))
             .collect::<Result<Vec<_>>>()?;
-        let [history, neighbours] = inputs else {
-            return internal_err!("PriorMergeExec has two children, not {}", inputs.len());
+        let (history, neighbours, shares) = match inputs {
+            [history, neighbours] => (history, neighbours, None),
+            [history, neighbours, shares] => (history, neighbours, Some(Arc::clone(shares))),
+            _ => {
+                return internal_err!(
+                    "PriorMergeExec has two or three children, not {}",
+                    inputs.len()
+                );
+            }
         };
-        Ok(Arc::new(PriorMergeExec::try_new(
+        Ok(Arc::new(PriorMergeExec::with_children(
             Arc::clone(history),
             Arc::clone(neighbours),
+            shares,
             payload.params,
             payload.partitions,
             payload.split,
@@ -218,6 +273,15 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         buf: &mut Vec<u8>,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
+        if let Some(writer) = node.downcast_ref::<parts::PartsWriterExec>() {
+            let payload = parts::WriterPayload {
+                staging: writer.staging().to_string(),
+                format: writer.format(),
+            };
+            buf.extend_from_slice(PARTS_EXEC_TAG);
+            serde_json::to_writer(&mut *buf, &payload).map_err(|e| corrupt("parts writer", e))?;
+            return Ok(());
+        }
         let Some(exec) = node.downcast_ref::<PriorMergeExec>() else {
             return self.inner.try_encode(node, buf, proto_converter);
         };
@@ -301,7 +365,12 @@ mod tests {
             .try_encode(Arc::clone(&exec), &mut buf, &converter)
             .unwrap();
         let ctx = TaskContext::default();
-        let inputs = [child(0), child(1)];
+        // the shares leaf travels as any other child, through Ballista's codec
+        let inputs = [
+            child(0),
+            child(1),
+            super::super::share::numbering(5).unwrap(),
+        ];
         let back = codec.try_decode(&buf, &inputs, &ctx, &converter).unwrap();
         let back = back.downcast_ref::<PriorMergeExec>().unwrap();
         assert_eq!(*back.params(), params);

@@ -35,6 +35,8 @@ pub struct Emitter {
     end_query: usize,
     contributions: Vec<Contribution>,
     columns: Columns,
+    /// With shares: the output partition whose queries are written ([`Index::is_emitted`]).
+    partition: Option<u32>,
 }
 
 /// A string column being built, of the type the schema asks for.
@@ -209,7 +211,15 @@ impl Emitter {
             next_query: queries.start as usize,
             end_query: (queries.end as usize).min(index.queries.len()),
             contributions: Vec::new(),
+            partition: None,
         }
+    }
+
+    /// Writes only the queries of output partition `partition` of a shared index (`None`:
+    /// every query the index writes).
+    pub fn for_partition(mut self, partition: Option<u32>) -> Self {
+        self.partition = partition;
+        self
     }
 
     /// Every batch of the range at once.
@@ -235,7 +245,7 @@ impl Emitter {
     }
 
     fn emit_query(&mut self, index: &Index, history: &History, query: u32) {
-        if !index.is_emitted(query) {
+        if !index.is_emitted(query, self.partition) {
             return; // another share's query, here for its history
         }
         let own = history.of(query);

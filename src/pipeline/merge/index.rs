@@ -91,6 +91,9 @@ pub enum Stored {
     Spilled(Spilled),
 }
 
+/// In [`Index::emitted`]: a query no partition of this index writes.
+pub const NOT_EMITTED: u32 = u32::MAX;
+
 /// Everything the merge needs, ids in byte order of their strings.
 pub struct Index {
     /// Query strings by id.
@@ -105,9 +108,10 @@ pub struct Index {
     pub member_offsets: Vec<usize>,
     /// The prior's divisor per query (|C_q|, or the sum of kept scores).
     pub weight_total: Vec<f64>,
-    /// The queries whose rows are written, by id, when not all are: a share's own queries (the
-    /// others are there for their history only; see [`super::share`]).
-    pub emitted: Option<Vec<bool>>,
+    /// With shares: the output partition that writes each query's rows, by id ([`NOT_EMITTED`]
+    /// for the queries of other tasks' shares, there for their history only; see
+    /// [`super::share`]). `None`: every query, in whichever partition holds it.
+    pub emitted: Option<Vec<u32>>,
 }
 
 impl Index {
@@ -116,11 +120,13 @@ impl Index {
         self.history_lens[query as usize] as usize
     }
 
-    /// Whether `query`'s rows are written.
-    pub fn is_emitted(&self, query: u32) -> bool {
-        self.emitted
-            .as_ref()
-            .is_none_or(|emitted| emitted[query as usize])
+    /// Whether `query`'s rows are written by output partition `partition` (`None`: by any).
+    pub fn is_emitted(&self, query: u32, partition: Option<u32>) -> bool {
+        match (&self.emitted, partition) {
+            (None, _) => true,
+            (Some(emitted), Some(p)) => emitted[query as usize] == p,
+            (Some(emitted), None) => emitted[query as usize] != NOT_EMITTED,
+        }
     }
 
     pub fn members_of(&self, query: u32) -> &[Member] {

@@ -339,7 +339,13 @@ impl MergeMetrics {
 pub struct PriorMergeExec {
     history: Arc<dyn ExecutionPlan>,
     neighbours: Arc<dyn ExecutionPlan>,
+    /// With [`Split::Shares`]: a leaf with one partition per share, whose one row is the
+    /// share's number ([`share::numbering`]). The operator's partitions are this child's, so a
+    /// Ballista scheduler that restricts a task to its slice of the leaves' partitions hands
+    /// the task exactly its shares (the other inputs are read whole: `SinglePartition`).
+    shares: Option<Arc<dyn ExecutionPlan>>,
     params: MergeParams,
+    /// The operator's partitions, or with shares their number in all (each task may run a few).
     partitions: usize,
     split: Split,
     properties: Arc<PlanProperties>,
@@ -376,9 +382,31 @@ impl PriorMergeExec {
         split: Split,
         schema: SchemaRef,
     ) -> Result<Self> {
+        let shares = match split {
+            Split::Shares => Some(share::numbering(partitions)?),
+            Split::Ranges => None,
+        };
+        Self::with_children(
+            history, neighbours, shares, params, partitions, split, schema,
+        )
+    }
+
+    /// [`Self::try_new`] with the shares leaf given (as a codec or a restricted plan has it).
+    pub fn with_children(
+        history: Arc<dyn ExecutionPlan>,
+        neighbours: Arc<dyn ExecutionPlan>,
+        shares: Option<Arc<dyn ExecutionPlan>>,
+        params: MergeParams,
+        partitions: usize,
+        split: Split,
+        schema: SchemaRef,
+    ) -> Result<Self> {
         check_schema(&schema)?;
         if partitions == 0 {
             return plan_err!("PriorMergeExec needs at least one partition");
+        }
+        if (split == Split::Shares) != shares.is_some() {
+            return plan_err!("PriorMergeExec: a shares leaf exactly when split by shares");
         }
         let integers = |s: &SchemaRef| {
             s.fields()
@@ -401,9 +429,13 @@ impl PriorMergeExec {
             PhysicalSortExpr::new(Arc::new(Column::new("query", 0)), ascending),
             PhysicalSortExpr::new(Arc::new(Column::new("product_id", 1)), ascending),
         ]);
+        let output_partitions = match &shares {
+            Some(leaf) => leaf.properties().partitioning.partition_count(),
+            None => partitions,
+        };
         let properties = PlanProperties::new(
             eq,
-            Partitioning::UnknownPartitioning(partitions),
+            Partitioning::UnknownPartitioning(output_partitions),
             EmissionType::Final,
             Boundedness::Bounded,
         );
@@ -412,6 +444,7 @@ impl PriorMergeExec {
         Ok(PriorMergeExec {
             history,
             neighbours,
+            shares,
             params,
             partitions,
             split,
@@ -434,25 +467,38 @@ impl PriorMergeExec {
         self.split
     }
 
-    /// The index partition `partition` reads: with [`Split::Ranges`] the one index, started by
-    /// the first partition to execute and awaited by all; with [`Split::Shares`] the partition's
-    /// own.
-    fn index_of(&self, partition: usize, context: &Arc<TaskContext>) -> Result<SharedIndex> {
-        // one share is the whole index
-        if self.split == Split::Shares && self.partitions > 1 {
-            return self.build_index(context, Some(partition));
-        }
+    /// The index the partitions read, started by the first partition to execute and awaited by
+    /// all (a child is executed once: a file scan's partitions share one queue of files, so a
+    /// second execution would find it empty). With [`Split::Shares`] it holds the shares of this
+    /// operator's partitions only (on a cluster, the task's slice), output partition k writing
+    /// the k-th.
+    fn index_of(&self, context: &Arc<TaskContext>) -> Result<SharedIndex> {
         let mut built = self.built.lock().expect("no panic holds this lock");
         if let Some(shared) = &*built {
             return Ok(shared.clone());
         }
-        let shared = self.build_index(context, None)?;
+        let shares = match &self.shares {
+            // one share is the whole index
+            Some(leaf) if self.partitions > 1 => {
+                let numbers = (0..leaf.properties().partitioning.partition_count())
+                    .map(|k| Ok(share::number_of(leaf.execute(k, Arc::clone(context))?)))
+                    .collect::<Result<Vec<_>>>()?;
+                Some(futures::future::try_join_all(numbers).boxed())
+            }
+            _ => None,
+        };
+        let shared = self.build_index(context, shares)?;
         *built = Some(shared.clone());
         Ok(shared)
     }
 
-    /// Starts building the index of every query (`share` absent) or of a share's queries.
-    fn build_index(&self, context: &Arc<TaskContext>, share: Option<usize>) -> Result<SharedIndex> {
+    /// Starts building the index of every query (`shares` absent) or of some shares' queries
+    /// (their numbers, once known, in the order of the output partitions).
+    fn build_index(
+        &self,
+        context: &Arc<TaskContext>,
+        share: Option<BoxFuture<'static, Result<Vec<usize>>>>,
+    ) -> Result<SharedIndex> {
         let history = execute_stream(Arc::clone(&self.history), Arc::clone(context))?;
         let neighbours = execute_stream(Arc::clone(&self.neighbours), Arc::clone(context))?;
         let pool = Arc::clone(context.memory_pool());
@@ -475,42 +521,40 @@ impl PriorMergeExec {
         let workers = context.session_config().target_partitions();
         let shares = self.partitions;
         // the partitions that read this index
+        // the partitions that cut the index into ranges (shares: one range, each partition
+        // writing its share's queries)
         let partitions = if share.is_some() { 1 } else { self.partitions };
-        let share_memory = share.map(|i| {
-            MemoryConsumer::new(format!("PriorMergeExec[{i}] neighbour rows")).register(&pool)
-        });
         // its own task, so the build goes on whichever partition polls
         let task = SpawnedTask::spawn(async move {
-            let (history, neighbours) = match (share, share_memory) {
-                (Some(share), Some(reservation)) => {
+            let mine = match share {
+                Some(numbers) => Some(Arc::new(share::Mine::new(numbers.await?, shares))),
+                None => None,
+            };
+            let (history, neighbours) = match &mine {
+                Some(mine) => {
+                    let reservation = MemoryConsumer::new("PriorMergeExec shares' neighbour rows")
+                        .register(&pool);
                     let start = std::time::Instant::now();
                     let schema = neighbours.schema();
                     let (kept, needed) = share::neighbours_of_share(
                         neighbours,
-                        share,
-                        shares,
+                        Arc::clone(mine),
                         params.min_score,
                         reservation,
                     )
                     .await?;
                     metrics.read_neighbours.add_elapsed(start);
                     (
-                        share::history_of_share(history, share, shares, needed),
+                        share::history_of_share(history, Arc::clone(mine), needed),
                         kept.into_stream(schema),
                     )
                 }
-                _ => (history, neighbours),
+                None => (history, neighbours),
             };
             let mut index =
                 index::build(history, neighbours, &params, workers, &mut memory, &metrics).await?;
-            if let Some(share) = share {
-                index.emitted = Some(
-                    index
-                        .queries
-                        .iter()
-                        .map(|q| share::share_of(q, shares) == share)
-                        .collect(),
-                );
+            if let Some(mine) = &mine {
+                index.emitted = Some(index.queries.iter().map(|q| mine.partition_of(q)).collect());
             }
             let chunks = split::Chunks::new(&index);
             metrics
@@ -583,7 +627,9 @@ impl ExecutionPlan for PriorMergeExec {
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.history, &self.neighbours]
+        let mut children = vec![&self.history, &self.neighbours];
+        children.extend(&self.shares);
+        children
     }
 
     /// Each child as one partition: the operator reads all of both. Locally that is the coalesce
@@ -591,7 +637,12 @@ impl ExecutionPlan for PriorMergeExec {
     /// output the operator's single task reads (a multi-partition child would hand that task
     /// only its partition's share of the shuffle).
     fn required_input_distribution(&self) -> Vec<Distribution> {
-        vec![Distribution::SinglePartition; 2]
+        let mut required = vec![Distribution::SinglePartition; 2];
+        if self.shares.is_some() {
+            // a task's slice of the shares
+            required.push(Distribution::UnspecifiedDistribution);
+        }
+        required
     }
 
     fn apply_expressions(
@@ -606,13 +657,19 @@ impl ExecutionPlan for PriorMergeExec {
         children: Vec<Arc<dyn ExecutionPlan>>,
         _options: datafusion::physical_plan::ReplaceChildrenOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let [history, neighbours]: [Arc<dyn ExecutionPlan>; 2] = match children.try_into() {
-            Ok(children) => children,
-            Err(_) => return internal_err!("PriorMergeExec has two children"),
+        let mut children = children.into_iter();
+        let (Some(history), Some(neighbours), shares, None) = (
+            children.next(),
+            children.next(),
+            children.next(),
+            children.next(),
+        ) else {
+            return internal_err!("PriorMergeExec has two children (three with shares)");
         };
-        Ok(Arc::new(PriorMergeExec::try_new(
+        Ok(Arc::new(PriorMergeExec::with_children(
             history,
             neighbours,
+            shares,
             self.params,
             self.partitions,
             self.split,
@@ -644,12 +701,13 @@ impl ExecutionPlan for PriorMergeExec {
                 partition + 1
             );
         }
-        let shared = self.index_of(partition, &context)?;
+        let shared = self.index_of(&context)?;
         let (params, schema, metrics) = (self.params, self.schema(), self.measured.clone());
-        // a share's index is read by its partition alone
-        let (partition, partitions) = match self.split {
-            Split::Ranges => (partition, self.partitions),
-            Split::Shares => (0, 1),
+        // a shared index of shares is one range, which each partition reads for its share
+        let (partition, partitions, only) = match (self.split, self.partitions) {
+            (Split::Shares, 2..) => (0, 1, Some(partition as u32)),
+            (Split::Shares, _) => (0, 1, None),
+            (Split::Ranges, _) => (partition, self.partitions, None),
         };
         let batch_size = context.session_config().batch_size();
         // Workers per partition: all cores, since a single-file sink reads the partitions one
@@ -664,6 +722,7 @@ impl ExecutionPlan for PriorMergeExec {
             metrics,
             batch_size,
             workers,
+            partition: only,
         };
         let batches = futures::stream::once(shared)
             .map_err(DataFusionError::Shared)

@@ -73,6 +73,8 @@ pub(super) struct Emit {
     pub metrics: MergeMetrics,
     pub batch_size: usize,
     pub workers: usize,
+    /// With shares: the output partition whose queries this emits (see `Index::emitted`).
+    pub partition: Option<u32>,
 }
 
 impl Emit {
@@ -105,7 +107,8 @@ impl Emit {
                                 this.params,
                                 Arc::clone(&this.schema),
                                 this.batch_size,
-                            );
+                            )
+                            .for_partition(this.partition);
                             current = Some((chunk, emitter));
                         }
                         let (_, emitter) = current.as_mut().expect("set above");
@@ -136,6 +139,7 @@ impl Emit {
                         this.schema,
                         this.batch_size,
                     )
+                    .for_partition(this.partition)
                     .all_batches(&built.index, &held.history);
                     timer.done();
                     batches

@@ -17,16 +17,18 @@ use std::cmp::Ordering;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::filter_record_batch;
-use datafusion::arrow::datatypes::{DataType, Float64Type};
+use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, UInt32Type};
 use datafusion::common::{DataFusionError, Result};
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::memory_pool::MemoryReservation;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
-use super::index::{numbers, strings};
+use super::index::{NOT_EMITTED, numbers, strings};
 
 /// The share of `shares` that query `key` belongs to: FNV-1a (64-bit) of its UTF-8 bytes, modulo
 /// `shares`. Fixed, so that every process (client, scheduler, executors, of any build of this
@@ -38,6 +40,77 @@ pub fn share_of(key: &str, shares: usize) -> usize {
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     (hash % shares.max(1) as u64) as usize
+}
+
+/// The leaf that numbers the shares: `shares` partitions, partition k one row holding k (column
+/// `share`, UInt32). A scheduler that gives each task a slice of the leaves' partitions gives it
+/// the rows of its shares with them.
+pub fn numbering(shares: usize) -> Result<Arc<dyn ExecutionPlan>> {
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "share",
+        DataType::UInt32,
+        false,
+    )]));
+    let partitions = (0..shares)
+        .map(|k| {
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![Arc::new(UInt32Array::from(vec![k as u32]))],
+            )
+            .map(|batch| vec![batch])
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(MemorySourceConfig::try_new_exec(&partitions, schema, None)?)
+}
+
+/// The share number a partition of [`numbering`] holds.
+pub fn number_of(
+    mut partition: SendableRecordBatchStream,
+) -> futures::future::BoxFuture<'static, Result<usize>> {
+    async move {
+        while let Some(batch) = partition.next().await {
+            let batch = batch?;
+            if let Some(numbers) = batch.column(0).as_primitive_opt::<UInt32Type>()
+                && !numbers.is_empty()
+            {
+                return Ok(numbers.value(0) as usize);
+            }
+        }
+        Err(DataFusionError::Internal(
+            "PriorMergeExec: a partition of the shares leaf holds no share number".into(),
+        ))
+    }
+    .boxed()
+}
+
+/// The shares one operator instance computes (on a cluster, its task's slice), and for each
+/// share the output partition that writes it.
+pub struct Mine {
+    shares: usize,
+    /// By share number: the output partition, or [`NOT_EMITTED`] for another task's share.
+    partition: Vec<u32>,
+}
+
+impl Mine {
+    /// `numbers[k]` is output partition k's share, of `shares`.
+    pub fn new(numbers: Vec<usize>, shares: usize) -> Self {
+        let mut partition = vec![NOT_EMITTED; shares.max(1)];
+        for (k, &n) in numbers.iter().enumerate() {
+            if let Some(slot) = partition.get_mut(n) {
+                *slot = k as u32;
+            }
+        }
+        Mine { shares, partition }
+    }
+
+    /// The output partition that writes `query`'s rows, or [`NOT_EMITTED`].
+    pub fn partition_of(&self, query: &str) -> u32 {
+        self.partition[share_of(query, self.shares)]
+    }
+
+    fn owns(&self, query: &str) -> bool {
+        self.partition_of(query) != NOT_EMITTED
+    }
 }
 
 /// The neighbours a share's queries name, which its history must include.
@@ -57,16 +130,16 @@ fn too_big(e: DataFusionError, shares: usize) -> DataFusionError {
     ))
 }
 
-/// Reads `neighbours` (query, neighbour, score) and keeps the rows of `share`'s queries; returns
+/// Reads `neighbours` (query, neighbour, score) and keeps the rows of `mine`'s queries; returns
 /// them with the neighbours they name (in rows that pass `min_score`, not self-pairs). Their memory is taken from `reservation`, and given back
 /// as the index build consumes them.
 pub async fn neighbours_of_share(
     mut neighbours: SendableRecordBatchStream,
-    share: usize,
-    shares: usize,
+    mine: Arc<Mine>,
     min_score: f64,
     reservation: MemoryReservation,
 ) -> Result<(ShareNeighbours, Needed)> {
+    let shares = mine.shares;
     let mut batches = Vec::new();
     let mut needed: HashSet<Box<str>> = HashSet::new();
     while let Some(batch) = neighbours.next().await {
@@ -75,7 +148,7 @@ pub async fn neighbours_of_share(
         let query = query.as_string::<i32>();
         // a null query fails the neighbour-set stage's filters: nothing to keep
         let keep: BooleanArray = (0..batch.num_rows())
-            .map(|i| Some(query.is_valid(i) && share_of(query.value(i), shares) == share))
+            .map(|i| Some(query.is_valid(i) && mine.owns(query.value(i))))
             .collect();
         let kept = filter_record_batch(&batch, &keep)?;
         if kept.num_rows() == 0 {
@@ -98,7 +171,7 @@ pub async fn neighbours_of_share(
             }
         }
         reservation
-            .try_grow(kept.get_array_memory_size() + added)
+            .try_grow(rows_bytes(&kept)? + added)
             .map_err(|e| too_big(e, shares))?;
         batches.push(kept);
     }
@@ -109,6 +182,20 @@ pub async fn neighbours_of_share(
         },
         Arc::new(needed),
     ))
+}
+
+/// The bytes of a batch of neighbour rows: its strings and numbers (a filtered batch may share
+/// its input's buffers, whose whole size `get_array_memory_size` would count for each).
+fn rows_bytes(batch: &RecordBatch) -> Result<usize> {
+    let mut bytes = batch.num_rows() * (size_of::<f64>() + 2 * size_of::<i32>());
+    for column in 0..2 {
+        let strings = strings(batch, column)?;
+        let offsets = strings.as_string::<i32>().value_offsets();
+        if let (Some(first), Some(last)) = (offsets.first(), offsets.last()) {
+            bytes += (last - first) as usize;
+        }
+    }
+    Ok(bytes)
 }
 
 impl ShareNeighbours {
@@ -125,7 +212,8 @@ impl ShareNeighbours {
             (batches.into_iter(), reservation),
             |(mut batches, reservation)| async move {
                 let batch = batches.next()?;
-                reservation.shrink(batch.get_array_memory_size().min(reservation.size()));
+                let bytes = rows_bytes(&batch).unwrap_or(0);
+                reservation.shrink(bytes.min(reservation.size()));
                 Some((Ok(batch), (batches, reservation)))
             },
         );
@@ -133,13 +221,12 @@ impl ShareNeighbours {
     }
 }
 
-/// `history` (query first) reduced to the rows of `share`'s queries and of the `needed`
+/// `history` (query first) reduced to the rows of `mine`'s queries and of the `needed`
 /// neighbours. Rows with a null query are kept, so that the index build reports them as it does
 /// without shares.
 pub fn history_of_share(
     history: SendableRecordBatchStream,
-    share: usize,
-    shares: usize,
+    mine: Arc<Mine>,
     needed: Needed,
 ) -> SendableRecordBatchStream {
     let schema = history.schema();
@@ -151,7 +238,7 @@ pub fn history_of_share(
             .map(|i| {
                 Some(
                     query.is_null(i)
-                        || share_of(query.value(i), shares) == share
+                        || mine.owns(query.value(i))
                         || needed.contains(query.value(i)),
                 )
             })

@@ -38,7 +38,7 @@ impl Chunks {
     pub fn new(index: &Index) -> Self {
         let n = index.queries.len() as u32;
         let work_of = |q: u32| -> usize {
-            if !index.is_emitted(q) {
+            if !index.is_emitted(q, None) {
                 return 1;
             }
             let theirs: usize = index

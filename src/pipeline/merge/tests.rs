@@ -216,9 +216,8 @@ async fn shares_hold_their_queries_only_and_together_equal_the_ranges() {
         (3000, None, 7),
         // more shares than queries: some are empty
         (40, None, 64),
-        // each share spills its history (one at a time, as each task of a cluster has a pool
-        // of its own)
-        (3000, Some(2_000_000), 3),
+        // the history spills (the neighbour rows of the shares stay in memory)
+        (3000, Some(6_000_000), 3),
     ] {
         let (ranges, whole) = run(None, 1, Split::Ranges, false, queries, 2)
             .await

@@ -1,0 +1,599 @@
+//! A folder of part files (`-o folder/`, and every `run` on a cluster): each partition of the
+//! plan is written as one part where it runs — by the executors on a Ballista cluster, so the
+//! client never receives the rows — and the client commits the folder.
+//!
+//! ```text
+//! out/features/
+//!   _q2q_staging.<machine>.<pid>.<start>.<nanos>.parts.partial/part-00000.parquet ...  (a run)
+//!   part-00000.parquet  part-00001.parquet ...                                       (committed)
+//!   _SUCCESS                                                                          (committed)
+//! ```
+//!
+//! The protocol:
+//!
+//! 1. **Prepare** (client, before any work): the destination is a new folder, or one that holds
+//!    only a previous run's parts and `_SUCCESS` (anything else is refused: exit 2, untouched).
+//!    Staging folders of dead runs are removed (as [`super::staging`] does for files).
+//! 2. **Write** ([`PartsWriterExec`], one task per partition): partition i streams its rows
+//!    into `<staging>/part-<i>.<ext>`, an object that appears only complete (a multipart upload,
+//!    or a local temp file renamed); a task Ballista reruns writes the same object again, whole.
+//!    Each task returns one row: its part, rows, bytes, SHA-256 and who wrote it.
+//! 3. **Commit** (client, once every task has succeeded): every part 0..N is checked to be
+//!    there with the size its writer reported; `_SUCCESS` is deleted; each part is moved onto
+//!    `part-<i>.<ext>` (a rename locally, a server-side copy on object stores), replacing the
+//!    previous run's part of that number; the previous run's parts numbered N and up are
+//!    deleted; `_SUCCESS` is written (a JSON list of the parts); the staging folder is removed.
+//! 4. **On failure** (a task failed for good, bad input, Ctrl-C, a timeout) the staging folder
+//!    is removed and the destination is as it was; a folder this run created is removed.
+//!
+//! So a reader that waits for `_SUCCESS` (Spark, Hadoop, Airflow sensors) sees only complete
+//! outputs, and a part file is never partial. A reader that lists the folder during step 3 can
+//! see some parts of the new run beside some of the old one: where that matters, write a Delta
+//! table (`--format delta`), whose commit is one put.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{RecordBatch, StringArray, UInt32Array, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, internal_err};
+use datafusion::execution::TaskContext;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::{Expr, LogicalPlan, TableType};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjectPath;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::WriteStats;
+use crate::config::OutputFormat;
+use crate::error::{Error, Result};
+use crate::storage::Root;
+
+/// The marker of a committed folder (the Hadoop convention), holding the list of its parts.
+pub const SUCCESS: &str = "_SUCCESS";
+
+/// The destination name in staging folders' names (see [`super::staging`]).
+const STAGED: &str = "parts";
+
+/// The file name of part `part`.
+pub fn part_name(part: usize, format: OutputFormat) -> String {
+    format!("part-{part:05}.{}", extension(format))
+}
+
+fn extension(format: OutputFormat) -> &'static str {
+    match format {
+        OutputFormat::Csv => "csv",
+        OutputFormat::Json => "json",
+        _ => "parquet",
+    }
+}
+
+/// The part number of a committed part's file name, if it is one.
+fn part_number(name: &str) -> Option<usize> {
+    let rest = name.strip_prefix("part-")?;
+    let (digits, ext) = rest.split_once('.')?;
+    (digits.len() >= 5
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && ["parquet", "csv", "json"].contains(&ext))
+    .then(|| digits.parse().ok())
+    .flatten()
+}
+
+/// One part as its writer reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrittenPart {
+    /// The partition its writer wrote (on a cluster each task's own numbering, from 0).
+    pub part: usize,
+    /// The file's name: in the staging folder, unique to its writer (`part-00000-<writer's
+    /// pid>-<nanos>.parquet`); once committed, its place in the folder (`part-00000.parquet`).
+    pub file: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub sha256: String,
+    /// Who wrote it: `<host>:<pid>` of the executor (or of the client, locally).
+    pub writer: String,
+}
+
+/// What each writing task returns: one row per part.
+pub fn report_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("part", DataType::UInt32, false),
+        Field::new("file", DataType::Utf8, false),
+        Field::new("rows", DataType::UInt64, false),
+        Field::new("bytes", DataType::UInt64, false),
+        Field::new("sha256", DataType::Utf8, false),
+        Field::new("writer", DataType::Utf8, false),
+    ]))
+}
+
+/// The parts in `batches` (rows of [`report_schema`]).
+pub fn parts_of(batches: &[RecordBatch]) -> Result<Vec<WrittenPart>> {
+    let mut parts = Vec::new();
+    for batch in batches {
+        let column = |i: usize| batch.column(i).as_any();
+        let (Some(part), Some(file), Some(rows), Some(bytes), Some(sha), Some(writer)) = (
+            column(0).downcast_ref::<UInt32Array>(),
+            column(1).downcast_ref::<StringArray>(),
+            column(2).downcast_ref::<UInt64Array>(),
+            column(3).downcast_ref::<UInt64Array>(),
+            column(4).downcast_ref::<StringArray>(),
+            column(5).downcast_ref::<StringArray>(),
+        ) else {
+            return Err(Error::DataFusion(DataFusionError::Internal(
+                "the part writers' report has other columns".into(),
+            )));
+        };
+        for i in 0..batch.num_rows() {
+            parts.push(WrittenPart {
+                part: part.value(i) as usize,
+                file: file.value(i).to_string(),
+                rows: rows.value(i),
+                bytes: bytes.value(i),
+                sha256: sha.value(i).to_string(),
+                writer: writer.value(i).to_string(),
+            });
+        }
+    }
+    Ok(parts)
+}
+
+/// The plan's partitions as they are, when its root only merges sorted partitions into one:
+/// each part is then one sorted partition (the merge plan's ranges, read in order, are the
+/// sorted output; its shares are each sorted).
+pub fn without_final_merge(plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+    match plan.downcast_ref::<SortPreservingMergeExec>() {
+        Some(merge) if merge.fetch().is_none() => Arc::clone(merge.input()),
+        _ => plan,
+    }
+}
+
+/// Writes each partition of its input as one part file into a staging folder; one report row
+/// per partition. See the module documentation.
+#[derive(Debug)]
+pub struct PartsWriterExec {
+    input: Arc<dyn ExecutionPlan>,
+    /// The staging folder's URL, with a trailing slash.
+    staging: String,
+    format: OutputFormat,
+    properties: Arc<PlanProperties>,
+}
+
+impl PartsWriterExec {
+    pub fn new(input: Arc<dyn ExecutionPlan>, staging: String, format: OutputFormat) -> Self {
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(report_schema()),
+            Partitioning::UnknownPartitioning(input.properties().partitioning.partition_count()),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        PartsWriterExec {
+            input,
+            staging,
+            format,
+            properties: Arc::new(properties),
+        }
+    }
+
+    pub fn staging(&self) -> &str {
+        &self.staging
+    }
+
+    pub fn format(&self) -> OutputFormat {
+        self.format
+    }
+}
+
+impl DisplayAs for PartsWriterExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "PartsWriterExec: each partition as one {} part in {}",
+            self.format,
+            crate::redact::text(&self.staging)
+        )
+    }
+}
+
+impl ExecutionPlan for PartsWriterExec {
+    fn name(&self) -> &str {
+        "PartsWriterExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> datafusion::common::Result<TreeNodeRecursion>,
+    ) -> datafusion::common::Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        let [input]: [Arc<dyn ExecutionPlan>; 1] = match children.try_into() {
+            Ok(children) => children,
+            Err(_) => return internal_err!("PartsWriterExec has one child"),
+        };
+        Ok(Arc::new(PartsWriterExec::new(
+            input,
+            self.staging.clone(),
+            self.format,
+        )))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> datafusion::common::Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, Arc::clone(&context))?;
+        let schema = self.input.schema();
+        let url = url::Url::parse(&self.staging)
+            .map_err(|e| DataFusionError::Plan(format!("bad staging folder URL: {e}")))?;
+        let store = context
+            .runtime_env()
+            .object_store(ObjectStoreUrl::parse(&url[..url::Position::BeforePath])?)?;
+        let folder = ObjectPath::from_url_path(url.path())
+            .map_err(|e| DataFusionError::Plan(format!("bad staging folder path: {e}")))?;
+        let format = self.format;
+        // unique to this writer: on a cluster every task numbers its partitions from 0, and a
+        // task Ballista reruns must not replace a file another attempt reported
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let file = format!(
+            "part-{partition:05}-{}-{nanos}.{}",
+            std::process::id(),
+            extension(format)
+        );
+        let path = folder.join(file.as_str());
+        let write = async move {
+            let stats = super::write_stream(
+                input,
+                schema,
+                &store,
+                &path,
+                format,
+                &CancellationToken::new(),
+                &mut |_| {},
+            )
+            .await
+            .map_err(|e| match e {
+                Error::DataFusion(e) => e,
+                other => DataFusionError::External(Box::new(other)),
+            })?;
+            let writer = format!("{}:{}", crate::process::host_name(), std::process::id());
+            let batch = RecordBatch::try_new(
+                report_schema(),
+                vec![
+                    Arc::new(UInt32Array::from(vec![partition as u32])),
+                    Arc::new(StringArray::from(vec![file])),
+                    Arc::new(UInt64Array::from(vec![stats.rows])),
+                    Arc::new(UInt64Array::from(vec![stats.bytes])),
+                    Arc::new(StringArray::from(vec![stats.sha256])),
+                    Arc::new(StringArray::from(vec![writer])),
+                ],
+            )?;
+            Ok(batch)
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            report_schema(),
+            futures::stream::once(write),
+        )))
+    }
+}
+
+/// A table whose scan writes the parts: how a client gets [`PartsWriterExec`] planned on a
+/// Ballista scheduler (which plans `input` and puts the writer over it). Scanning it is the
+/// write; its rows are the report.
+#[derive(Debug)]
+pub struct PartsTable {
+    pub input: LogicalPlan,
+    pub staging: String,
+    pub format: OutputFormat,
+}
+
+#[async_trait]
+impl TableProvider for PartsTable {
+    fn schema(&self) -> SchemaRef {
+        report_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        _projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        let plan = without_final_merge(state.create_physical_plan(&self.input).await?);
+        let writer = Arc::new(PartsWriterExec::new(
+            plan,
+            self.staging.clone(),
+            self.format,
+        ));
+        // the report as one partition: Ballista 55's client fetched a final stage of several
+        // partitions with rows repeated (16 report rows from 4 tasks that each ran once; the
+        // same fault as docs/DISTRIBUTED.md's doubled rows), while a one-partition final stage,
+        // as every aggregate ends, is fetched once
+        Ok(Arc::new(CoalescePartitionsExec::new(writer)))
+    }
+}
+
+/// The destination folder of a parts output and this run's staging folder in it.
+#[derive(Debug, Clone)]
+pub struct Staging {
+    pub root: Root,
+    /// The staging folder, in the root's store.
+    pub prefix: ObjectPath,
+    /// Its URL, with a trailing slash (what the writers get).
+    pub url: String,
+    /// The destination did not exist: on failure it is removed again.
+    created: bool,
+}
+
+/// A staging folder name of this process, now.
+fn staging_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let pid = std::process::id();
+    let start = crate::process::start_ticks(pid).unwrap_or(0);
+    format!(
+        "_q2q_staging.{}.{pid}.{start}.{nanos}.{STAGED}.partial",
+        crate::process::machine_tag()
+    )
+}
+
+fn refused(root: &Root, why: impl fmt::Display) -> Error {
+    Error::config(format!(
+        "output folder '{}' {why}",
+        crate::redact::text(&root.uri)
+    ))
+}
+
+impl Staging {
+    /// Step 1 of the protocol: checks the destination, removes dead runs' staging folders and
+    /// picks this run's. Writes nothing that stays.
+    pub async fn prepare(root: Root) -> Result<Staging> {
+        let created = match &root.local {
+            Some(dir) if dir.is_file() => return Err(refused(&root, "is a file")),
+            Some(dir) => !dir.exists(),
+            None => false,
+        };
+        let listing = root.list().await?;
+        let mut leftovers = std::collections::BTreeSet::new();
+        for meta in &listing {
+            let relative = root.relative(meta);
+            let Some(first) = relative.first() else {
+                continue;
+            };
+            if first.starts_with("_q2q_staging.") {
+                if super::staging::is_leftover_folder(first, STAGED, meta) {
+                    leftovers.insert(first.clone());
+                }
+                continue;
+            }
+            let ours = relative.len() == 1 && (first == SUCCESS || part_number(first).is_some());
+            if !ours {
+                return Err(refused(
+                    &root,
+                    format!(
+                        "holds files that are not the parts of a run (e.g. '{}'): give a new \
+                         or empty folder, or one a run wrote",
+                        relative.join("/")
+                    ),
+                ));
+            }
+        }
+        for name in leftovers {
+            tracing::info!("removing {name}, left by a run that did not finish");
+            remove_folder(&root, &root.path_of(&name)).await;
+        }
+        let name = staging_name();
+        let prefix = root.path_of(&name);
+        let url = format!("{}{name}/", root.url);
+        // bad credentials, a missing bucket or a read-only folder fail now, not after the job
+        let probe = prefix.clone().join("_probe");
+        if let Some(dir) = &root.local {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| refused(&root, format!("cannot be created: {e}")))?;
+        }
+        root.store
+            .put(&probe, Vec::<u8>::new().into())
+            .await
+            .map_err(|e| refused(&root, format!("cannot be written: {e}")))?;
+        let staging = Staging {
+            root,
+            prefix,
+            url,
+            created,
+        };
+        // nothing stays until the writers write: the folders the probe made go too
+        staging.discard().await;
+        Ok(staging)
+    }
+
+    /// Step 3: commits the parts the writers reported, in the order of their partitions (then
+    /// names): part i of the folder is the i-th. `expected`: how many there must be, when the
+    /// caller knows (locally: the plan's partitions).
+    pub async fn commit(
+        &self,
+        mut parts: Vec<WrittenPart>,
+        expected: Option<usize>,
+        format: OutputFormat,
+    ) -> Result<WriteStats> {
+        parts.sort_by(|a, b| (a.part, &a.file).cmp(&(b.part, &b.file)));
+        // a report row repeated is the same file
+        parts.dedup();
+        if let Some(expected) = expected
+            && parts.len() != expected
+        {
+            return Err(Error::DataFusion(DataFusionError::Internal(format!(
+                "{} parts were reported, not {expected}: {parts:?}",
+                parts.len()
+            ))));
+        }
+        let store = &self.root.store;
+        for part in &parts {
+            let staged = self.prefix.clone().join(part.file.as_str());
+            let size = store.head(&staged).await?.size;
+            if size != part.bytes {
+                return Err(Error::DataFusion(DataFusionError::Internal(format!(
+                    "staged part {} has {size} bytes, its writer reported {}",
+                    part.file, part.bytes
+                ))));
+            }
+        }
+        let success = self.root.path_of(SUCCESS);
+        match store.delete(&success).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        for (i, part) in parts.iter_mut().enumerate() {
+            let staged = self.prefix.clone().join(part.file.as_str());
+            part.file = part_name(i, format);
+            store
+                .rename(&staged, &self.root.path_of(&part.file))
+                .await?;
+        }
+        // the previous run's parts beyond this run's
+        for meta in self.root.list().await? {
+            let relative = self.root.relative(&meta);
+            if let [name] = relative.as_slice()
+                && part_number(name).is_some()
+                && !parts.iter().any(|p| &p.file == name)
+            {
+                store.delete(&meta.location).await?;
+            }
+        }
+        let listing = serde_json::json!({
+            "format": format.to_string(),
+            "rows": parts.iter().map(|p| p.rows).sum::<u64>(),
+            "parts": parts,
+        });
+        store
+            .put(
+                &success,
+                serde_json::to_vec_pretty(&listing)
+                    .map_err(|e| Error::Io(std::io::Error::other(e)))?
+                    .into(),
+            )
+            .await?;
+        remove_folder(&self.root, &self.prefix).await;
+        Ok(WriteStats {
+            rows: parts.iter().map(|p| p.rows).sum(),
+            bytes: parts.iter().map(|p| p.bytes).sum(),
+            sha256: String::new(),
+            delta_version: None,
+            parts,
+        })
+    }
+
+    /// Step 4: removes what this run staged (and the destination, if this run created it and
+    /// it is empty).
+    pub async fn discard(&self) {
+        remove_folder(&self.root, &self.prefix).await;
+        if self.created
+            && let Some(dir) = &self.root.local
+        {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Best-effort removal of a folder and everything below it (a local store's temp files too).
+async fn remove_folder(root: &Root, prefix: &ObjectPath) {
+    if let Some(dir) = &root.local {
+        let path = dir.join(prefix.filename().unwrap_or_default());
+        if let Err(e) = std::fs::remove_dir_all(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("could not remove {}: {e}", path.display());
+        }
+        return;
+    }
+    let objects: Vec<_> = match root.list_below(prefix).await {
+        Ok(objects) => objects,
+        Err(e) => {
+            tracing::warn!("could not list {prefix}: {e}");
+            return;
+        }
+    };
+    for meta in objects {
+        if let Err(e) = root.store.delete(&meta.location).await {
+            tracing::warn!("could not remove {}: {e}", meta.location);
+        }
+    }
+}
+
+/// The payload the physical codec carries for [`PartsWriterExec`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WriterPayload {
+    pub staging: String,
+    pub format: OutputFormat,
+}
+
+/// The header the logical codec carries for [`PartsTable`], before the input plan's bytes.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TablePayload {
+    pub staging: String,
+    pub format: OutputFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_names_round_trip_and_nothing_else_is_a_part() {
+        assert_eq!(part_name(7, OutputFormat::Parquet), "part-00007.parquet");
+        assert_eq!(part_number("part-00007.parquet"), Some(7));
+        assert_eq!(
+            part_number(&part_name(123_456, OutputFormat::Csv)),
+            Some(123_456)
+        );
+        for other in [
+            "part-7.parquet",
+            "part-00007.txt",
+            "xpart-00007.csv",
+            "_SUCCESS",
+            "part-0000a.json",
+        ] {
+            assert_eq!(part_number(other), None, "{other}");
+        }
+    }
+}
