@@ -2,9 +2,14 @@
 # The feature job locally and on a Ballista cluster on this machine, side by side (docs/DISTRIBUTED.md):
 #   local          q2q-prior run (default merge plan)
 #   local-sql      q2q-prior run --plan sql
-#   cluster-1      --cluster: a scheduler and 1 executor with 2 task slots (merge plan)
-#   cluster-2      --cluster: a scheduler and 2 executors with 1 task slot each (merge plan)
+#   cluster-1      --cluster: a scheduler and 1 executor with 2 task slots (merge plan, one task:
+#                  --partitions 1)
+#   cluster-2      --cluster: a scheduler and 2 executors with 1 task slot each (merge plan,
+#                  default partitions: the client's cores; the client writes the file)
 #   cluster-2-sql  --cluster --plan sql on another such cluster of 2 x 1 slot
+#   cluster-2-parts --cluster --partitions 2 -o folder/: the merge stage as two shares, the
+#                  executors writing the parts (a fourth cluster of 2 x 1 slot); also prints
+#                  each executor's CPU, the client's CPU against theirs, and each executor's peak
 # The clusters are separate processes on 127.0.0.1 started once; the rounds alternate between the
 # five. Every cluster output is checked against the local one (benches/compare/agree.py).
 #
@@ -95,6 +100,7 @@ start_cluster() {
 start_cluster one 1 2
 start_cluster two 2 1
 start_cluster three 2 1
+start_cluster four 2 1
 
 # CPU seconds (user + system) of the given processes so far
 cpu_of() {
@@ -125,6 +131,7 @@ measure() {
     # shellcheck disable=SC2086
     after=$(cpu_of $members)
     read -r wall user sys rss < <(tail -1 "$t")
+    "$python" -c "print($user + $sys)" > "$work/time-client"
     echo "$label $wall $("$python" -c "print($user + $sys + $after - $before)") $rss" >> "$results"
     rm -f "$t"
 }
@@ -135,12 +142,22 @@ for round in $(seq 1 "$runs"); do
     measure local "" "$bin" "${job[@]}" -o "$work/local.parquet"
     measure local-sql "" "$bin" "${job[@]}" -o "$work/local-sql.parquet" --plan sql
     # shellcheck disable=SC2154
-    measure cluster-1 "$cluster_pids_one" "$bin" "${job[@]}" -o "$work/cluster-1.parquet" --cluster "$cluster_url_one"
+    measure cluster-1 "$cluster_pids_one" "$bin" "${job[@]}" -o "$work/cluster-1.parquet" --partitions 1 --cluster "$cluster_url_one"
     # shellcheck disable=SC2154
     measure cluster-2 "$cluster_pids_two" "$bin" "${job[@]}" -o "$work/cluster-2.parquet" --cluster "$cluster_url_two"
     # shellcheck disable=SC2154
     measure cluster-2-sql "$cluster_pids_three" "$bin" "${job[@]}" -o "$work/cluster-2-sql.parquet" --cluster "$cluster_url_three" --plan sql
-    for other in local-sql cluster-1 cluster-2 cluster-2-sql; do
+    # each executor's CPU during the parts run, and the client's own
+    # shellcheck disable=SC2154
+    read -r -a four <<< "${cluster_pids_four#* }"
+    e1=$(cpu_of "${four[0]}"); e2=$(cpu_of "${four[1]}")
+    rm -rf "$work/cluster-2-parts"
+    # shellcheck disable=SC2154
+    measure cluster-2-parts "$cluster_pids_four" "$bin" "${job[@]}" -o "$work/cluster-2-parts/" --partitions 2 --cluster "$cluster_url_four"
+    echo "split $(cpu_of "${four[0]}") $e1 $(cpu_of "${four[1]}") $e2 $(tail -1 "$work/time-client")" >> "$results"
+    # the shares are each sorted, not one order: sorted into one file to compare
+    "$bin" sql -q -c "COPY (SELECT * FROM '$work/cluster-2-parts/' ORDER BY query, product_id) TO '$work/cluster-2-parts.parquet'" > /dev/null
+    for other in local-sql cluster-1 cluster-2 cluster-2-sql cluster-2-parts; do
         "$python" benches/compare/agree.py "$work/$other.parquet" "$work/local.parquet" >&2
     done
 done
@@ -158,23 +175,37 @@ echo "executor-peak cluster-1 $(executor_rss ${cluster_pids_one#* })" >> "$resul
 echo "executor-peak cluster-2 $(executor_rss ${cluster_pids_two#* })" >> "$results"
 # shellcheck disable=SC2086
 echo "executor-peak cluster-2-sql $(executor_rss ${cluster_pids_three#* })" >> "$results"
+# shellcheck disable=SC2086
+echo "executor-peak cluster-2-parts $(executor_rss ${cluster_pids_four#* })" >> "$results"
+for p in ${cluster_pids_four#* }; do
+    echo "executor-each $(awk '/VmHWM/ {print $2}' "/proc/$p/status")" >> "$results"
+done
 rows=$("$python" -c 'import pyarrow.parquet as pq, sys; print(pq.ParquetFile(sys.argv[1]).metadata.num_rows)' "$work/local.parquet")
 
 "$python" - "$results" "$queries" "$rows" "$runs" <<'EOF'
 import statistics, sys
 path, queries, rows, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-by, peak = {}, {}
+by, peak, splits, each = {}, {}, [], []
 for line in open(path):
     f = line.split()
     if f[0] == "executor-peak":
         peak[f[1]] = int(f[2])
+    elif f[0] == "executor-each":
+        each.append(int(f[1]))
+    elif f[0] == "split":
+        a, a0, b, b0, client = map(float, f[1:])
+        splits.append((a - a0, b - b0, client))
     else:
         by.setdefault(f[0], []).append((float(f[1]), float(f[2]), int(f[3])))
 med = {k: [statistics.median(x[i] for x in v) for i in range(3)] for k, v in by.items()}
 print(f"{queries} queries, {rows:,} output rows; medians of {runs} runs")
 print(f"{'':<14} {'wall s':>8} {'cpu s':>8} {'client RSS MiB':>15} {'executor RSS MiB':>17} {'wall / local':>13} {'wall / local-sql':>17}")
-for k in ["local", "local-sql", "cluster-1", "cluster-2", "cluster-2-sql"]:
+for k in ["local", "local-sql", "cluster-1", "cluster-2", "cluster-2-sql", "cluster-2-parts"]:
     w, c, r = med[k]
     e = f"{peak[k] / 1024:17.0f}" if k in peak else f"{'-':>17}"
     print(f"{k:<14} {w:8.2f} {c:8.2f} {r / 1024:15.0f} {e} {w / med['local'][0]:13.2f} {w / med['local-sql'][0]:17.2f}")
+a, b, client = (statistics.median(x[i] for x in splits) for i in range(3))
+print(f"cluster-2-parts: executor CPU {a:.2f} s and {b:.2f} s (split {max(a, b) / max(min(a, b), 1e-9):.2f}:1); "
+      f"client CPU {client:.2f} s = {100 * client / (a + b):.1f}% of the executors'; "
+      f"executor peaks {', '.join(f'{k / 1024:.0f}' for k in each)} MiB (over all runs)")
 EOF
