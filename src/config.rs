@@ -311,9 +311,8 @@ pub struct ExecutionConfig {
     pub target_partitions: Option<usize>,
     /// Output partitions of the merge plan: contiguous, sorted ranges of the queries, computed
     /// in parallel and identical in content whatever their number; `target_partitions` if
-    /// absent. On a Ballista cluster the merge stage is one task for now: with more, Ballista
-    /// 55 re-ran a task after a failed shuffle fetch and its reader then returned both
-    /// attempts' rows (docs/DISTRIBUTED.md), so more than 1 is refused there.
+    /// absent. On a Ballista cluster, independent shares of the queries, one task each
+    /// (docs/DISTRIBUTED.md).
     pub partitions: Option<usize>,
     /// Sort the output by (query, product_id) so reruns write identical files.
     pub sort_output: bool,

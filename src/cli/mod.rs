@@ -159,8 +159,8 @@ pub struct JobArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_TARGET_PARTITIONS as u64))]
     pub target_partitions: Option<u64>,
     /// Output partitions of the merge plan, 1 to 4096: sorted ranges of the queries, computed in
-    /// parallel; the output is the same whatever the number [execution.partitions; default:
-    /// --target-partitions].
+    /// parallel; the output is the same whatever the number. On a cluster, shares of the queries,
+    /// one task each [execution.partitions; default: --target-partitions].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_MERGE_PARTITIONS as u64))]
     pub partitions: Option<u64>,
     /// Sort the output by (partition columns, query, product_id) [execution.sort_output; default true].
@@ -189,7 +189,8 @@ pub struct JobArgs {
 /// Where `run` writes the feature table (commands that only read the inputs do not take these).
 #[derive(Debug, Clone, Args)]
 pub struct OutputArgs {
-    /// Output file (path or URL), written atomically; with --format delta, the table's folder.
+    /// Output file (path or URL), written atomically; ending in `/`, a folder of part files (one
+    /// per partition, committed with _SUCCESS); with --format delta, the table's folder.
     #[arg(long, short = 'o', env = "Q2Q_OUTPUT", value_name = "URI")]
     pub output: Option<String>,
     /// Output format [config: format; default parquet]. `delta`: a Delta Lake table at the output
