@@ -690,8 +690,37 @@ fn a_cluster_job_reads_and_writes_s3() {
         .output()
         .unwrap();
     assert!(ok(&out).contains("merge (cluster)"));
+    // a folder of parts on S3: the executors write three shares, the client commits them
+    let parts = moto
+        .q2q()
+        .args([
+            "run",
+            "--engagement",
+            "s3://q2q/in/engagement.csv",
+            "--neighbours",
+            "s3://q2q/in/neighbours.csv",
+            "--output",
+            "s3://q2q/out/parts/",
+            "--partitions",
+            "3",
+            "--cluster",
+            &format!("df://127.0.0.1:{port}"),
+        ])
+        .output()
+        .unwrap();
+    ok(&parts);
     drop(stop);
-    assert_eq!(moto.keys("out/"), ["out/features.parquet"]);
+    assert_eq!(
+        moto.keys("out/"),
+        [
+            "out/features.parquet",
+            "out/parts/_SUCCESS",
+            "out/parts/part-00000.parquet",
+            "out/parts/part-00001.parquet",
+            "out/parts/part-00002.parquet",
+        ],
+        "the parts and their marker, nothing staged"
+    );
 
     let local = dir.path().join("local.parquet");
     ok(&run_job(
@@ -706,6 +735,16 @@ fn a_cluster_job_reads_and_writes_s3() {
         fetched.to_str().unwrap()
     ));
     assert_same_features(&read_features(&fetched), &read_features(&local));
+    let folder = dir.path().join("parts");
+    std::fs::create_dir(&folder).unwrap();
+    for i in 0..3 {
+        let name = format!("part-{i:05}.parquet");
+        moto.boto(&format!(
+            "s3.download_file('q2q', 'out/parts/{name}', {:?})",
+            folder.join(&name).to_str().unwrap()
+        ));
+    }
+    assert_same_features(&read_features(&folder), &read_features(&local));
 }
 
 /// Kills the child when dropped (also when an assertion fails first).
