@@ -108,10 +108,19 @@ impl fmt::Display for JobSummary {
             self.written.rows,
             self.written.bytes,
             self.output,
-            self.written
-                .delta_version
-                .map(|v| format!(" (Delta table, version {v})"))
-                .unwrap_or_default(),
+            match (&self.written.delta_version, self.written.parts.len()) {
+                (Some(v), _) => format!(" (Delta table, version {v})"),
+                (None, 0) => String::new(),
+                (None, n) => {
+                    let writers: std::collections::BTreeSet<&str> = self
+                        .written
+                        .parts
+                        .iter()
+                        .map(|p| p.writer.as_str())
+                        .collect();
+                    format!(" as {n} part files by {} writer(s)", writers.len())
+                }
+            },
             self.plan
         )?;
         writeln!(f, "  features: {}", self.formulas)?;
