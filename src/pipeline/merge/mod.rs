@@ -520,14 +520,19 @@ impl PriorMergeExec {
         let (params, metrics) = (self.params, self.measured.clone());
         let workers = context.session_config().target_partitions();
         let shares = self.partitions;
-        // the partitions that read this index
         // the partitions that cut the index into ranges (shares: one range, each partition
         // writing its share's queries)
         let partitions = if share.is_some() { 1 } else { self.partitions };
+        // the partitions that read the index at once (and may each hold a block of history)
+        let mut readers = self.properties.partitioning.partition_count().max(1);
         // its own task, so the build goes on whichever partition polls
         let task = SpawnedTask::spawn(async move {
             let mine = match share {
-                Some(numbers) => Some(Arc::new(share::Mine::new(numbers.await?, shares))),
+                Some(numbers) => {
+                    let numbers = numbers.await?;
+                    readers = numbers.len().max(1);
+                    Some(Arc::new(share::Mine::new(numbers, shares)))
+                }
                 None => None,
             };
             let (history, neighbours) = match &mine {
@@ -564,7 +569,7 @@ impl PriorMergeExec {
                 index::Stored::Resident(_) => Vec::new(),
                 index::Stored::Spilled(_) => {
                     let budget =
-                        partition::block_budget(pool.as_ref(), index.queries.len(), partitions);
+                        partition::block_budget(pool.as_ref(), index.queries.len(), readers);
                     split::blocks(&index, &chunks, partitions, budget)
                 }
             };

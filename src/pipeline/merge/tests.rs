@@ -225,7 +225,8 @@ async fn shares_hold_their_queries_only_and_together_equal_the_ranges() {
         let expected: Vec<RecordBatch> = ranges.into_iter().flatten().collect();
         let schema = expected[0].schema();
         let history_rows = whole.history_rows.value();
-        let (out, m) = run(limit, shares, Split::Shares, limit.is_none(), queries, 2)
+        // all partitions polled at once: under the limit they read the spilled blocks together
+        let (out, m) = run(limit, shares, Split::Shares, true, queries, 2)
             .await
             .unwrap();
         assert_eq!(out.len(), shares);
