@@ -527,16 +527,7 @@ fn the_job_survives_losing_an_executor() {
     let writers = part_writers(&remote);
     assert_eq!(writers.len(), 4, "{writers:?}");
     assert!(writers.contains(&survivor_pid), "{writers:?}");
-    let names: Vec<String> = std::fs::read_dir(&remote)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    assert!(
-        names
-            .iter()
-            .all(|n| n == "_SUCCESS" || n.starts_with("part-")),
-        "{names:?}"
-    );
+    assert_only_parts(&remote);
 
     // losing the last executor fails the job clearly (after the scheduler's executor timeout,
     // its grace period for one to come back), writes nothing, and a rerun then succeeds

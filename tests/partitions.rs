@@ -301,17 +301,7 @@ fn a_folder_output_is_one_part_per_partition_whose_concatenation_is_the_file() {
         // the parts are the sorted ranges: read in order, the file's rows
         assert!(rows == expected, "{n_parts} parts differ from the file");
         assert_eq!(listing["rows"].as_u64().unwrap(), expected.len() as u64);
-        // nothing staged is left
-        let names: Vec<String> = std::fs::read_dir(&folder)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert!(
-            names
-                .iter()
-                .all(|n| n == "_SUCCESS" || n.starts_with("part-")),
-            "{names:?}"
-        );
+        common::assert_only_parts(&folder);
     }
 
     // a folder holding anything else is refused, untouched

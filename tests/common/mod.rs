@@ -289,6 +289,20 @@ fn rows_of(batch: &RecordBatch) -> Vec<FeatureRow> {
         .collect()
 }
 
+/// Asserts a folder output holds its parts and `_SUCCESS` only: nothing staged is left.
+pub fn assert_only_parts(folder: &Path) {
+    let names: Vec<String> = std::fs::read_dir(folder)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| n == "_SUCCESS" || n.starts_with("part-")),
+        "{names:?}"
+    );
+}
+
 /// Asserts two feature tables are equal: keys and counts exactly, floats to 1e-12 relative.
 pub fn assert_same_features(actual: &[FeatureRow], expected: &[FeatureRow]) {
     assert_eq!(actual.len(), expected.len(), "row count");
