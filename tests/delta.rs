@@ -468,7 +468,8 @@ while True:
     seen += 1
     if last:
         break
-print(seen, len(versions))"
+print(seen, len(versions))
+{EXIT_PY}"
         ))
         .args([
             &uri,
