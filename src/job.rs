@@ -328,9 +328,10 @@ async fn run_until(
     let on_cluster = config.execution.cluster.is_some();
     let start = Instant::now();
     let (engagement, neighbours, output) = config.job_paths()?;
+    // a folder output (parts) must not contain an input either
     storage::refuse_overlap(
         output,
-        false,
+        is_folder(output),
         &[
             (inputs::ENGAGEMENT, &engagement.uri),
             (inputs::NEIGHBOURS, &neighbours.uri),
@@ -378,14 +379,6 @@ async fn run_until(
         Destination::Delta(root)
     } else if is_folder(output) {
         let root = storage::Root::open(ctx.runtime_env().as_ref(), output)?;
-        storage::refuse_overlap(
-            output,
-            true,
-            &[
-                (inputs::ENGAGEMENT, &engagement.uri),
-                (inputs::NEIGHBOURS, &neighbours.uri),
-            ],
-        )?;
         Destination::Parts(cancellable(cancel, sink::parts::Staging::prepare(root)).await?)
     } else {
         let location = OutputLocation::resolve(ctx.runtime_env().as_ref(), output)?;
