@@ -12,7 +12,7 @@ use common::arg;
 use std::time::{Duration, Instant};
 
 use q2q_prior::config::{InputFormat, InputSpec, JobConfig};
-use q2q_prior::synth::{self, SynthSpec};
+use q2q_prior::tools::synth::{self, SynthSpec};
 
 fn main() {
     // cargo passes --bench; anything we do not know is ignored.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::StreamExt;
-use q2q_prior::sink::{ParallelParquetWriter, parquet_properties};
+use q2q_prior::io::sink::{ParallelParquetWriter, parquet_properties};
 
 fn value(name: &str) -> String {
     let args: Vec<String> = std::env::args().collect();

@@ -18,7 +18,7 @@ use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::prelude::ParquetReadOptions;
 use q2q_prior::config::InputFormat;
 use q2q_prior::normalize::normalize_query;
-use q2q_prior::synth::{self, SynthSpec};
+use q2q_prior::tools::synth::{self, SynthSpec};
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);

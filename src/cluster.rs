@@ -3,23 +3,23 @@
 //! `q2q-prior scheduler` and `q2q-prior executor` are Ballista's scheduler and executor embedded in
 //! this binary, so that they decode plans with the project's functions: the scheduler's sessions
 //! and the executors' function registry are filled by [`session::register_functions`], the same
-//! function every local session uses. A client session (`run`, `backfill` or `sql` with
+//! function every local session uses, and their runtimes' object stores by
+//! [`session::runtime_builder`]. A client session (`run`, `backfill` or `sql` with
 //! `--cluster df://HOST:PORT`) is an ordinary session upgraded with Ballista's query planner
-//! ([`client_state`]): its queries are planned by the scheduler and run by the executors, and the
-//! client streams the result into the same sink a local run writes with.
+//! ([`session::client_state`]): its queries are planned by the scheduler and run by the
+//! executors.
 //!
-//! The merge plan's custom parts travel with [`codecs`] (src/pipeline/merge/codec.rs), which the
-//! client, the scheduler and the executors all use.
+//! The merge plan's custom parts travel with [`session::codecs`] (src/pipeline/merge/codec.rs),
+//! which the client, the scheduler and the executors all use.
 //!
 //! Inputs are read by the executors: paths must mean the same file on every host (a shared
 //! filesystem) or be object-store URLs, whose stores every process builds from its own environment
-//! ([`crate::storage::EnvStoreRegistry`]).
+//! ([`crate::io::storage::EnvStoreRegistry`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ballista_core::extension::{SessionConfigExt, SessionStateExt};
 use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_core::{ConfigProducer, RuntimeProducer};
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
@@ -27,78 +27,12 @@ use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::start_server;
 use datafusion::error::DataFusionError;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::SessionConfig;
-
-use datafusion_proto::logical_plan::LogicalExtensionCodec;
-use datafusion_proto::physical_plan::PhysicalExtensionCodec;
 
 use crate::config::ExecutionConfig;
 use crate::error::{Error, Result};
-use crate::pipeline::merge::codec;
-use crate::{session, storage};
-
-/// The scheduler address of a `df://HOST:PORT` URL, checked.
-pub fn parse_url(url: &str) -> Result<String> {
-    let parsed = url::Url::parse(url).map_err(|e| {
-        Error::config(format!(
-            "execution.cluster (--cluster) '{url}' is not a URL ({e}); expected df://HOST:PORT"
-        ))
-    })?;
-    if parsed.scheme() != "df" || parsed.host_str().is_none_or(str::is_empty) {
-        return Err(Error::config(format!(
-            "execution.cluster (--cluster) '{url}': expected df://HOST:PORT (a Ballista scheduler)"
-        )));
-    }
-    Ok(format!(
-        "http://{}:{}",
-        parsed.host_str().unwrap_or_default(),
-        parsed.port().unwrap_or(50050)
-    ))
-}
-
-/// A client session: `state` (settings, runtime, functions) with Ballista's query planner, so
-/// that its queries run on the cluster at `url`.
-pub fn client_state(state: SessionState, url: &str) -> Result<SessionState> {
-    let scheduler = parse_url(url)?;
-    // the planner Ballista installs takes its codec from the config it upgrades
-    let (logical, physical) = codecs();
-    let config = state
-        .config()
-        .clone()
-        .with_ballista_logical_extension_codec(logical)
-        .with_ballista_physical_extension_codec(physical);
-    let state = SessionStateBuilder::new_from_existing(state)
-        .with_config(config)
-        .build();
-    // upgrading swaps in Ballista's function set: ours are registered again
-    let state = state.upgrade_for_ballista(scheduler)?;
-    // Ballista 55's adaptive planner stalls a job for good when an executor dies during it
-    // (task updates of the rolled-back stages are rejected); the static planner reruns the lost
-    // work (docs/DISTRIBUTED.md, "When an executor dies"; tests/cluster.rs kills one).
-    let config = state
-        .config()
-        .clone()
-        .with_ballista_adaptive_query_planner(false);
-    let mut state = SessionStateBuilder::new_from_existing(state)
-        .with_config(config)
-        .build();
-    session::register_functions(&mut state)?;
-    Ok(state)
-}
-
-/// Ballista's codecs plus the merge plan's table and operator: the client encodes with them, the
-/// scheduler and the executors decode.
-pub fn codecs() -> (
-    Arc<dyn LogicalExtensionCodec>,
-    Arc<dyn PhysicalExtensionCodec>,
-) {
-    (
-        Arc::new(codec::LogicalCodec::default()),
-        Arc::new(codec::PhysicalCodec::default()),
-    )
-}
+use crate::session::{self, codecs};
 
 fn df_error(e: Error) -> DataFusionError {
     match e {
@@ -110,13 +44,9 @@ fn df_error(e: Error) -> DataFusionError {
 /// Object stores from each provider's environment, as in local sessions, and spill files in
 /// `work_dir` when given.
 fn runtime_producer(execution: &ExecutionConfig, work_dir: Option<String>) -> RuntimeProducer {
-    let (retries, timeout) = (
-        execution.object_store_retries,
-        Duration::from_secs(execution.object_store_retry_timeout_secs),
-    );
+    let execution = execution.clone();
     Arc::new(move |_config: &SessionConfig| {
-        let mut builder = RuntimeEnvBuilder::new()
-            .with_object_store_registry(Arc::new(storage::EnvStoreRegistry::new(retries, timeout)));
+        let mut builder = session::runtime_builder(&execution);
         if let Some(dir) = &work_dir {
             builder = builder.with_temp_file_path(dir.clone());
         }
@@ -346,22 +276,6 @@ fn ballista_error(e: ballista_core::error::BallistaError) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cluster_urls() {
-        assert_eq!(
-            parse_url("df://10.0.0.5:50051").unwrap(),
-            "http://10.0.0.5:50051"
-        );
-        assert_eq!(
-            parse_url("df://scheduler").unwrap(),
-            "http://scheduler:50050"
-        );
-        for bad in ["http://x:1", "df://", "scheduler:50050"] {
-            let e = parse_url(bad).unwrap_err().to_string();
-            assert!(e.contains("df://HOST:PORT"), "{e}");
-        }
-    }
 
     #[test]
     fn executors_know_the_project_functions() {

@@ -10,6 +10,7 @@ use bytesize::ByteSize;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{Error, Result};
+pub use crate::formula::{Blend, PriorWeighting};
 use crate::formula::{Confidence, HistoryWeights};
 
 /// A whole feature job.
@@ -168,72 +169,6 @@ impl FeatureParams {
     }
 }
 
-/// How Prior(q,p) averages H(c,p) over the neighbour set.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum PriorWeighting {
-    /// (1/|C_q|) * sum of H(c,p): eq. 7 of the paper.
-    #[default]
-    Mean,
-    /// sum(s_c * H(c,p)) / sum(s_c): weights neighbours by the model's score (an extension).
-    Score,
-}
-
-impl PriorWeighting {
-    /// The name used in config, flags and SQL (`$prior_weighting`).
-    pub fn name(self) -> &'static str {
-        match self {
-            PriorWeighting::Mean => "mean",
-            PriorWeighting::Score => "score",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<PriorWeighting> {
-        <PriorWeighting as clap::ValueEnum>::from_str(name, true).ok()
-    }
-}
-
-/// The confidence alpha of F = alpha*H + (1-alpha)*Prior*beta ([`crate::formula::alpha`]).
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Blend {
-    /// tanh(min(gamma, I) / min(gamma, max_p I)): eq. 9 of the paper, relative to the query's
-    /// most-shown product.
-    #[default]
-    Paper,
-    /// (I + kappa) / (I + kappa + m): the empirical-Bayes weight of the pair's own evidence against
-    /// a prior worth m impressions.
-    Bayes,
-}
-
-impl Blend {
-    /// The name used in config, flags and SQL (`$blend`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Blend::Paper => "paper",
-            Blend::Bayes => "bayes",
-        }
-    }
-
-    /// The blend named `name` (as in config and flags).
-    pub fn from_name(name: &str) -> Option<Blend> {
-        <Blend as clap::ValueEnum>::from_str(name, true).ok()
-    }
-
-    /// The blend with the parameters it reads, for the run summary.
-    pub fn describe(self, p: &FeatureParams) -> String {
-        match self {
-            Blend::Paper => format!("paper (gamma = {})", p.gamma),
-            Blend::Bayes => format!(
-                "bayes (m = {}, kappa = {})",
-                p.pseudo_impressions, p.smoothing
-            ),
-        }
-    }
-}
-
 /// Several engagement rows for one (query, product_id).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -333,6 +268,65 @@ pub struct ExecutionConfig {
     /// Stop a run that takes longer than this many seconds (each partition of a backfill): it
     /// fails with exit 1 and writes nothing. No limit if absent.
     pub timeout_secs: Option<u64>,
+}
+
+/// The scheduler address (`http://HOST:PORT`) of an `execution.cluster` URL, `df://HOST:PORT`,
+/// checked.
+pub fn scheduler_address(url: &str) -> Result<String> {
+    let parsed = url::Url::parse(url).map_err(|e| {
+        Error::config(format!(
+            "execution.cluster (--cluster) '{url}' is not a URL ({e}); expected df://HOST:PORT"
+        ))
+    })?;
+    if parsed.scheme() != "df" || parsed.host_str().is_none_or(str::is_empty) {
+        return Err(Error::config(format!(
+            "execution.cluster (--cluster) '{url}': expected df://HOST:PORT (a Ballista scheduler)"
+        )));
+    }
+    Ok(format!(
+        "http://{}:{}",
+        parsed.host_str().unwrap_or_default(),
+        parsed.port().unwrap_or(50050)
+    ))
+}
+
+impl ExecutionConfig {
+    /// Checks the settings every command shares (the job's, and the tools' `--memory-limit`).
+    pub fn validate(&self) -> Result<()> {
+        if let Some(n) = self.target_partitions
+            && !(1..=MAX_TARGET_PARTITIONS).contains(&n)
+        {
+            return Err(Error::config(format!(
+                "execution.target_partitions (--target-partitions) must be between 1 and \
+                 {MAX_TARGET_PARTITIONS}, got {n}: every partition of every operator keeps \
+                 buffers of its own, outside the memory limit"
+            )));
+        }
+        if let Some(n) = self.partitions
+            && !(1..=MAX_MERGE_PARTITIONS).contains(&n)
+        {
+            return Err(Error::config(format!(
+                "execution.partitions (--partitions) must be between 1 and \
+                 {MAX_MERGE_PARTITIONS}, got {n}"
+            )));
+        }
+        if let Some(url) = &self.cluster {
+            scheduler_address(url)?;
+        }
+        if self.timeout_secs == Some(0) {
+            return Err(Error::config(
+                "execution.timeout_secs (--timeout-secs) must be >= 1",
+            ));
+        }
+        if let Some(limit) = self.memory_limit
+            && limit.as_u64() < 64 * 1024 * 1024
+        {
+            return Err(Error::config(format!(
+                "execution.memory_limit (--memory-limit) must be at least 64MiB, got {limit}"
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Default for ExecutionConfig {
@@ -526,39 +520,7 @@ impl JobConfig {
                 "backfill.date_partition must be a folder key such as \"dt\", got {key:?}"
             )));
         }
-        if let Some(n) = self.execution.target_partitions
-            && !(1..=MAX_TARGET_PARTITIONS).contains(&n)
-        {
-            return Err(Error::config(format!(
-                "execution.target_partitions (--target-partitions) must be between 1 and \
-                 {MAX_TARGET_PARTITIONS}, got {n}: every partition of every operator keeps \
-                 buffers of its own, outside the memory limit"
-            )));
-        }
-        if let Some(n) = self.execution.partitions
-            && !(1..=MAX_MERGE_PARTITIONS).contains(&n)
-        {
-            return Err(Error::config(format!(
-                "execution.partitions (--partitions) must be between 1 and \
-                 {MAX_MERGE_PARTITIONS}, got {n}"
-            )));
-        }
-        if let Some(url) = &self.execution.cluster {
-            crate::cluster::parse_url(url)?;
-        }
-        if self.execution.timeout_secs == Some(0) {
-            return Err(Error::config(
-                "execution.timeout_secs (--timeout-secs) must be >= 1",
-            ));
-        }
-        if let Some(limit) = self.execution.memory_limit
-            && limit.as_u64() < 64 * 1024 * 1024
-        {
-            return Err(Error::config(format!(
-                "execution.memory_limit (--memory-limit) must be at least 64MiB, got {limit}"
-            )));
-        }
-        Ok(())
+        self.execution.validate()
     }
 
     /// The output format: `format` if set, else the output's extension, else Parquet. A `format`
@@ -702,5 +664,21 @@ mod tests {
             resolve_relative(Path::new("/jobs"), "/abs/e.csv"),
             "/abs/e.csv"
         );
+    }
+
+    #[test]
+    fn cluster_urls() {
+        assert_eq!(
+            scheduler_address("df://10.0.0.5:50051").unwrap(),
+            "http://10.0.0.5:50051"
+        );
+        assert_eq!(
+            scheduler_address("df://scheduler").unwrap(),
+            "http://scheduler:50050"
+        );
+        for bad in ["http://x:1", "df://", "scheduler:50050"] {
+            let e = scheduler_address(bad).unwrap_err().to_string();
+            assert!(e.contains("df://HOST:PORT"), "{e}");
+        }
     }
 }

@@ -7,7 +7,7 @@
 //! [`crate::reference`] too, so a change here changes the engine and its oracle together. A new
 //! blend is a variant of [`Blend`] and an arm of [`alpha`]: nothing else.
 
-use crate::config::{Blend, PriorWeighting};
+use serde::{Deserialize, Serialize};
 
 /// History score H(q,p): a weighted sum of engagement normalised by impressions plus a smoothing
 /// constant kappa (footnote 2). Zero when nothing was observed and kappa is zero (0/0).
@@ -106,6 +106,72 @@ pub fn alpha_bayes(impressions: f64, smoothing: f64, pseudo_impressions: f64) ->
 /// Blended feature F = alpha*H + (1-alpha)*Prior*beta (eq. 8).
 pub fn blend(h: f64, prior: f64, alpha: f64, beta: f64) -> f64 {
     alpha * h + (1.0 - alpha) * prior * beta
+}
+
+/// How Prior(q,p) averages H(c,p) over the neighbour set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PriorWeighting {
+    /// (1/|C_q|) * sum of H(c,p): eq. 7 of the paper.
+    #[default]
+    Mean,
+    /// sum(s_c * H(c,p)) / sum(s_c): weights neighbours by the model's score (an extension).
+    Score,
+}
+
+impl PriorWeighting {
+    /// The name used in config, flags and SQL (`$prior_weighting`).
+    pub fn name(self) -> &'static str {
+        match self {
+            PriorWeighting::Mean => "mean",
+            PriorWeighting::Score => "score",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<PriorWeighting> {
+        <PriorWeighting as clap::ValueEnum>::from_str(name, true).ok()
+    }
+}
+
+/// The confidence alpha of F = alpha*H + (1-alpha)*Prior*beta ([`alpha`]).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Blend {
+    /// tanh(min(gamma, I) / min(gamma, max_p I)): eq. 9 of the paper, relative to the query's
+    /// most-shown product.
+    #[default]
+    Paper,
+    /// (I + kappa) / (I + kappa + m): the empirical-Bayes weight of the pair's own evidence against
+    /// a prior worth m impressions.
+    Bayes,
+}
+
+impl Blend {
+    /// The name used in config, flags and SQL (`$blend`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Blend::Paper => "paper",
+            Blend::Bayes => "bayes",
+        }
+    }
+
+    /// The blend named `name` (as in config and flags).
+    pub fn from_name(name: &str) -> Option<Blend> {
+        <Blend as clap::ValueEnum>::from_str(name, true).ok()
+    }
+
+    /// The blend with the parameters it reads, for the run summary.
+    pub fn describe(self, p: &crate::config::FeatureParams) -> String {
+        match self {
+            Blend::Paper => format!("paper (gamma = {})", p.gamma),
+            Blend::Bayes => format!(
+                "bayes (m = {}, kappa = {})",
+                p.pseudo_impressions, p.smoothing
+            ),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,10 +15,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{JobConfig, OutputFormat, PlanKind};
 use crate::error::{Error, Result};
+use crate::io::sink::{self, WriteStats};
+use crate::io::storage::{self, OutputLocation};
 use crate::pipeline::{self, inputs};
 use crate::session;
-use crate::sink::{self, WriteStats};
-use crate::storage::{self, OutputLocation};
 use tokio_util::sync::CancellationToken;
 
 /// What a run did, printed on stderr at the end.
@@ -389,7 +389,11 @@ async fn run_until(
 
     progress.set_message("checking inputs");
     tracing::info!("checking inputs");
-    let report = cancellable(cancel, inputs::check(&inputs, &config.features)).await?;
+    let report = cancellable(
+        cancel,
+        crate::pipeline::checks::check(&inputs, &config.features),
+    )
+    .await?;
     summary.engagement_rows = report.engagement_rows;
     summary.neighbour_rows = report.neighbour_rows;
     summary.history_rows = report.engagement_pairs;
@@ -419,8 +423,15 @@ async fn run_until(
     };
     if merge {
         // the operator computes the neighbour sets itself: nothing to materialise
-        pipeline::register_job_views(&ctx, &inputs, &config.execution, &config.features, &[])
-            .await?;
+        pipeline::register_job_views(
+            &ctx,
+            &inputs,
+            &config.execution,
+            &config.features,
+            &[],
+            &session::siblings(&ctx, &config.execution),
+        )
+        .await?;
         if on_cluster {
             // the operator's own counts stay on the executors: count with the SQL stage instead
             let ns_start = Instant::now();
@@ -445,6 +456,7 @@ async fn run_until(
                 } else {
                     &[pipeline::neighbour_sets::STAGE.name]
                 },
+                &session::siblings(&ctx, &config.execution),
             ),
         )
         .await?;
@@ -629,7 +641,15 @@ async fn output_frame(
 pub async fn explain(config: &JobConfig) -> Result<String> {
     config.validate()?;
     let (ctx, inputs) = session::open(config).await?;
-    pipeline::register_job_views(&ctx, &inputs, &config.execution, &config.features, &[]).await?;
+    pipeline::register_job_views(
+        &ctx,
+        &inputs,
+        &config.execution,
+        &config.features,
+        &[],
+        &session::siblings(&ctx, &config.execution),
+    )
+    .await?;
     let plan = output_frame(&ctx, &inputs, config)
         .await?
         .create_physical_plan()

@@ -1,36 +1,45 @@
 //! q2q-prior: turns query-to-query (Q2Q) similarity into ranking features for product search.
 //!
-//! Data flow, one module per step:
-//! [`pipeline::inputs`] -> [`pipeline::history`] (H) -> [`pipeline::neighbour_sets`] (C_q) ->
-//! [`pipeline::prior`] -> [`pipeline::blend`] (alpha, F) -> [`sink`].
-//! [`session`] is the one place a DataFusion session is prepared; [`formula`] holds the paper's
-//! formulas once; [`reference`] is a plain in-memory oracle used by the property tests.
-//! [`validate`] reports the job's input checks; [`shell`] is the SQL shell over the job's views.
-//! [`backfill`] runs the job once per day into a feature store's date partitions.
+//! docs/ARCHITECTURE.md is the map. In short, from the bottom up (a module uses only those above
+//! it in this list, never one below):
+//!
+//! - Foundation: [`error`], [`redact`], [`process`], [`hash`], [`formula`] (the paper's formulas,
+//!   once), [`config`], [`normalize`], [`udf`] (the formulas as SQL functions).
+//! - [`io`]: object stores and paths, opening tables, writing results atomically.
+//! - [`pipeline`]: the feature job's stages, in data-flow order: [`pipeline::inputs`] ->
+//!   [`pipeline::history`] (H) -> [`pipeline::neighbour_sets`] (C_q) -> [`pipeline::prior`] ->
+//!   [`pipeline::blend`] (alpha, F), and [`pipeline::merge`], the fast plan of the last three.
+//! - [`session`]: the one place a session is prepared (functions, object stores, codecs, inputs),
+//!   for local runs, Ballista clients, schedulers and executors alike.
+//! - The engine's commands: [`job`] (`run`), [`backfill`], [`shell`] (`sql`), [`cluster`]
+//!   (Ballista's scheduler and executor).
+//! - [`tools`]: validate, evaluate, export, mine, synth.
+//! - [`cli`]: flags and subcommands over all of the above.
+//!
+//! [`reference`] is a plain in-memory oracle used by the property tests.
 
-pub mod backfill;
-pub mod cli;
-pub mod cluster;
-pub mod config;
 pub mod error;
-pub mod evaluate;
-pub mod export;
-pub mod feature_table;
 pub mod formula;
-pub mod job;
-pub mod labels;
-pub mod mine;
-pub mod normalize;
-pub mod pipeline;
+pub mod hash;
 pub mod process;
 pub mod redact;
-pub mod reference;
-pub mod session;
-pub mod shell;
-pub mod sink;
-pub mod storage;
-pub mod synth;
+
+pub mod config;
+pub mod normalize;
 pub mod udf;
-pub mod validate;
+
+pub mod io;
+pub mod pipeline;
+pub mod session;
+
+pub mod backfill;
+pub mod cluster;
+pub mod job;
+pub mod shell;
+
+pub mod tools;
+
+pub mod cli;
+pub mod reference;
 
 pub use error::{Error, Result};

@@ -43,7 +43,7 @@ pub fn machine_tag() -> String {
         (Some(boot), Some(ns)) => {
             let identity = format!("{}\n{boot}\n{ns}", host_name());
             let digest = <sha2::Sha256 as sha2::Digest>::digest(identity.as_bytes());
-            crate::sink::sha256_writer::hex(&digest[..6])
+            crate::hash::hex(&digest[..6])
         }
         _ => String::new(),
     }

@@ -1,21 +1,30 @@
 //! The one place that prepares a DataFusion session: runtime (memory limit, spilling), settings,
-//! the project's UDFs, object stores and the input tables.
+//! the project's UDFs, object stores, the codecs of the merge plan's custom parts, and the input
+//! tables.
 //!
-//! `run` and the tests go through here, and [`register_functions`] takes any function registry (a
-//! distributed executor's too), so sessions can never disagree on what a name means.
+//! `run`, every other command and the tests go through here; a client of a Ballista cluster is an
+//! ordinary session upgraded by [`client_state`], and the scheduler and the executors
+//! (`crate::cluster`) take their functions, object stores and codecs from here too
+//! ([`register_functions`], [`runtime_builder`], [`codecs`]), so no two processes can disagree on
+//! what a name means or how a plan is encoded.
 
 use std::sync::Arc;
 
+use ballista_core::extension::{SessionConfigExt, SessionStateExt};
 use datafusion::execution::FunctionRegistry;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
-use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion_proto::logical_plan::LogicalExtensionCodec;
+use datafusion_proto::physical_plan::PhysicalExtensionCodec;
 
 use crate::config::{ExecutionConfig, JobConfig};
 use crate::error::Result;
+use crate::io::storage;
 use crate::pipeline::inputs::{self, Inputs};
-use crate::{storage, udf};
+use crate::pipeline::merge;
+use crate::udf;
 
 /// Registers every UDF of the project on a function registry (a session state, or the registry a
 /// Ballista executor decodes plans with).
@@ -41,16 +50,20 @@ pub fn session_config(execution: &ExecutionConfig) -> SessionConfig {
 /// object stores resolved from each provider's environment on first use.
 pub fn runtime_env(execution: &ExecutionConfig) -> Result<Arc<RuntimeEnv>> {
     // The default disk manager spills to the OS temp folder.
-    let mut builder = RuntimeEnvBuilder::new().with_object_store_registry(Arc::new(
-        storage::EnvStoreRegistry::new(
-            execution.object_store_retries,
-            std::time::Duration::from_secs(execution.object_store_retry_timeout_secs),
-        ),
-    ));
+    let mut builder = runtime_builder(execution);
     if let Some(limit) = execution.memory_limit {
         builder = builder.with_memory_pool(Arc::new(FairSpillPool::new(limit.as_u64() as usize)));
     }
     Ok(builder.build_arc()?)
+}
+
+/// A runtime's object stores: each provider's, built from the process's environment on first use,
+/// with the execution config's retries. Memory pool and spill folder are the caller's.
+pub fn runtime_builder(execution: &ExecutionConfig) -> RuntimeEnvBuilder {
+    RuntimeEnvBuilder::new().with_object_store_registry(Arc::new(storage::EnvStoreRegistry::new(
+        execution.object_store_retries,
+        std::time::Duration::from_secs(execution.object_store_retry_timeout_secs),
+    )))
 }
 
 /// A session with settings, runtime and UDFs, but no tables.
@@ -71,9 +84,18 @@ pub fn new_context_with_runtime(
         .build();
     register_functions(&mut state)?;
     if let Some(url) = &execution.cluster {
-        state = crate::cluster::client_state(state, url)?;
+        state = client_state(state, url)?;
     }
     Ok(SessionContext::new_with_state(state))
+}
+
+/// Makes empty sessions like `ctx`'s on its runtime: the job's slices, one per partition of the
+/// engagement input ([`crate::pipeline::NewSession`]).
+pub fn siblings<'a>(
+    ctx: &'a SessionContext,
+    execution: &'a ExecutionConfig,
+) -> impl Fn() -> Result<SessionContext> + 'a {
+    move || new_context_with_runtime(execution, ctx.runtime_env())
 }
 
 /// Everything a job session needs: [`new_context`] plus the registered inputs.
@@ -89,4 +111,46 @@ pub async fn open_with_runtime(
     let ctx = new_context_with_runtime(&config.execution, runtime)?;
     let inputs = inputs::register(&ctx, config).await?;
     Ok((ctx, inputs))
+}
+
+/// A client session: `state` (settings, runtime, functions) with Ballista's query planner, so
+/// that its queries run on the cluster at `url`.
+pub fn client_state(state: SessionState, url: &str) -> Result<SessionState> {
+    let scheduler = crate::config::scheduler_address(url)?;
+    // the planner Ballista installs takes its codec from the config it upgrades
+    let (logical, physical) = codecs();
+    let config = state
+        .config()
+        .clone()
+        .with_ballista_logical_extension_codec(logical)
+        .with_ballista_physical_extension_codec(physical);
+    let state = SessionStateBuilder::new_from_existing(state)
+        .with_config(config)
+        .build();
+    // upgrading swaps in Ballista's function set: ours are registered again
+    let state = state.upgrade_for_ballista(scheduler)?;
+    // Ballista 55's adaptive planner stalls a job for good when an executor dies during it
+    // (task updates of the rolled-back stages are rejected); the static planner reruns the lost
+    // work (docs/DISTRIBUTED.md, "When an executor dies"; tests/cluster.rs kills one).
+    let config = state
+        .config()
+        .clone()
+        .with_ballista_adaptive_query_planner(false);
+    let mut state = SessionStateBuilder::new_from_existing(state)
+        .with_config(config)
+        .build();
+    register_functions(&mut state)?;
+    Ok(state)
+}
+
+/// Ballista's codecs plus the merge plan's table and operator: the client encodes with them, the
+/// scheduler and the executors decode.
+pub fn codecs() -> (
+    Arc<dyn LogicalExtensionCodec>,
+    Arc<dyn PhysicalExtensionCodec>,
+) {
+    (
+        Arc::new(merge::codec::LogicalCodec::default()),
+        Arc::new(merge::codec::PhysicalCodec::default()),
+    )
 }

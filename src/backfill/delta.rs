@@ -23,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 use super::manifest::{DELTA_FORMAT, DayRecord, PartitionState};
 use super::{Backfill, Built, DayPlan};
 use crate::error::Result;
+use crate::io::sink::delta::{self as sink, COMMIT_INFO_KEY, Commit, Replace};
+use crate::io::storage::Root;
 use crate::job;
-use crate::sink::delta::{self as sink, COMMIT_INFO_KEY, Commit, Replace};
-use crate::storage::Root;
 
 /// What the Delta table says about each day.
 #[derive(Debug, Default)]

@@ -9,9 +9,9 @@ use object_store::ObjectMeta;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::sink::sha256_writer::hex;
+use crate::hash::hex;
 
-pub use crate::storage::Root;
+pub use crate::io::storage::Root;
 
 /// The local filesystem store writes every object to `<name>#<n>` first and renames it when
 /// complete; a process killed meanwhile leaves that file, which listings do not show. Returns

@@ -31,8 +31,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
+use crate::hash::hex;
 use crate::process::{self, host_name};
-use crate::sink::sha256_writer::hex;
 
 /// Who holds a lock (or a takeover token).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

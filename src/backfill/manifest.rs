@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{BackfillConfig, Blend, FeatureParams, JobConfig, OutputFormat};
-use crate::sink::sha256_writer::hex;
+use crate::hash::hex;
 
 pub const MANIFEST: &str = "_manifest.json";
 pub const SUCCESS: &str = "_SUCCESS";
@@ -57,7 +57,7 @@ pub struct Build {
 pub const DELTA_FORMAT: &str = "q2q-prior/backfill-delta-day/1";
 
 /// A backfill commit's record of the day it replaced, in the commit's `commitInfo` (key
-/// [`crate::sink::delta::COMMIT_INFO_KEY`]); its row count is the commit's own
+/// [`crate::io::sink::delta::COMMIT_INFO_KEY`]); its row count is the commit's own
 /// `operationMetrics.num_added_rows`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DayRecord {

@@ -216,7 +216,7 @@ fn data_file(format: OutputFormat, run_id: &str) -> String {
         OutputFormat::Csv => "csv",
         OutputFormat::Json => "json",
     };
-    let id = crate::sink::sha256_writer::hex(&sha2::Sha256::digest(run_id.as_bytes()));
+    let id = crate::hash::hex(&sha2::Sha256::digest(run_id.as_bytes()));
     format!("part-{}.{ext}", &id[..16])
 }
 
@@ -236,7 +236,7 @@ fn validate(config: &JobConfig, request: &Request) -> Result<String> {
         Error::config("no output: set `output` or --output to the feature store's folder")
     })?;
     // its cleanup deletes files no manifest lists: never below an input
-    crate::storage::refuse_overlap(
+    crate::io::storage::refuse_overlap(
         &output,
         true,
         &[
@@ -550,8 +550,11 @@ pub async fn run(
     if !interrupted {
         clear_abandoned_locks(&backfill, &report).await;
         if backfill.format == OutputFormat::Delta && backfill.config.delta.vacuum {
-            match crate::sink::delta::vacuum(&backfill.output, backfill.config.delta.retention())
-                .await
+            match crate::io::sink::delta::vacuum(
+                &backfill.output,
+                backfill.config.delta.retention(),
+            )
+            .await
             {
                 Ok(n) => report.vacuumed = Some(n),
                 Err(e) => tracing::warn!("the vacuum after the backfill failed: {e}"),

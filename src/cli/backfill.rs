@@ -78,7 +78,7 @@ pub async fn run(args: BackfillArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let stop = super::run::StopOnSignal::new("stopping: cleaning up staged partitions");
+    let stop = super::signal::StopOnSignal::new("stopping: cleaning up staged partitions");
     let report = backfill::run(&config, &request, &stop.token).await?;
     eprint!("{}", crate::redact::text(&report.to_string()));
     if !report.failed.is_empty() {

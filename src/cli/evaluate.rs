@@ -8,10 +8,10 @@ use clap::{Args, Subcommand};
 
 use crate::config::{ExecutionConfig, InputSpec};
 use crate::error::{Error, Result};
-use crate::evaluate::chart;
-use crate::evaluate::features::{self, EvaluateSpec, Segments};
-use crate::evaluate::metrics::Gain;
-use crate::evaluate::neighbours::{self, Ideal, NeighbourList, NeighboursSpec};
+use crate::tools::evaluate::chart;
+use crate::tools::evaluate::features::{self, EvaluateSpec, Segments};
+use crate::tools::evaluate::metrics::Gain;
+use crate::tools::evaluate::neighbours::{self, Ideal, NeighbourList, NeighboursSpec};
 
 #[derive(Debug, Subcommand)]
 pub enum EvaluateCommand {

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 
 use crate::config::{ExecutionConfig, InputSpec};
 use crate::error::Result;
-use crate::export::lightgbm::{self, ExportSpec, Layout, Split};
+use crate::tools::export::lightgbm::{self, ExportSpec, Layout, Split};
 
 #[derive(Debug, Subcommand)]
 pub enum ExportCommand {
@@ -100,7 +100,7 @@ pub async fn run(command: ExportCommand) -> Result<()> {
             // Ctrl-C / SIGTERM drops the export, whose staging folder removes itself
             let summary = tokio::select! {
                 biased;
-                _ = super::run::shutdown_signal() => return Err(crate::Error::Interrupted),
+                _ = super::signal::shutdown_signal() => return Err(crate::Error::Interrupted),
                 summary = lightgbm::export(&spec) => summary?,
             };
             eprintln!("{}", crate::redact::text(&summary.to_string()));

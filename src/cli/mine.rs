@@ -1,15 +1,15 @@
-//! `q2q-prior mine ...`: training data for the upstream Q2Q model (see [`crate::mine`]).
+//! `q2q-prior mine ...`: training data for the upstream Q2Q model (see [`crate::tools::mine`]).
 
 use bytesize::ByteSize;
 use clap::{Args, Subcommand};
 
 use crate::config::{ExecutionConfig, InputFormat, InputSpec, OutputFormat};
 use crate::error::{Error, Result};
-use crate::evaluate::features::per_query_format;
-use crate::mine::ance::{self, AnceJob};
-use crate::mine::pairs::PairParams;
-use crate::mine::{self, PairJob, SplitShares, Window};
 use crate::session;
+use crate::tools::evaluate::features::per_query_format;
+use crate::tools::mine::ance::{self, AnceJob};
+use crate::tools::mine::pairs::PairParams;
+use crate::tools::mine::{self, PairJob, SplitShares, Window};
 
 #[derive(Debug, Subcommand)]
 pub enum MineCommand {
@@ -176,7 +176,7 @@ async fn pairs(args: PairsArgs) -> Result<()> {
         memory_limit: args.memory_limit,
         ..Default::default()
     })?;
-    let stop = super::run::StopOnSignal::new("stopping: cleaning up the staging output");
+    let stop = super::signal::StopOnSignal::new("stopping: cleaning up the staging output");
     let job = PairJob {
         engagement: spec,
         window,
@@ -213,7 +213,7 @@ async fn ance(args: AnceArgs) -> Result<()> {
         memory_limit: args.memory_limit,
         ..Default::default()
     })?;
-    let stop = super::run::StopOnSignal::new("stopping: cleaning up the staging output");
+    let stop = super::signal::StopOnSignal::new("stopping: cleaning up the staging output");
     let report = ance::mine_ance(&ctx, &job, &stop.token).await?;
     eprintln!("{report}");
     eprintln!("  wrote {}", crate::redact::text(&args.output));

@@ -7,6 +7,7 @@ pub mod evaluate;
 pub mod export;
 pub mod mine;
 pub mod run;
+pub mod signal;
 pub mod sql;
 pub mod synth;
 pub mod validate;

@@ -11,11 +11,11 @@ use clap::Args;
 use super::JobArgs;
 use crate::config::OutputFormat;
 use crate::error::{Error, Result};
+use crate::io::sink;
+use crate::io::storage::OutputLocation;
 use crate::shell::print::DisplayFormat;
 use crate::shell::statements::{self, Item, Splitter};
 use crate::shell::{Flow, Outcome, Shell};
-use crate::sink;
-use crate::storage::OutputLocation;
 
 #[derive(Debug, Args)]
 #[command(
@@ -197,7 +197,7 @@ async fn run_item(shell: &mut Shell, item: &Item, status: Status) -> Result<Flow
     };
     tokio::select! {
         biased;
-        _ = super::run::shutdown_signal() => Err(Error::Interrupted),
+        _ = super::signal::shutdown_signal() => Err(Error::Interrupted),
         result = work => result,
     }
 }
@@ -335,7 +335,7 @@ async fn write_output(shell: &Shell, sql: &str, output: &str, status: Status) ->
             "-o {output}: the last statement returns no rows to write (it is DDL or SET): end with a query"
         )));
     }
-    let stop = super::run::StopOnSignal::new("stopping: cleaning up the staging output");
+    let stop = super::signal::StopOnSignal::new("stopping: cleaning up the staging output");
     let written = sink::write_atomic(df, &location, format, &stop.token, |_| {}).await?;
     if !status.quiet {
         eprintln!(

@@ -7,7 +7,7 @@ use clap::Args;
 
 use crate::config::InputFormat;
 use crate::error::Result;
-use crate::synth::{self, SynthSpec};
+use crate::tools::synth::{self, SynthSpec};
 
 #[derive(Debug, Args)]
 #[command(

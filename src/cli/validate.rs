@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use super::JobArgs;
 use crate::error::{Error, Result};
 use crate::redact;
-use crate::validate::{self, Options};
+use crate::tools::validate::{self, Options};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ReportFormat {

@@ -27,3 +27,16 @@ fn params(p: &FeatureParams) -> Vec<(&'static str, ScalarValue)> {
         ("beta", ScalarValue::from(p.beta)),
     ]
 }
+
+/// The feature table's columns (partition columns come after them).
+pub const OUTPUT_COLUMNS: [&str; 9] = [
+    "query",
+    "product_id",
+    "h",
+    "prior",
+    "alpha",
+    "f",
+    "impressions",
+    "n_neighbours",
+    "n_contributing",
+];

@@ -1,138 +1,21 @@
-//! Row-level checks on the inputs: what the job relies on, stated once.
+//! The feature job's checks on its inputs: what the job relies on, stated once.
 //!
 //! `run` evaluates them before computing anything (FAIL stops the job with exit code 2, WARN goes
 //! to the summary). They are data, not code paths, so any command that reports on inputs lists the
-//! same checks. All row checks of one input are counted in a single scan; an example row is fetched
-//! only for a check that found something.
+//! same checks. All row checks of one input are counted in a single scan ([`crate::io::checks`]),
+//! with the sums that could overflow and the duplicate keys.
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Int64Type};
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use datafusion::functions::math::expr_fn::isnan;
 use datafusion::functions_aggregate::expr_fn::{count, sum};
-use datafusion::logical_expr::{Expr, col, lit, when};
-use datafusion::prelude::DataFrame;
+use datafusion::logical_expr::{Expr, col, lit};
+use datafusion::prelude::ident;
 
-use crate::error::{BadInput, Result};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Severity {
-    /// The job cannot produce correct features: stop.
-    Fail,
-    /// Suspicious but well defined: report and go on.
-    Warn,
-}
-
-/// One predicate that selects offending rows of one input.
-#[derive(Debug, Clone)]
-pub struct Check {
-    /// Short stable id, e.g. `clicks_above_impressions`.
-    pub id: &'static str,
-    pub column: &'static str,
-    pub severity: Severity,
-    /// Selects the rows that violate the check.
-    pub violation: Expr,
-    /// What the rows should look like.
-    pub expected: &'static str,
-}
-
-/// The outcome of a check over a whole input.
-#[derive(Debug, Clone)]
-pub struct CheckResult {
-    pub check: Check,
-    pub violations: u64,
-    pub example: Option<String>,
-}
-
-impl CheckResult {
-    pub fn to_bad_input(&self, input: &str, uri: &str) -> BadInput {
-        let mut bad = BadInput::new(
-            input,
-            uri,
-            format!("{} row(s) fail check '{}'", self.violations, self.check.id),
-        )
-        .column(self.check.column)
-        .expected(self.check.expected);
-        if let Some(example) = &self.example {
-            bad = bad.example(example.clone());
-        }
-        bad
-    }
-}
-
-pub fn null_or_empty(column: &str, data_type: &DataType) -> Expr {
-    let c = col(column);
-    if is_string(data_type) {
-        c.clone().is_null().or(c.eq(lit("")))
-    } else {
-        c.is_null()
-    }
-}
-
-/// A FAIL check that `column` is neither null nor NaN nor infinite.
-pub fn finite_check(id: &'static str, column: &'static str, expected: &'static str) -> Check {
-    Check {
-        id,
-        column,
-        severity: Severity::Fail,
-        violation: col(column).is_null().or(not_finite(column)),
-        expected,
-    }
-}
-
-pub fn not_finite(column: &str) -> Expr {
-    let c = col(column);
-    isnan(c.clone())
-        .or(c.clone().eq(lit(f64::INFINITY)))
-        .or(c.eq(lit(f64::NEG_INFINITY)))
-}
-
-pub fn is_string(data_type: &DataType) -> bool {
-    match data_type {
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
-        DataType::Dictionary(_, values) => is_string(values),
-        _ => false,
-    }
-}
-
-/// A key column must hold a non-empty value in every row.
-pub fn key_check(column: &'static str, data_type: &DataType) -> Check {
-    Check {
-        id: match column {
-            "query" => "query_null_or_empty",
-            "product_id" => "product_id_null_or_empty",
-            _ => "neighbour_null_or_empty",
-        },
-        column,
-        severity: Severity::Fail,
-        violation: null_or_empty(column, data_type),
-        expected: "a non-empty value in every row",
-    }
-}
-
-/// A WARN check for keys made only of white space: well defined (they are keys like any other,
-/// and `normalize` turns them into ""), but seldom what an upstream job meant to write.
-pub fn blank_check(column: &'static str, data_type: &DataType) -> Option<Check> {
-    if !is_string(data_type) {
-        return None;
-    }
-    let c = col(column);
-    let trimmed = datafusion::functions::string::expr_fn::btrim(vec![c.clone(), lit(BLANKS)]);
-    Some(Check {
-        id: match column {
-            "query" => "query_blank",
-            "product_id" => "product_id_blank",
-            _ => "neighbour_blank",
-        },
-        column,
-        severity: Severity::Warn,
-        violation: trimmed.eq(lit("")).and(c.not_eq(lit(""))),
-        expected: "a key with a visible character (keys of only white space are kept as they are)",
-    })
-}
-
-/// What [`blank_check`] counts as white space: ASCII white space, no-break and ideographic spaces.
-const BLANKS: &str = " \t\n\r\u{0b}\u{0c}\u{a0}\u{3000}";
+use crate::config::{DuplicatePolicy, FeatureParams};
+use crate::error::{BadInput, Error, Result};
+use crate::io::checks::{self, Check, CheckResult, Severity, blank_check, key_check, not_finite};
+use crate::io::tables::{self, Input};
+use crate::pipeline::inputs::{ENGAGEMENT, Inputs, NEIGHBOURS};
 
 /// Checks of the engagement input; `counts` lists the count columns it actually has, with their
 /// types.
@@ -240,113 +123,307 @@ pub fn neighbour_checks(query_type: &DataType, neighbour_type: &DataType) -> Vec
     checks
 }
 
-/// Counts rows and violations of every check in one scan of `df`, then fetches one example row
-/// for each check that found something. Returns the row count and one result per check.
-pub async fn evaluate(df: &DataFrame, checks: &[Check]) -> Result<(u64, Vec<CheckResult>)> {
-    let (rows, results, _) = evaluate_with_totals(df, checks, &[]).await?;
-    Ok((rows, results))
+/// What [`check`] found: row counts and the warnings that did not stop the job.
+#[derive(Debug, Clone, Default)]
+pub struct InputReport {
+    pub engagement_rows: u64,
+    pub neighbour_rows: u64,
+    /// Distinct (query, product_id) pairs, i.e. rows of the history stage.
+    pub engagement_pairs: u64,
+    pub warnings: Vec<(String, CheckResult)>,
 }
 
-/// Integers of any width summed without overflow (up to 2^127).
-pub fn wide_sum(column: &str) -> Expr {
-    sum(datafusion::logical_expr::cast(
-        col(column),
-        DataType::Decimal128(38, 0),
-    ))
-}
-
-/// [`evaluate`], and in the same scan the exact total of each integer column of `totals`.
-pub async fn evaluate_with_totals(
-    df: &DataFrame,
-    checks: &[Check],
-    totals: &[&str],
-) -> Result<(u64, Vec<CheckResult>, Vec<i128>)> {
-    let mut aggregates = vec![count(lit(1i64)).alias("__rows")];
-    for (i, check) in checks.iter().enumerate() {
-        aggregates.push(
-            sum(when(check.violation.clone(), lit(1i64)).otherwise(lit(0i64))?)
-                .alias(format!("__c{i}")),
-        );
-    }
-    for (i, column) in totals.iter().enumerate() {
-        aggregates.push(wide_sum(column).alias(format!("__t{i}")));
-    }
-    let batches = df.clone().aggregate(vec![], aggregates)?.collect().await?;
-    let batch = batches.first().filter(|b| b.num_rows() == 1);
-    let value = |i: usize| -> u64 {
-        batch.map_or(0, |b| {
-            let column = b.column(i).as_primitive::<Int64Type>();
-            if column.is_null(0) {
-                0
-            } else {
-                column.value(0).max(0) as u64
-            }
-        })
-    };
-    let rows = value(0);
-    let sums: Vec<i128> = (0..totals.len())
-        .map(|i| decimal(batch, 1 + checks.len() + i))
-        .collect();
-    let mut results = Vec::with_capacity(checks.len());
-    for (i, check) in checks.iter().enumerate() {
-        let violations = value(i + 1);
-        let example = if violations > 0 {
-            let rows = df
-                .clone()
-                .filter(check.violation.clone())?
-                .limit(0, Some(1))?
-                .collect()
-                .await?;
-            rows.iter()
-                .find(|b| b.num_rows() > 0)
-                .map(|b| render_row(b, 0))
-                .transpose()?
-        } else {
-            None
-        };
-        results.push(CheckResult {
-            check: check.clone(),
-            violations,
-            example,
-        });
-    }
-    Ok((rows, results, sums))
-}
-
-/// The Decimal128 value in the first row of column `i` of `batch` (0 when absent or null).
-pub fn decimal(batch: Option<&RecordBatch>, i: usize) -> i128 {
-    use datafusion::arrow::datatypes::Decimal128Type;
-    batch.map_or(0, |b| {
-        let column = b.column(i).as_primitive::<Decimal128Type>();
-        if column.is_null(0) {
-            0
-        } else {
-            column.value(0)
+/// Scans both inputs once each for every row check (plus one aggregation for duplicate keys when
+/// duplicates are an error). The first FAIL becomes a [`BadInput`] naming the input, column and an
+/// example row; WARNs are returned. `validate` reports the same checks without stopping.
+pub async fn check(inputs: &Inputs, params: &FeatureParams) -> Result<InputReport> {
+    let mut report = InputReport::default();
+    for input in [&inputs.engagement, &inputs.neighbours] {
+        let scan = scan_checks(input).await?;
+        if scan.rows == 0 {
+            return Err(tables::no_rows(input).into());
         }
+        for result in scan.results.iter().filter(|r| r.violations > 0) {
+            match result.check.severity {
+                Severity::Fail => return Err(result.to_bad_input(input.role, &input.uri).into()),
+                Severity::Warn => report
+                    .warnings
+                    .push((input.role.to_string(), result.clone())),
+            }
+        }
+        if let Some(overflow) = sum_overflow(input, &scan).await? {
+            return Err(overflow.to_bad_input(input).into());
+        }
+        if input.role == ENGAGEMENT {
+            report.engagement_rows = scan.rows;
+        } else {
+            report.neighbour_rows = scan.rows;
+        }
+    }
+    let duplicates = duplicate_keys(&inputs.engagement).await?;
+    if duplicates.duplicated > 0 && params.on_duplicate == DuplicatePolicy::Error {
+        return Err(duplicates.to_bad_input(&inputs.engagement).into());
+    }
+    report.engagement_pairs = duplicates.keys;
+    if inputs.engagement.normalize {
+        // variants merged: history has one row per normalized key, not per raw key
+        report.engagement_pairs = inputs.engagement.typed.clone().count().await? as u64;
+    }
+    Ok(report)
+}
+
+/// The row checks of one input, counted in one scan.
+#[derive(Debug, Clone)]
+pub struct CheckScan {
+    pub rows: u64,
+    pub results: Vec<CheckResult>,
+    /// For an input whose counts are summed per key: each count column's exact total.
+    pub totals: Vec<(&'static str, i128)>,
+}
+
+/// Count columns that are summed, and present in the input's files.
+fn summed_counts(input: &Input) -> Vec<&'static str> {
+    if input.summed_from.is_none() {
+        return Vec::new();
+    }
+    let schema = input.raw.schema();
+    ["impressions", "clicks", "adds", "purchases"]
+        .into_iter()
+        .filter(|c| schema.qualified_field_with_unqualified_name(c).is_ok())
+        .collect()
+}
+
+/// Runs an input's row checks ([`Input::checks`]) in one scan.
+pub async fn scan_checks(input: &Input) -> Result<CheckScan> {
+    let columns = summed_counts(input);
+    let (rows, results, totals) = checks::evaluate_with_totals(&input.raw, &input.checks, &columns)
+        .await
+        .map_err(|e| unreadable_rows(input, e))?;
+    Ok(CheckScan {
+        rows,
+        results,
+        totals: columns.into_iter().zip(totals).collect(),
     })
 }
 
-/// Values longer than this are cut in messages (with their length), so that a huge key does not
-/// make a huge error.
-const SHOWN_CHARS: usize = 200;
+/// A count whose sum over one key's rows does not fit the job's 64-bit integers.
+#[derive(Debug, Clone)]
+pub struct SumOverflow {
+    pub column: &'static str,
+    /// Keys whose sum is too large.
+    pub keys: u64,
+    /// The first such key (by key order) with its sum.
+    pub example: Option<String>,
+}
 
-/// Renders one row as `col=value, col=value`, strings quoted, for error messages.
-pub fn render_row(batch: &RecordBatch, row: usize) -> Result<String> {
-    let options = FormatOptions::default().with_null("NULL");
-    let mut parts = Vec::with_capacity(batch.num_columns());
-    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-        let formatter = ArrayFormatter::try_new(column.as_ref(), &options)?;
-        let mut value = formatter.value(row).to_string();
-        if value.chars().count() > SHOWN_CHARS {
-            let bytes = value.len();
-            value = value.chars().take(SHOWN_CHARS).collect();
-            value.push_str(&format!("… ({bytes} bytes)"));
+impl SumOverflow {
+    pub const ID: &'static str = "sum_above_bigint";
+    pub const EXPECTED: &'static str =
+        "sums of each key's rows <= 9223372036854775807 (the job counts in 64-bit signed integers)";
+
+    pub fn to_bad_input(&self, input: &Input) -> BadInput {
+        let mut bad = BadInput::new(
+            input.role,
+            &input.uri,
+            format!(
+                "{} key(s) sum to more {} than a 64-bit count holds (check '{}')",
+                self.keys,
+                self.column,
+                Self::ID
+            ),
+        )
+        .column(self.column)
+        .expected(Self::EXPECTED);
+        if let Some(example) = &self.example {
+            bad = bad.example(example.clone());
         }
-        if is_string(field.data_type()) && !column.is_null(row) {
-            parts.push(format!("{}={:?}", field.name(), value));
-        } else {
-            parts.push(format!("{}={}", field.name(), value));
+        bad
+    }
+}
+
+/// The first count column whose per-key sums overflow, when the scan's totals say one might: a
+/// column whose total fits cannot overflow for any key, so the per-key aggregation runs only
+/// for a column whose total does not (never, for real counts).
+pub async fn sum_overflow(input: &Input, scan: &CheckScan) -> Result<Option<SumOverflow>> {
+    let Some(rows) = &input.summed_from else {
+        return Ok(None);
+    };
+    let key: Vec<Expr> = input
+        .partitions
+        .columns
+        .iter()
+        .map(|c| ident(c.as_str()))
+        .chain([col("query"), col("product_id")])
+        .collect();
+    for &(column, total) in &scan.totals {
+        if total <= i64::MAX as i128 {
+            continue;
+        }
+        let too_large = lit(datafusion::common::ScalarValue::Decimal128(
+            Some(i64::MAX as i128),
+            38,
+            0,
+        ));
+        let sums = rows
+            .clone()
+            .aggregate(key.clone(), vec![checks::wide_sum(column).alias(column)])?
+            .filter(col(column).gt(too_large))?;
+        let keys = sums.clone().count().await? as u64;
+        if keys == 0 {
+            continue;
+        }
+        let first = sums
+            .sort(
+                key.iter()
+                    .map(|k| k.clone().sort(true, true))
+                    .collect::<Vec<_>>(),
+            )?
+            .limit(0, Some(1))?
+            .collect()
+            .await?;
+        let example = first
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .map(|b| checks::render_row(b, 0))
+            .transpose()?;
+        return Ok(Some(SumOverflow {
+            column,
+            keys,
+            example,
+        }));
+    }
+    Ok(None)
+}
+
+/// Scanning is where unparseable rows, ragged CSV lines, corrupt Parquet or unreachable objects
+/// show up: those are the input's fault (exit 2) and are reported with its name. Planning and
+/// internal errors stay internal.
+fn unreadable_rows(input: &Input, e: Error) -> Error {
+    use datafusion::error::DataFusionError as E;
+    match e {
+        Error::DataFusion(df)
+            if matches!(
+                df.find_root(),
+                E::ArrowError(..)
+                    | E::ParquetError(..)
+                    | E::ObjectStore(..)
+                    | E::IoError(..)
+                    | E::External(..)
+            ) =>
+        {
+            BadInput::new(
+                input.role,
+                &input.uri,
+                format!("cannot read the rows: {}", df.find_root()),
+            )
+            .expected("every row readable with the columns and types of the input's schema")
+            .into()
+        }
+        other => other,
+    }
+}
+
+/// What `on_duplicate = "error"` expects of engagement keys.
+pub const DUPLICATES_EXPECTED: &str = "one row per (query, product_id); set features.on_duplicate = \"sum\" (--on-duplicate sum) to add them up";
+
+/// Repeated keys of an input: (partition, query, product_id) for engagement, (partition, query,
+/// neighbour) for neighbours.
+#[derive(Debug, Clone, Default)]
+pub struct DuplicateKeys {
+    /// The key columns, e.g. `query, product_id`.
+    pub columns: String,
+    /// Distinct keys.
+    pub keys: u64,
+    /// Keys with more than one row.
+    pub duplicated: u64,
+    /// The first duplicated key (by key order) with its row count `n`.
+    pub example: Option<String>,
+}
+
+impl DuplicateKeys {
+    /// The job's error for duplicated engagement keys under `on_duplicate = "error"`.
+    pub fn to_bad_input(&self, input: &Input) -> BadInput {
+        let mut bad = BadInput::new(
+            input.role,
+            &input.uri,
+            format!(
+                "{} ({}) key(s) have more than one row",
+                self.duplicated, self.columns
+            ),
+        )
+        .column(self.columns.clone())
+        .expected(DUPLICATES_EXPECTED);
+        if let Some(example) = &self.example {
+            bad = bad.example(example.clone());
+        }
+        bad
+    }
+}
+
+/// Counts distinct keys of an input (see [`DuplicateKeys`]) and finds an example of a repeated one.
+pub async fn duplicate_keys(input: &Input) -> Result<DuplicateKeys> {
+    let second = if input.role == NEIGHBOURS {
+        "neighbour"
+    } else {
+        "product_id"
+    };
+    let key: Vec<Expr> = input
+        .partitions
+        .columns
+        .iter()
+        .map(|c| ident(c.as_str()))
+        .chain([col("query"), col(second)])
+        .collect();
+    let keys = input
+        .raw
+        .clone()
+        .aggregate(key, vec![count(lit(1i64)).alias("n")])?;
+    let summary = keys
+        .clone()
+        .aggregate(
+            vec![],
+            vec![
+                count(lit(1i64)).alias("pairs"),
+                sum(
+                    datafusion::logical_expr::when(col("n").gt(lit(1i64)), lit(1i64))
+                        .otherwise(lit(0i64))?,
+                )
+                .alias("duplicated"),
+            ],
+        )?
+        .collect()
+        .await
+        .map_err(|e| unreadable_rows(input, e.into()))?;
+    let mut found = DuplicateKeys {
+        columns: format!("query, {second}"),
+        keys: scalar_u64(&summary, 0),
+        duplicated: scalar_u64(&summary, 1),
+        example: None,
+    };
+    if found.duplicated > 0 {
+        let example = keys
+            .filter(col("n").gt(lit(1i64)))?
+            .sort(vec![
+                col("query").sort(true, true),
+                col(second).sort(true, true),
+            ])?
+            .limit(0, Some(1))?
+            .collect()
+            .await?;
+        if let Some(batch) = example.iter().find(|b| b.num_rows() > 0) {
+            found.example = Some(checks::render_row(batch, 0)?);
         }
     }
-    Ok(parts.join(", "))
+    Ok(found)
+}
+
+fn scalar_u64(batches: &[RecordBatch], column: usize) -> u64 {
+    batches.iter().find(|b| b.num_rows() > 0).map_or(0, |b| {
+        let c = b.column(column).as_primitive::<Int64Type>();
+        if c.is_null(0) {
+            0
+        } else {
+            c.value(0).max(0) as u64
+        }
+    })
 }

@@ -28,7 +28,6 @@ use datafusion::prelude::{ident, lit};
 use crate::config::{ExecutionConfig, FeatureParams, PlanKind};
 use crate::error::Result;
 use crate::pipeline::inputs::{ENGAGEMENT, Inputs, NEIGHBOURS};
-use crate::session;
 
 /// A SQL stage: its view name, its SQL text and the parameters it binds.
 #[derive(Clone, Copy)]
@@ -111,14 +110,16 @@ pub async fn register_stages(
 /// as `run` computes it: directly when the engagement input is not partitioned; otherwise each
 /// slice ([`slices`]) gets its own stages and the view on `ctx` is their union, with the
 /// partition columns appended. Nothing is computed except the stages named in `materialize`.
+/// `new_session` makes each slice's session (see [`slices`]).
 pub async fn register_job_views(
     ctx: &SessionContext,
     inputs: &Inputs,
     execution: &ExecutionConfig,
     params: &FeatureParams,
     materialize: &[&str],
+    new_session: NewSession<'_>,
 ) -> Result<StageTimings> {
-    let slices = slices(ctx, inputs, execution)?;
+    let slices = slices(ctx, inputs, new_session)?;
     let partitions = merge_partitions(execution);
     if let [only] = slices.as_slice()
         && only.partition.is_empty()
@@ -202,14 +203,18 @@ fn partition_filter(column: &str, value: &str) -> datafusion::prelude::Expr {
     }
 }
 
+/// Makes an empty session like the job's, on the job's runtime (`crate::session` knows how; the
+/// pipeline only asks).
+pub type NewSession<'a> = &'a dyn Fn() -> Result<SessionContext>;
+
 /// Splits the job by the engagement input's partition folders (e.g. `market=US/`): each slice gets
-/// its own session (sharing `ctx`'s runtime) with the partition's engagement rows, and the
-/// neighbour rows of the same partition when the neighbours input is partitioned by the same
-/// column, all of them otherwise. Without partitions the only slice is `ctx` itself.
+/// its own session from `new_session` (sharing `ctx`'s runtime) with the partition's engagement
+/// rows, and the neighbour rows of the same partition when the neighbours input is partitioned by
+/// the same column, all of them otherwise. Without partitions the only slice is `ctx` itself.
 pub fn slices(
     ctx: &SessionContext,
     inputs: &Inputs,
-    execution: &ExecutionConfig,
+    new_session: NewSession<'_>,
 ) -> Result<Vec<Slice>> {
     let partitions = &inputs.engagement.partitions;
     if partitions.columns.is_empty() {
@@ -240,7 +245,7 @@ pub fn slices(
                 .collect();
             Ok(df.select(keep)?)
         };
-        let slice_ctx = session::new_context_with_runtime(execution, ctx.runtime_env())?;
+        let slice_ctx = new_session()?;
         let engagement = only(inputs.engagement.typed.clone(), &partitions.columns)?;
         let neighbours = only(
             inputs.neighbours.typed.clone(),

@@ -21,6 +21,7 @@ use datafusion::prelude::{DataFrame, SessionContext};
 
 use crate::config::JobConfig;
 use crate::error::{Error, Result};
+use crate::io::tables;
 use crate::pipeline::{self, inputs};
 use crate::session;
 use print::{DisplayFormat, Printed};
@@ -76,7 +77,7 @@ impl Shell {
     pub async fn open(config: JobConfig) -> Result<Shell> {
         let ctx = url_table::enable(session::new_context(&config.execution)?);
         let mut sources = Vec::new();
-        let describe = |input: &inputs::Input| Source {
+        let describe = |input: &tables::Input| Source {
             name: input.role.to_string(),
             kind: "input",
             detail: format!("{} {}", input.format, crate::redact::text(&input.uri)),
@@ -107,6 +108,7 @@ impl Shell {
                     &config.execution,
                     &config.features,
                     &[],
+                    &session::siblings(&ctx, &config.execution),
                 )
                 .await?;
                 let partitioned = !inputs.engagement.partitions.columns.is_empty();

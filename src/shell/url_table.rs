@@ -3,7 +3,7 @@
 //! DataFusion's URL tables read a file whose extension names its format. A folder (the backfill's
 //! output, a partition folder, with `_SUCCESS` and `_manifest.json` beside the data), a glob, or
 //! a file DataFusion cannot place is opened instead the way the job opens its inputs
-//! ([`inputs::open_table`]): the format from the first visible file, only files of that format,
+//! ([`tables::open_table`]): the format from the first visible file, only files of that format,
 //! `key=value` folders as partition columns, object stores from the environment.
 //!
 //! A folder holding a Delta table (`_delta_log/`) is read as the table at its current version
@@ -28,8 +28,8 @@ use datafusion::prelude::SessionContext;
 use datafusion_session::SessionStore;
 
 use crate::config::InputSpec;
-use crate::pipeline::inputs;
-use crate::storage::Root;
+use crate::io::storage::Root;
+use crate::io::tables;
 
 /// The shell's [`UrlTableFactory`]: DataFusion's for files it reads, the job's opener otherwise.
 #[derive(Debug)]
@@ -63,7 +63,7 @@ impl UrlTableFactory for UrlTables {
         // a Delta table's folder holds replaced builds' files too: only its log says which count
         if looks_like_path(url)
             && may_be_folder(url)
-            && !url.contains(crate::storage::GLOB_CHARS)
+            && !url.contains(crate::io::storage::GLOB_CHARS)
             && let Some(table) = DeltaView::open(&state, url).await?
         {
             return Ok(Some(Arc::new(table)));
@@ -75,7 +75,7 @@ impl UrlTableFactory for UrlTables {
             return Ok(None);
         }
         let ctx = SessionContext::new_with_state(state);
-        let input = inputs::open_table(&ctx, "table", &InputSpec::new(url))
+        let input = tables::open_table(&ctx, "table", &InputSpec::new(url))
             .await
             .map_err(|e| DataFusionError::Plan(e.to_string()))?;
         Ok(Some(input.raw.into_view()))
@@ -124,7 +124,9 @@ impl DeltaView {
     pub async fn open(state: &SessionState, uri: &str) -> Result<Option<DeltaView>> {
         let plan_error = |e: crate::Error| DataFusionError::Plan(e.to_string());
         let root = Root::open(state.runtime_env(), uri).map_err(plan_error)?;
-        let table = crate::sink::delta::open(&root).await.map_err(plan_error)?;
+        let table = crate::io::sink::delta::open(&root)
+            .await
+            .map_err(plan_error)?;
         let Some(version) = table.version() else {
             return Ok(None);
         };

@@ -11,7 +11,7 @@ use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
-use q2q_prior::pipeline::inputs::OUTPUT_COLUMNS;
+use q2q_prior::pipeline::blend::OUTPUT_COLUMNS;
 use q2q_prior::reference::{EngagementRow, FeatureRow, NeighbourRow};
 
 pub fn bin() -> Command {

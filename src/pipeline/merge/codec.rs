@@ -6,7 +6,7 @@
 //! - [`PhysicalCodec`] carries [`PriorMergeExec`] from the scheduler to the executors: its
 //!   parameters and output schema; its children are encoded by Ballista as any other plan.
 //!
-//! - The parts writer of a folder output ([`crate::sink::parts`]): its table from the client
+//! - The parts writer of a folder output ([`crate::io::sink::parts`]): its table from the client
 //!   (the input's logical plan, the staging folder, the format) and its operator to the
 //!   executors, which write the parts.
 //!
@@ -31,7 +31,7 @@ use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConve
 use serde::{Deserialize, Serialize};
 
 use super::{MergeParams, MergedFeatures, PriorMergeExec, Split};
-use crate::sink::parts;
+use crate::io::sink::parts;
 
 /// Prefixes that tell our payloads from Ballista's (whose protobuf messages never start so).
 const TABLE_TAG: &[u8] = b"q2q-prior:MergedFeatures:3:";
@@ -313,7 +313,7 @@ impl PhysicalExtensionCodec for PhysicalCodec {
 mod tests {
     use super::*;
     use crate::config::PriorWeighting;
-    use crate::pipeline::inputs::OUTPUT_COLUMNS;
+    use crate::pipeline::blend::OUTPUT_COLUMNS;
     use datafusion::physical_plan::empty::EmptyExec;
     use datafusion_proto::physical_plan::DefaultPhysicalProtoConverter;
 

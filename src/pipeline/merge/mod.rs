@@ -71,7 +71,7 @@ use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::inputs::OUTPUT_COLUMNS;
+use super::blend::OUTPUT_COLUMNS;
 use crate::config::{Blend, FeatureParams, PriorWeighting};
 
 /// The parameters of stages 2-4 (everything but H's weights, which `history` applies).

@@ -34,12 +34,7 @@ use super::index::{NOT_EMITTED, numbers, strings};
 /// `shares`. Fixed, so that every process (client, scheduler, executors, of any build of this
 /// version) agrees.
 pub fn share_of(key: &str, shares: usize) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &byte in key.as_bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (hash % shares.max(1) as u64) as usize
+    (crate::hash::fnv1a64(key.as_bytes()) % shares.max(1) as u64) as usize
 }
 
 /// The leaf that numbers the shares: `shares` partitions, partition k one row holding k (column

@@ -448,7 +448,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let uri = dir.path().join("out/features.parquet");
         let loc = OutputLocation::resolve(&runtime, uri.to_str().unwrap()).unwrap();
-        let staged = crate::sink::staging::sibling(&loc);
+        let staged = crate::io::sink::staging::sibling(&loc);
         assert!(staged.filename().unwrap().starts_with("_q2q_staging."));
         assert_eq!(staged.parts().count(), loc.path.parts().count());
     }

@@ -14,9 +14,11 @@ use serde::Serialize;
 
 use crate::config::{DuplicatePolicy, JobConfig};
 use crate::error::{Error, Result};
+use crate::io::checks::Severity;
+use crate::io::tables;
+use crate::io::tables::Input;
 use crate::pipeline;
-use crate::pipeline::checks::Severity;
-use crate::pipeline::inputs::{self, ENGAGEMENT, Input, Inputs, NEIGHBOURS};
+use crate::pipeline::inputs::{self, ENGAGEMENT, Inputs, NEIGHBOURS};
 use crate::session;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -300,7 +302,7 @@ fn schema_line(
 /// Row count, every row check and the duplicate-key count of one input. Returns whether its rows
 /// could be read (the diagnostics need both inputs readable).
 async fn row_checks(report: &mut Report, input: &Input, config: &JobConfig) -> Result<bool> {
-    let scan = match inputs::scan_checks(input).await {
+    let scan = match crate::pipeline::checks::scan_checks(input).await {
         Ok(scan) => scan,
         Err(Error::BadInput(bad)) => {
             let mut line = Line::new(Status::Fail, input.role, "readable").detail(bad.problem);
@@ -311,7 +313,7 @@ async fn row_checks(report: &mut Report, input: &Input, config: &JobConfig) -> R
         Err(other) => return Err(other),
     };
     if scan.rows == 0 {
-        let bad = inputs::no_rows(input);
+        let bad = tables::no_rows(input);
         let mut line = Line::new(Status::Fail, input.role, "rows").detail(bad.problem);
         line.count = Some(0);
         line.expected = bad.expected;
@@ -339,7 +341,7 @@ async fn row_checks(report: &mut Report, input: &Input, config: &JobConfig) -> R
         line.example = result.example;
         report.push(line);
     }
-    let duplicates = inputs::duplicate_keys(input).await?;
+    let duplicates = crate::pipeline::checks::duplicate_keys(input).await?;
     let status = match (duplicates.duplicated, input.role) {
         (0, _) => Status::Pass,
         (_, ENGAGEMENT) if config.features.on_duplicate == DuplicatePolicy::Error => Status::Fail,
@@ -353,7 +355,7 @@ async fn row_checks(report: &mut Report, input: &Input, config: &JobConfig) -> R
     line.column = Some(duplicates.columns.clone());
     line.expected = Some(if input.role == ENGAGEMENT {
         match config.features.on_duplicate {
-            DuplicatePolicy::Error => inputs::DUPLICATES_EXPECTED.to_string(),
+            DuplicatePolicy::Error => crate::pipeline::checks::DUPLICATES_EXPECTED.to_string(),
             DuplicatePolicy::Sum => {
                 "one row per key (on_duplicate = \"sum\": they are added up)".to_string()
             }
@@ -364,22 +366,30 @@ async fn row_checks(report: &mut Report, input: &Input, config: &JobConfig) -> R
     line.example = duplicates.example;
     report.push(line);
     if input.summed_from.is_some() && !report_has_failed(report, input.role) {
-        let overflow = inputs::sum_overflow(input, &scan).await?;
+        let overflow = crate::pipeline::checks::sum_overflow(input, &scan).await?;
         let mut line = match &overflow {
-            None => Line::new(Status::Pass, input.role, inputs::SumOverflow::ID)
-                .detail("every key's summed counts fit 64-bit integers"),
-            Some(o) => Line::new(Status::Fail, input.role, inputs::SumOverflow::ID)
-                .detail(format!(
-                    "{} key(s) sum to more {} than fits",
-                    o.keys, o.column
-                ))
-                .with_count(o.keys),
+            None => Line::new(
+                Status::Pass,
+                input.role,
+                crate::pipeline::checks::SumOverflow::ID,
+            )
+            .detail("every key's summed counts fit 64-bit integers"),
+            Some(o) => Line::new(
+                Status::Fail,
+                input.role,
+                crate::pipeline::checks::SumOverflow::ID,
+            )
+            .detail(format!(
+                "{} key(s) sum to more {} than fits",
+                o.keys, o.column
+            ))
+            .with_count(o.keys),
         };
         if let Some(o) = overflow {
             line.column = Some(o.column.to_string());
             line.example = o.example;
         }
-        line.expected = Some(inputs::SumOverflow::EXPECTED.to_string());
+        line.expected = Some(crate::pipeline::checks::SumOverflow::EXPECTED.to_string());
         report.push(line);
     }
     Ok(true)
@@ -441,7 +451,8 @@ async fn joint_diagnostics(
         }
     };
     let (mut rows, mut missing, mut queries, mut short, mut empty) = (0, 0, 0, 0, 0);
-    let slices = pipeline::slices(ctx, inputs, &config.execution)?;
+    let new_session = session::siblings(ctx, &config.execution);
+    let slices = pipeline::slices(ctx, inputs, &new_session)?;
     // with engagement partitions the job uses the neighbour lists once per partition: so do these
     let per_partition = if slices.len() > 1 {
         format!(

@@ -22,17 +22,12 @@ impl<W> Sha256Writer<W> {
 
     /// The hex digest of every byte written.
     pub fn finish(self) -> String {
-        hex(&self.hasher.finalize())
+        crate::hash::hex(&self.hasher.finalize())
     }
 
     pub fn into_inner(self) -> W {
         self.inner
     }
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl<W: AsyncWrite + Unpin> AsyncWrite for Sha256Writer<W> {

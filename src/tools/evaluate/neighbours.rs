@@ -24,13 +24,13 @@ use super::features::{SEGMENTS, Segments, fmt_interval, fmt_p, per_query_format}
 use super::metrics::{Gain, query_metrics};
 use crate::config::{ExecutionConfig, InputSpec};
 use crate::error::{Error, Result};
-use crate::pipeline::checks::{self, Check, Severity};
-use crate::pipeline::inputs;
+use crate::io::checks::{self, Check, Severity};
+use crate::io::sink;
+use crate::io::storage::OutputLocation;
+use crate::io::tables;
 use crate::session;
-use crate::sink;
-use crate::storage::OutputLocation;
 
-pub const SQL: &str = include_str!("../../sql/evaluate_neighbours.sql");
+pub const SQL: &str = include_str!("../../../sql/evaluate_neighbours.sql");
 
 /// One model's neighbour lists, under the name the report uses.
 #[derive(Debug, Clone)]
@@ -190,13 +190,13 @@ pub async fn evaluate(spec: &NeighboursSpec) -> Result<NeighbourEvaluation> {
     ctx.register_table("labels", labels.into_view())?;
     let traffic = match &spec.engagement {
         Some(engagement) => {
-            let (engagement, _) = inputs::open_checked(
+            let (engagement, _) = tables::open_checked(
                 &ctx,
                 "engagement",
                 engagement,
                 &[
-                    ("query", checks::is_string, inputs::STRING),
-                    ("impressions", inputs::is_number, inputs::COUNT),
+                    ("query", checks::is_string, tables::STRING),
+                    ("impressions", tables::is_number, tables::COUNT),
                 ],
                 vec![checks::key_check("query", &DataType::Utf8)],
             )
@@ -246,14 +246,14 @@ fn names(spec: &NeighboursSpec) -> String {
 /// A neighbour list: query, neighbour (or candidate, as `mine ance` reads retrieval output) and a
 /// finite score; typed as (query, candidate, score).
 async fn open_list(ctx: &SessionContext, spec: &InputSpec) -> Result<(DataFrame, u64)> {
-    let probe = inputs::open_table(ctx, "neighbours", spec).await?;
+    let probe = tables::open_table(ctx, "neighbours", spec).await?;
     let column = if probe
-        .column_type("neighbour", checks::is_string, inputs::STRING)?
+        .column_type("neighbour", checks::is_string, tables::STRING)?
         .is_some()
     {
         "neighbour"
     } else if probe
-        .column_type("candidate", checks::is_string, inputs::STRING)?
+        .column_type("candidate", checks::is_string, tables::STRING)?
         .is_some()
     {
         "candidate"
@@ -261,16 +261,16 @@ async fn open_list(ctx: &SessionContext, spec: &InputSpec) -> Result<(DataFrame,
         // the error lists the columns the input has
         "neighbour"
     };
-    let (input, rows) = inputs::open_checked(
+    let (input, rows) = tables::open_checked(
         ctx,
         "neighbours",
         spec,
         &[
-            ("query", checks::is_string, inputs::STRING),
-            (column, checks::is_string, inputs::STRING),
+            ("query", checks::is_string, tables::STRING),
+            (column, checks::is_string, tables::STRING),
             (
                 "score",
-                inputs::is_number,
+                tables::is_number,
                 "a numeric score from the model, higher = more similar",
             ),
         ],
@@ -291,16 +291,16 @@ async fn open_list(ctx: &SessionContext, spec: &InputSpec) -> Result<(DataFrame,
 
 /// Behaviour labels: query, candidate and a finite label >= 0 (0: not similar).
 async fn open_labels(ctx: &SessionContext, spec: &InputSpec) -> Result<DataFrame> {
-    let (input, _) = inputs::open_checked(
+    let (input, _) = tables::open_checked(
         ctx,
         "labels",
         spec,
         &[
-            ("query", checks::is_string, inputs::STRING),
-            ("candidate", checks::is_string, inputs::STRING),
+            ("query", checks::is_string, tables::STRING),
+            ("candidate", checks::is_string, tables::STRING),
             (
                 "label",
-                inputs::is_number,
+                tables::is_number,
                 "a numeric label >= 0, e.g. overlap x Jaccard from `mine pairs`",
             ),
         ],

@@ -21,8 +21,8 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 
 use crate::error::{Error, Result};
+use crate::io::storage::OutputLocation;
 use crate::process;
-use crate::storage::OutputLocation;
 
 const PREFIX: &str = "_q2q_staging.";
 const SUFFIX: &str = ".partial";

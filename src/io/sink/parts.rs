@@ -60,7 +60,7 @@ use tokio_util::sync::CancellationToken;
 use super::WriteStats;
 use crate::config::OutputFormat;
 use crate::error::{Error, Result};
-use crate::storage::Root;
+use crate::io::storage::Root;
 
 /// The marker of a committed folder (the Hadoop convention), holding the list of its parts.
 pub const SUCCESS: &str = "_SUCCESS";

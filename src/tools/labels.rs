@@ -11,8 +11,8 @@ use datafusion::prelude::SessionContext;
 
 use crate::config::InputSpec;
 use crate::error::Result;
-use crate::pipeline::checks::{self, Check, Severity};
-use crate::pipeline::inputs::{self, Input};
+use crate::io::checks::{self, Check, Severity};
+use crate::io::tables::{self, Input};
 
 /// Where a label comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,14 +44,14 @@ const COUNT_COLUMNS: [&str; 4] = ["impressions", "clicks", "adds", "purchases"];
 
 /// Opens `spec` as the labelled input named `role`, checks it and builds its typed view.
 pub async fn open(ctx: &SessionContext, role: &'static str, spec: &InputSpec) -> Result<Labels> {
-    let mut input = inputs::open_table(ctx, role, spec).await?;
-    let query = input.require("query", checks::is_string, inputs::STRING)?;
+    let mut input = tables::open_table(ctx, role, spec).await?;
+    let query = input.require("query", checks::is_string, tables::STRING)?;
     let product = input.require(
         "product_id",
-        |t| checks::is_string(t) || inputs::is_integer(t),
-        inputs::KEY,
+        |t| checks::is_string(t) || tables::is_integer(t),
+        tables::KEY,
     )?;
-    let explicit = input.column_type("label", inputs::is_number, "a numeric label column")?;
+    let explicit = input.column_type("label", tables::is_number, "a numeric label column")?;
     let mut row_checks = vec![
         checks::key_check("query", &query),
         checks::key_check("product_id", &product),
@@ -86,7 +86,7 @@ pub async fn open(ctx: &SessionContext, role: &'static str, spec: &InputSpec) ->
             for c in ["clicks", "adds", "purchases"] {
                 input.require(
                     c,
-                    inputs::is_integer,
+                    tables::is_integer,
                     "a `label` column, or clicks, adds and purchases counts to grade",
                 )?;
             }
@@ -115,7 +115,7 @@ pub async fn open(ctx: &SessionContext, role: &'static str, spec: &InputSpec) ->
         .schema()
         .fields()
         .iter()
-        .filter(|f| inputs::is_number(f.data_type()))
+        .filter(|f| tables::is_number(f.data_type()))
         .map(|f| f.name().clone())
         .filter(|n| n != "label" && n != "product_id")
         .filter(|n| source == LabelSource::Column || !COUNT_COLUMNS.contains(&n.as_str()))
@@ -124,7 +124,7 @@ pub async fn open(ctx: &SessionContext, role: &'static str, spec: &InputSpec) ->
 
     let (rows, results) = checks::evaluate(&input.raw, &input.checks).await?;
     if rows == 0 {
-        return Err(inputs::no_rows(&input).into());
+        return Err(tables::no_rows(&input).into());
     }
     if let Some(failed) = results
         .iter()
@@ -132,7 +132,7 @@ pub async fn open(ctx: &SessionContext, role: &'static str, spec: &InputSpec) ->
     {
         return Err(failed.to_bad_input(input.role, &input.uri).into());
     }
-    let duplicates = inputs::duplicate_keys(&input).await?;
+    let duplicates = crate::pipeline::checks::duplicate_keys(&input).await?;
     if duplicates.duplicated > 0 {
         let mut bad = duplicates.to_bad_input(&input);
         bad.expected = Some("one label per (query, product_id)".into());

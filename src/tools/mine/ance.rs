@@ -10,12 +10,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{InputSpec, OutputFormat};
 use crate::error::Result;
-use crate::pipeline::checks::{self, Check, Severity};
-use crate::pipeline::inputs;
-use crate::sink;
-use crate::storage::OutputLocation;
+use crate::io::checks::{self, Check, Severity};
+use crate::io::sink;
+use crate::io::storage::OutputLocation;
+use crate::io::tables;
 
-pub const SQL: &str = include_str!("../../sql/mine_ance.sql");
+pub const SQL: &str = include_str!("../../../sql/mine_ance.sql");
 
 /// What `mine ance` reads and writes.
 #[derive(Debug, Clone)]
@@ -60,15 +60,15 @@ impl std::fmt::Display for AnceReport {
 
 /// Opens both inputs and plans the InfoNCE rows.
 pub async fn plan(ctx: &SessionContext, job: &AnceJob) -> Result<(DataFrame, u64)> {
-    let (retrieval, retrieval_rows) = inputs::open_checked(
+    let (retrieval, retrieval_rows) = tables::open_checked(
         ctx,
         "retrieval",
         &job.retrieval,
         &[
-            ("query", checks::is_string, inputs::STRING),
-            ("candidate", checks::is_string, inputs::STRING),
-            ("score", inputs::is_number, "a numeric retrieval score"),
-            ("rank", inputs::is_integer, "an integer rank, 1 = best"),
+            ("query", checks::is_string, tables::STRING),
+            ("candidate", checks::is_string, tables::STRING),
+            ("score", tables::is_number, "a numeric retrieval score"),
+            ("rank", tables::is_integer, "an integer rank, 1 = best"),
         ],
         vec![
             checks::key_check("query", &DataType::Utf8),
@@ -84,21 +84,21 @@ pub async fn plan(ctx: &SessionContext, job: &AnceJob) -> Result<(DataFrame, u64
         ],
     )
     .await?;
-    let (pairs, _) = inputs::open_checked(
+    let (pairs, _) = tables::open_checked(
         ctx,
         "pairs",
         &job.pairs,
         &[
-            ("query", checks::is_string, inputs::STRING),
-            ("candidate", checks::is_string, inputs::STRING),
+            ("query", checks::is_string, tables::STRING),
+            ("candidate", checks::is_string, tables::STRING),
             (
                 "label",
-                inputs::is_number,
+                tables::is_number,
                 "a numeric label (from `mine pairs`)",
             ),
             (
                 "is_negative",
-                inputs::is_boolean,
+                tables::is_boolean,
                 "a boolean is_negative (from `mine pairs`)",
             ),
             (

@@ -225,22 +225,6 @@ fn pairs_of(n: usize) -> u64 {
     (n as u64) * (n as u64).saturating_sub(1) / 2
 }
 
-/// A stable 64-bit hash (FNV-1a) of byte strings: sampling and splits must not change with the
-/// Rust version or the input order.
-pub fn stable_hash(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for &b in *part {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        // separator, so ("ab", "c") and ("a", "bc") differ
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 /// Each product's queries whose co-purchases are counted: all of them, or for hot products the
 /// `hot_cap` with the smallest stable hash of (seed, product, query).
 fn counted_queries(
@@ -273,7 +257,7 @@ fn counted_queries(
                 .iter()
                 .map(|&q| {
                     let query = purchases.queries[q as usize].as_bytes();
-                    (stable_hash(&[&seed, name, query]), q)
+                    (crate::hash::fnv1a64_parts(&[&seed, name, query]), q)
                 })
                 .collect();
             ranked.sort_unstable();
@@ -430,7 +414,7 @@ fn negatives_for(
         return Vec::new();
     }
     let name = purchases.queries[q as usize].as_bytes();
-    let mut rng = ChaCha8Rng::seed_from_u64(stable_hash(&[
+    let mut rng = ChaCha8Rng::seed_from_u64(crate::hash::fnv1a64_parts(&[
         &params.seed.to_le_bytes(),
         b"negatives",
         name,
@@ -476,7 +460,7 @@ fn intersects(a: &[u32], b: &[u32]) -> bool {
 /// Train / validation / test by a stable hash of the input query: all rows of a query fall in
 /// one split, so no query is seen in training and evaluated on.
 pub fn split_of(query: &str, validation: f64, test: f64) -> &'static str {
-    let x = stable_hash(&[b"split", query.as_bytes()]) as f64 / 2f64.powi(64);
+    let x = crate::hash::fnv1a64_parts(&[b"split", query.as_bytes()]) as f64 / 2f64.powi(64);
     if x < test {
         "test"
     } else if x < test + validation {

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::WriteStats;
 use crate::error::{Error, Result};
-use crate::storage::Root;
+use crate::io::storage::Root;
 
 /// The key of this engine's record in a commit's `commitInfo` (what was built, from what).
 pub const COMMIT_INFO_KEY: &str = "q2qPrior";

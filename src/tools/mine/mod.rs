@@ -24,10 +24,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{InputSpec, OutputFormat};
 use crate::error::{BadInput, Error, Result};
-use crate::pipeline::checks::{self, Check, Severity};
+use crate::io::checks::{self, Check, Severity};
+use crate::io::sink;
+use crate::io::storage::OutputLocation;
+use crate::io::tables;
 use crate::pipeline::inputs;
-use crate::sink;
-use crate::storage::OutputLocation;
 
 use pairs::{MineReport, PairParams, PairRow, Purchases};
 
@@ -44,16 +45,16 @@ pub async fn read_purchases(
     spec: &InputSpec,
     window: &Window,
 ) -> Result<Purchases> {
-    let mut input = inputs::open_table(ctx, inputs::ENGAGEMENT, spec).await?;
-    let query = input.require("query", checks::is_string, inputs::STRING)?;
+    let mut input = tables::open_table(ctx, inputs::ENGAGEMENT, spec).await?;
+    let query = input.require("query", checks::is_string, tables::STRING)?;
     let product = input.require(
         "product_id",
-        |t| checks::is_string(t) || inputs::is_integer(t),
-        inputs::KEY,
+        |t| checks::is_string(t) || tables::is_integer(t),
+        tables::KEY,
     )?;
     input.require(
         "purchases",
-        inputs::is_integer,
+        tables::is_integer,
         "an integer purchases count per (query, product_id)",
     )?;
     input.checks = vec![
@@ -86,7 +87,7 @@ pub async fn read_purchases(
     }
     let (count, results) = checks::evaluate(&rows, &input.checks).await?;
     if count == 0 {
-        return Err(inputs::no_rows(&input).into());
+        return Err(tables::no_rows(&input).into());
     }
     if let Some(failed) = results
         .iter()

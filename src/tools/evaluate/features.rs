@@ -16,11 +16,11 @@ use super::bootstrap::{self, Interval, Paired};
 use super::metrics::{Gain, QueryMetrics, query_metrics};
 use crate::config::{ExecutionConfig, InputSpec, OutputFormat};
 use crate::error::{Error, Result};
-use crate::feature_table;
-use crate::labels;
+use crate::io::sink;
+use crate::io::storage::OutputLocation;
 use crate::session;
-use crate::sink;
-use crate::storage::OutputLocation;
+use crate::tools::feature_table;
+use crate::tools::labels;
 
 /// Query segments by traffic: the query's largest impression count over its products (about its
 /// number of searches: the top product is seen in nearly every search).

@@ -26,7 +26,7 @@ use rand_distr::{Binomial, Distribution, Poisson};
 
 use crate::config::InputFormat;
 use crate::error::Result;
-use crate::sink::parquet_properties;
+use crate::io::sink::parquet_properties;
 
 const CATEGORIES: [&str; 48] = [
     "sunglasses",

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::OutputFormat;
 use crate::error::{Error, Result};
-use crate::storage::OutputLocation;
+use crate::io::storage::OutputLocation;
 
 pub mod delta;
 mod parallel_parquet;

@@ -7,8 +7,8 @@ use datafusion::prelude::{SessionContext, ident};
 
 use crate::config::InputSpec;
 use crate::error::{BadInput, Result};
-use crate::pipeline::checks;
-use crate::pipeline::inputs::{self, Input};
+use crate::io::checks;
+use crate::io::tables::{self, Input};
 
 /// The engine's feature columns, in the order `run` writes them.
 pub const ENGINE_FEATURES: [&str; 7] = [
@@ -34,19 +34,19 @@ pub async fn open(
     role: &'static str,
     spec: &InputSpec,
 ) -> Result<FeatureTable> {
-    let mut input = inputs::open_table(ctx, role, spec).await?;
-    let query = input.require("query", checks::is_string, inputs::STRING)?;
+    let mut input = tables::open_table(ctx, role, spec).await?;
+    let query = input.require("query", checks::is_string, tables::STRING)?;
     let product = input.require(
         "product_id",
-        |t| checks::is_string(t) || inputs::is_integer(t),
-        inputs::KEY,
+        |t| checks::is_string(t) || tables::is_integer(t),
+        tables::KEY,
     )?;
     let numeric: Vec<String> = input
         .raw
         .schema()
         .fields()
         .iter()
-        .filter(|f| inputs::is_number(f.data_type()) && f.name() != "product_id")
+        .filter(|f| tables::is_number(f.data_type()) && f.name() != "product_id")
         .map(|f| f.name().clone())
         .collect();
     input.checks = vec![
@@ -55,12 +55,12 @@ pub async fn open(
     ];
     let (rows, results) = checks::evaluate(&input.raw, &input.checks).await?;
     if rows == 0 {
-        return Err(inputs::no_rows(&input).into());
+        return Err(tables::no_rows(&input).into());
     }
     if let Some(failed) = results.iter().find(|r| r.violations > 0) {
         return Err(failed.to_bad_input(input.role, &input.uri).into());
     }
-    let duplicates = inputs::duplicate_keys(&input).await?;
+    let duplicates = crate::pipeline::checks::duplicate_keys(&input).await?;
     if duplicates.duplicated > 0 {
         let mut bad: BadInput = duplicates.to_bad_input(&input);
         bad.expected = Some(
