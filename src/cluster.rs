@@ -85,11 +85,13 @@ pub struct SchedulerOptions {
     pub external_host: Option<String>,
     /// An executor silent for this long is dead: its tasks run again elsewhere.
     pub executor_timeout: Duration,
+    /// The object-store settings of the scheduler's sessions.
+    pub execution: ExecutionConfig,
 }
 
 /// Runs a Ballista scheduler until the process is stopped.
 pub async fn run_scheduler(options: &SchedulerOptions) -> Result<()> {
-    let execution = ExecutionConfig::default();
+    let execution = options.execution.clone();
     let timeout = options.executor_timeout.as_secs().max(1);
     let mut config = SchedulerConfig {
         bind_host: options.bind.ip().to_string(),
@@ -140,6 +142,8 @@ pub struct ExecutorOptions {
     /// Memory for all tasks together (split evenly), before they spill.
     pub memory_limit: Option<u64>,
     pub heartbeat: Duration,
+    /// The object-store settings of the executor's tasks.
+    pub execution: ExecutionConfig,
 }
 
 /// Runs a Ballista executor until the process is stopped.
@@ -154,7 +158,7 @@ pub async fn run_executor(options: &ExecutorOptions) -> Result<()> {
                 options.scheduler
             ))
         })?;
-    let execution = ExecutionConfig::default();
+    let execution = &options.execution;
     let config_producer: ConfigProducer = Arc::new(ballista_core::utils::default_config_producer);
     let mut config = ExecutorProcessConfig {
         bind_host: options.bind_host.clone(),
@@ -172,7 +176,7 @@ pub async fn run_executor(options: &ExecutorOptions) -> Result<()> {
         memory_pool_size: options.memory_limit,
         executor_heartbeat_interval_seconds: options.heartbeat.as_secs().max(1),
         override_function_registry: Some(Arc::new(function_registry()?)),
-        override_runtime_producer: Some(runtime_producer(&execution, options.work_dir.clone())),
+        override_runtime_producer: Some(runtime_producer(execution, options.work_dir.clone())),
         override_config_producer: Some(config_producer),
         override_logical_codec: Some(codecs().0),
         override_physical_codec: Some(codecs().1),
@@ -206,6 +210,8 @@ pub struct StandaloneOptions {
     pub memory_limit: Option<u64>,
     /// Holds each executor's shuffle and spill files (`executor-N/`).
     pub work_dir: std::path::PathBuf,
+    /// The object-store settings of the scheduler and the executors.
+    pub execution: ExecutionConfig,
 }
 
 /// Runs a scheduler and `executors` executors in this process, listening on 127.0.0.1 only (for
@@ -218,6 +224,7 @@ pub async fn run_standalone(options: &StandaloneOptions) -> Result<()> {
         bind,
         external_host: None,
         executor_timeout: Duration::from_secs(30),
+        execution: options.execution.clone(),
     };
     tasks.spawn(async move { run_scheduler(&scheduler).await });
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -246,6 +253,7 @@ pub async fn run_standalone(options: &StandaloneOptions) -> Result<()> {
             work_dir: Some(work_dir.to_string_lossy().into_owned()),
             memory_limit: options.memory_limit,
             heartbeat: Duration::from_secs(5),
+            execution: options.execution.clone(),
         };
         tasks.spawn(async move { run_executor(&executor).await });
     }

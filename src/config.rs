@@ -195,6 +195,26 @@ pub enum OutputFormat {
     Delta,
 }
 
+impl OutputFormat {
+    /// The format a file name's extension names (`.parquet`, `.csv`, `.json`, `.ndjson`,
+    /// `.jsonl`, any case), if any. The one place extensions map to formats.
+    pub fn from_extension(path: &str) -> Option<OutputFormat> {
+        let lower = path.to_ascii_lowercase();
+        if lower.ends_with(".parquet") {
+            Some(OutputFormat::Parquet)
+        } else if lower.ends_with(".csv") {
+            Some(OutputFormat::Csv)
+        } else if [".json", ".ndjson", ".jsonl"]
+            .iter()
+            .any(|e| lower.ends_with(e))
+        {
+            Some(OutputFormat::Json)
+        } else {
+            None
+        }
+    }
+}
+
 impl fmt::Display for OutputFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -526,21 +546,10 @@ impl JobConfig {
     /// The output format: `format` if set, else the output's extension, else Parquet. A `format`
     /// that contradicts the extension is an error rather than a surprise.
     pub fn output_format(&self) -> Result<OutputFormat> {
-        let by_extension = self.output.as_deref().and_then(|o| {
-            let lower = o.to_ascii_lowercase();
-            if lower.ends_with(".parquet") {
-                Some(OutputFormat::Parquet)
-            } else if lower.ends_with(".csv") {
-                Some(OutputFormat::Csv)
-            } else if [".json", ".ndjson", ".jsonl"]
-                .iter()
-                .any(|e| lower.ends_with(e))
-            {
-                Some(OutputFormat::Json)
-            } else {
-                None
-            }
-        });
+        let by_extension = self
+            .output
+            .as_deref()
+            .and_then(OutputFormat::from_extension);
         match (self.format, by_extension) {
             (Some(set), Some(ext)) if set != ext => Err(Error::config(format!(
                 "format is {set} but the output '{}' ends in .{ext}; change one of them",

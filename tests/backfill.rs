@@ -475,12 +475,31 @@ fn two_backfills_at_once_build_each_partition_once() {
     let out = data.join("features");
     let spawn = |parallel: &str| {
         backfill_cmd(data, out.to_str().unwrap(), &["--parallel", parallel])
+            .env("RUST_LOG", "q2q_prior::backfill=info")
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
     };
     let (a, b) = (spawn("2"), spawn("1"));
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    // "at once": each run started before the other ended (their own log lines' timestamps)
+    let span = |o: &Output| -> (String, String) {
+        let log = stderr(o);
+        let at = |what: &str| -> String {
+            let line = log
+                .lines()
+                .map(strip_ansi)
+                .find(|l| l.contains("backfill: run ") && l.contains(what))
+                .unwrap_or_else(|| panic!("no '{what}' line in {log}"));
+            line.split_whitespace().next().unwrap().to_string()
+        };
+        (at("started"), at("ended"))
+    };
+    let ((a_start, a_end), (b_start, b_end)) = (span(&a), span(&b));
+    assert!(
+        a_start < b_end && b_start < a_end,
+        "the runs did not overlap: {a_start}..{a_end} and {b_start}..{b_end}"
+    );
     let built = |o: &Output| -> usize {
         let log = ok(o);
         log.lines()
@@ -864,4 +883,23 @@ fn partition_locks_on_s3_renew_and_notice_a_takeover() {
         b.release().await;
         assert!(store.head(&path).await.is_err(), "released");
     });
+}
+
+/// `line` without terminal colour codes (tracing colours its timestamps and levels).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

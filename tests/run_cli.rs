@@ -998,7 +998,8 @@ fn synth_files_are_identical_for_a_seed() {
 }
 
 #[test]
-fn every_input_and_execution_key_has_a_flag() {
+fn a_partitioned_csv_job_runs_from_flags_alone() {
+    // (that every config key has a flag is checked by cli::tests in the library)
     // the same daily folders as above, configured by flags alone
     let dir = tempfile::tempdir().unwrap();
     let e = write_daily_folders(dir.path());

@@ -249,10 +249,7 @@ fn validate(config: &JobConfig, request: &Request) -> Result<String> {
         .rsplit('/')
         .next()
         .unwrap_or("");
-    if [".parquet", ".csv", ".json", ".ndjson", ".jsonl"]
-        .iter()
-        .any(|ext| name.to_ascii_lowercase().ends_with(ext))
-    {
+    if OutputFormat::from_extension(name).is_some() {
         return Err(Error::config(format!(
             "backfill writes one folder per day below its output: '{output}' names a file; \
              give the dataset's folder (e.g. s3://bucket/features/)"
@@ -496,6 +493,11 @@ pub async fn run(
             Action::Build(_) => to_build.push(plan),
         }
     }
+    tracing::info!(
+        "run {} started: {} partition(s) to build",
+        backfill.run_id,
+        to_build.len()
+    );
     let bar = ProgressBar::new(to_build.len() as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -565,6 +567,7 @@ pub async fn run(
     report.skipped.sort_by_key(|(d, _)| *d);
     report.failed.sort_by_key(|(d, _)| *d);
     report.elapsed = start.elapsed();
+    tracing::info!("run {} ended", backfill.run_id);
     if interrupted {
         eprintln!("{}", crate::redact::text(&report.to_string()));
         return Err(Error::Interrupted);

@@ -46,6 +46,13 @@ pub struct BackfillArgs {
     /// Neighbour lists of day D [backfill.neighbours_snapshot; default latest].
     #[arg(long, value_enum)]
     pub neighbours_snapshot: Option<SnapshotMode>,
+    /// Name of the date folders of the inputs and the output [backfill.date_partition; default dt].
+    #[arg(long, value_name = "KEY")]
+    pub date_partition: Option<String>,
+    /// Take over a partition lock not renewed for this many seconds (a dead run's)
+    /// [backfill.lock_timeout_secs; default 600].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub lock_timeout_secs: Option<u64>,
 }
 
 pub async fn run(args: BackfillArgs) -> Result<()> {
@@ -56,6 +63,13 @@ pub async fn run(args: BackfillArgs) -> Result<()> {
     if let Some(mode) = args.neighbours_snapshot {
         config.backfill.neighbours_snapshot = mode;
     }
+    if let Some(key) = args.date_partition {
+        config.backfill.date_partition = key;
+    }
+    if let Some(secs) = args.lock_timeout_secs {
+        config.backfill.lock_timeout_secs = secs;
+    }
+    config.validate()?;
     let request = Request {
         from: args.from,
         to: args.to,

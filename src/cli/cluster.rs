@@ -28,6 +28,8 @@ pub struct SchedulerArgs {
     /// the others.
     #[arg(long, default_value_t = 180, value_name = "SECS")]
     pub executor_timeout_secs: u64,
+    #[command(flatten)]
+    pub object_store: super::ObjectStoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +67,8 @@ pub struct ExecutorArgs {
     /// Seconds between heartbeats to the scheduler (keep well below its --executor-timeout-secs).
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub heartbeat_secs: u64,
+    #[command(flatten)]
+    pub object_store: super::ObjectStoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -91,6 +95,8 @@ pub struct StandaloneArgs {
     /// removed at exit].
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub object_store: super::ObjectStoreArgs,
 }
 
 pub async fn standalone(args: StandaloneArgs) -> Result<()> {
@@ -108,6 +114,7 @@ pub async fn standalone(args: StandaloneArgs) -> Result<()> {
         concurrency: args.concurrency as usize,
         memory_limit: args.memory_limit.map(|m| m.as_u64()),
         work_dir: work_dir.clone(),
+        execution: args.object_store.execution(),
     })
     .await;
     if temporary {
@@ -121,6 +128,7 @@ pub async fn scheduler(args: SchedulerArgs) -> Result<()> {
         bind: args.bind,
         external_host: args.external_host,
         executor_timeout: Duration::from_secs(args.executor_timeout_secs),
+        execution: args.object_store.execution(),
     })
     .await
 }
@@ -139,6 +147,7 @@ pub async fn executor(args: ExecutorArgs) -> Result<()> {
         work_dir: args.work_dir.map(|d| d.to_string_lossy().into_owned()),
         memory_limit: args.memory_limit.map(|m| m.as_u64()),
         heartbeat: Duration::from_secs(args.heartbeat_secs),
+        execution: args.object_store.execution(),
     })
     .await
 }

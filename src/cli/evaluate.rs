@@ -3,10 +3,9 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use bytesize::ByteSize;
 use clap::{Args, Subcommand};
 
-use crate::config::{ExecutionConfig, InputSpec};
+use crate::config::InputSpec;
 use crate::error::{Error, Result};
 use crate::tools::evaluate::chart;
 use crate::tools::evaluate::features::{self, EvaluateSpec, Segments};
@@ -84,9 +83,8 @@ pub struct NeighboursArgs {
     /// Write every query's metrics per list: .parquet, .csv or .ndjson.
     #[arg(long, value_name = "URI")]
     pub per_query: Option<String>,
-    /// Memory limit for the query engine, e.g. 4GiB.
-    #[arg(long, env = "Q2Q_MEMORY_LIMIT", value_name = "SIZE")]
-    pub memory_limit: Option<ByteSize>,
+    #[command(flatten)]
+    pub engine: super::EngineArgs,
 }
 
 #[derive(Debug, Args)]
@@ -141,9 +139,8 @@ pub struct FeaturesArgs {
     /// Write every query's metrics (query, segment, traffic, score, metrics): .parquet, .csv or .ndjson.
     #[arg(long, value_name = "URI")]
     pub per_query: Option<String>,
-    /// Memory limit for the query engine, e.g. 4GiB.
-    #[arg(long, env = "Q2Q_MEMORY_LIMIT", value_name = "SIZE")]
-    pub memory_limit: Option<ByteSize>,
+    #[command(flatten)]
+    pub engine: super::EngineArgs,
 }
 
 pub async fn run(command: EvaluateCommand) -> Result<()> {
@@ -192,10 +189,7 @@ async fn features_command(args: FeaturesArgs) -> Result<()> {
         bootstrap: args.bootstrap,
         seed: args.seed,
         per_query: args.per_query,
-        execution: ExecutionConfig {
-            memory_limit: args.memory_limit,
-            ..Default::default()
-        },
+        execution: args.engine.execution()?,
     };
     let evaluation = features::evaluate(&spec).await?;
     if let Some(path) = &args.chart {
@@ -327,10 +321,7 @@ async fn neighbours_command(args: NeighboursArgs) -> Result<()> {
         bootstrap: args.bootstrap,
         seed: args.seed,
         per_query: args.per_query,
-        execution: ExecutionConfig {
-            memory_limit: args.memory_limit,
-            ..Default::default()
-        },
+        execution: args.engine.execution()?,
     };
     let evaluation = neighbours::evaluate(&spec).await?;
     print_report(&evaluation, args.json)

@@ -2,10 +2,9 @@
 
 use std::path::PathBuf;
 
-use bytesize::ByteSize;
 use clap::{Args, Subcommand};
 
-use crate::config::{ExecutionConfig, InputSpec};
+use crate::config::InputSpec;
 use crate::error::Result;
 use crate::tools::export::lightgbm::{self, ExportSpec, Layout, Split};
 
@@ -68,12 +67,8 @@ pub struct LightgbmArgs {
     /// Replace an existing non-empty --out folder.
     #[arg(long)]
     pub force: bool,
-    /// Memory limit for the query engine, e.g. 4GiB.
-    #[arg(long, env = "Q2Q_MEMORY_LIMIT", value_name = "SIZE")]
-    pub memory_limit: Option<ByteSize>,
-    /// Plan parallelism [default: number of cores].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub target_partitions: Option<u64>,
+    #[command(flatten)]
+    pub engine: super::EngineArgs,
 }
 
 pub async fn run(command: ExportCommand) -> Result<()> {
@@ -91,11 +86,7 @@ pub async fn run(command: ExportCommand) -> Result<()> {
                 split: Split::parse(&args.split, args.seed)?,
                 features: args.features,
                 force: args.force,
-                execution: ExecutionConfig {
-                    memory_limit: args.memory_limit,
-                    target_partitions: args.target_partitions.map(|n| n as usize),
-                    ..Default::default()
-                },
+                execution: args.engine.execution()?,
             };
             // Ctrl-C / SIGTERM drops the export, whose staging folder removes itself
             let summary = tokio::select! {

@@ -1,12 +1,10 @@
 //! `q2q-prior mine ...`: training data for the upstream Q2Q model (see [`crate::tools::mine`]).
 
-use bytesize::ByteSize;
 use clap::{Args, Subcommand};
 
-use crate::config::{ExecutionConfig, InputFormat, InputSpec, OutputFormat};
+use crate::config::{InputFormat, InputSpec, OutputFormat};
 use crate::error::{Error, Result};
 use crate::session;
-use crate::tools::evaluate::features::per_query_format;
 use crate::tools::mine::ance::{self, AnceJob};
 use crate::tools::mine::pairs::PairParams;
 use crate::tools::mine::{self, PairJob, SplitShares, Window};
@@ -45,9 +43,8 @@ pub struct AnceArgs {
     /// Never take ranks 1..=N as negatives (often unlabelled positives).
     #[arg(long, default_value_t = 0)]
     pub skip_top: u64,
-    /// Memory limit for the query engine, e.g. 4GiB.
-    #[arg(long, env = "Q2Q_MEMORY_LIMIT", value_name = "SIZE")]
-    pub memory_limit: Option<ByteSize>,
+    #[command(flatten)]
+    pub engine: super::EngineArgs,
 }
 
 #[derive(Debug, Args)]
@@ -101,9 +98,8 @@ pub struct PairsArgs {
     /// Shares of queries in validation and test, VALIDATION,TEST (the rest trains).
     #[arg(long, default_value = "0.1,0.1", value_name = "V,T")]
     pub split: String,
-    /// Memory limit for the query engine that reads the input, e.g. 4GiB.
-    #[arg(long, env = "Q2Q_MEMORY_LIMIT", value_name = "SIZE")]
-    pub memory_limit: Option<ByteSize>,
+    #[command(flatten)]
+    pub engine: super::EngineArgs,
 }
 
 pub async fn run(command: MineCommand) -> Result<()> {
@@ -150,7 +146,7 @@ async fn pairs(args: PairsArgs) -> Result<()> {
         return Err(Error::config(format!("--from {from} is after --to {to}")));
     }
     let split = parse_split(&args.split)?;
-    let format = per_query_format(&args.output).map_err(|_| {
+    let format = OutputFormat::from_extension(&args.output).ok_or_else(|| {
         Error::config(format!(
             "--output {}: use a .parquet, .csv or .ndjson file",
             args.output
@@ -172,10 +168,7 @@ async fn pairs(args: PairsArgs) -> Result<()> {
         from: args.from.map(|d| d.to_string()),
         to: args.to.map(|d| d.to_string()),
     };
-    let ctx = session::new_context(&ExecutionConfig {
-        memory_limit: args.memory_limit,
-        ..Default::default()
-    })?;
+    let ctx = session::new_context(&args.engine.execution()?)?;
     let stop = super::signal::StopOnSignal::new("stopping: cleaning up the staging output");
     let job = PairJob {
         engagement: spec,
@@ -192,14 +185,14 @@ async fn pairs(args: PairsArgs) -> Result<()> {
 }
 
 async fn ance(args: AnceArgs) -> Result<()> {
-    let format = match per_query_format(&args.output) {
-        Ok(OutputFormat::Csv) | Err(_) => {
+    let format = match OutputFormat::from_extension(&args.output) {
+        Some(OutputFormat::Csv) | None => {
             return Err(Error::config(format!(
                 "--output {}: the rows have list columns; use a .parquet or .ndjson file",
                 args.output
             )));
         }
-        Ok(format) => format,
+        Some(format) => format,
     };
     let job = AnceJob {
         retrieval: InputSpec::new(args.retrieval),
@@ -209,10 +202,7 @@ async fn ance(args: AnceArgs) -> Result<()> {
         output: args.output.clone(),
         format,
     };
-    let ctx = session::new_context(&ExecutionConfig {
-        memory_limit: args.memory_limit,
-        ..Default::default()
-    })?;
+    let ctx = session::new_context(&args.engine.execution()?)?;
     let stop = super::signal::StopOnSignal::new("stopping: cleaning up the staging output");
     let report = ance::mine_ance(&ctx, &job, &stop.token).await?;
     eprintln!("{report}");

@@ -18,9 +18,70 @@ use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
-    DuplicatePolicy, InputFormat, InputSpec, JobConfig, OutputFormat, PriorWeighting,
+    DuplicatePolicy, ExecutionConfig, InputFormat, InputSpec, JobConfig, OutputFormat,
+    PriorWeighting,
 };
 use crate::error::Result;
+
+/// How object-store requests are retried: the job's, and every Ballista process's (each builds
+/// its own stores from its environment).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ObjectStoreArgs {
+    /// Retries of a failed object-store request (s3, gs, az), with exponential backoff
+    /// [execution.object_store_retries; default 10].
+    #[arg(long, value_name = "N")]
+    pub object_store_retries: Option<usize>,
+    /// Give up retrying an object-store request after this many seconds
+    /// [execution.object_store_retry_timeout_secs; default 180].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub object_store_retry_timeout_secs: Option<u64>,
+}
+
+impl ObjectStoreArgs {
+    /// Sets the flags given on `execution`.
+    pub fn apply(&self, execution: &mut ExecutionConfig) {
+        set(
+            &mut execution.object_store_retries,
+            self.object_store_retries,
+        );
+        set(
+            &mut execution.object_store_retry_timeout_secs,
+            self.object_store_retry_timeout_secs,
+        );
+    }
+
+    /// The execution settings of a Ballista process: the defaults with these flags.
+    pub fn execution(&self) -> ExecutionConfig {
+        let mut execution = ExecutionConfig::default();
+        self.apply(&mut execution);
+        execution
+    }
+}
+
+/// The query engine's settings of the tools (`evaluate`, `export`, `mine`): checked like the
+/// job's `[execution]` ([`ExecutionConfig::validate`]).
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Memory limit for the query engine, e.g. 4GiB; at least 64MiB [default: unlimited].
+    #[arg(long, env = "Q2Q_MEMORY_LIMIT", value_name = "SIZE")]
+    pub memory_limit: Option<ByteSize>,
+    /// Plan parallelism [default: number of cores].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_TARGET_PARTITIONS as u64))]
+    pub target_partitions: Option<u64>,
+}
+
+impl EngineArgs {
+    /// The execution settings these flags give, checked.
+    pub fn execution(&self) -> Result<ExecutionConfig> {
+        let execution = ExecutionConfig {
+            memory_limit: self.memory_limit,
+            target_partitions: self.target_partitions.map(|n| n as usize),
+            ..ExecutionConfig::default()
+        };
+        execution.validate()?;
+        Ok(execution)
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -92,13 +153,14 @@ pub struct JobArgs {
     /// TOML job file; relative paths inside it are relative to the file.
     #[arg(long, env = "Q2Q_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Engagement input: file, folder, glob or URL (s3://, gs://, az://, file://).
+    /// Engagement input: file, folder, glob or URL (s3://, gs://, az://, file://)
+    /// [engagement.uri].
     #[arg(long, env = "Q2Q_ENGAGEMENT", value_name = "URI")]
     pub engagement: Option<String>,
-    /// Neighbour lists input: file, folder, glob or URL.
+    /// Neighbour lists input: file, folder, glob or URL [neighbours.uri].
     #[arg(long, env = "Q2Q_NEIGHBOURS", value_name = "URI")]
     pub neighbours: Option<String>,
-    /// k: neighbours kept per query [config: features.top_k; default 3].
+    /// k: neighbours kept per query [features.top_k; default 3].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub top_k: Option<u32>,
     /// Drop neighbour rows scoring below this [features.min_score; default 0].
@@ -164,6 +226,8 @@ pub struct JobArgs {
     /// one task each [execution.partitions; default: --target-partitions].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_MERGE_PARTITIONS as u64))]
     pub partitions: Option<u64>,
+    #[command(flatten)]
+    pub object_store: ObjectStoreArgs,
     /// Sort the output by (partition columns, query, product_id) [execution.sort_output; default true].
     #[arg(long, value_name = "BOOL")]
     pub sort_output: Option<bool>,
@@ -191,10 +255,10 @@ pub struct JobArgs {
 #[derive(Debug, Clone, Args)]
 pub struct OutputArgs {
     /// Output file (path or URL), written atomically; ending in `/`, a folder of part files (one
-    /// per partition, committed with _SUCCESS); with --format delta, the table's folder.
+    /// per partition, committed with _SUCCESS); with --format delta, the table's folder [output].
     #[arg(long, short = 'o', env = "Q2Q_OUTPUT", value_name = "URI")]
     pub output: Option<String>,
-    /// Output format [config: format; default parquet]. `delta`: a Delta Lake table at the output
+    /// Output format [format; default parquet]. `delta`: a Delta Lake table at the output
     /// folder, one commit per run (per day with backfill).
     #[arg(long, value_enum)]
     pub format: Option<OutputFormat>,
@@ -202,6 +266,10 @@ pub struct OutputArgs {
     /// run deletes them [delta.retention_hours; default: the table's, 7 days].
     #[arg(long, value_name = "HOURS")]
     pub delta_retention_hours: Option<u64>,
+    /// With --format delta: end each run with a vacuum of files replaced longer ago than the
+    /// retention [delta.vacuum; default true].
+    #[arg(long, value_name = "BOOL")]
+    pub delta_vacuum: Option<bool>,
 }
 
 impl JobArgs {
@@ -261,6 +329,7 @@ impl JobArgs {
             if flags.delta_retention_hours.is_some() {
                 config.delta.retention_hours = flags.delta_retention_hours;
             }
+            set(&mut config.delta.vacuum, flags.delta_vacuum);
         }
         let f = &mut config.features;
         set(&mut f.top_k, self.top_k);
@@ -293,6 +362,7 @@ impl JobArgs {
             config.execution.partitions = Some(n as usize);
         }
         set(&mut config.execution.sort_output, self.sort_output);
+        self.object_store.apply(&mut config.execution);
         config.validate()?;
         Ok(config)
     }
@@ -301,5 +371,78 @@ impl JobArgs {
 fn set<T>(slot: &mut T, value: Option<T>) {
     if let Some(value) = value {
         *slot = value;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every key of the job's TOML file as `section.key` (`output`, `engagement.uri`,
+    /// `features.top_k`, ...), read off the config types themselves.
+    fn config_keys() -> Vec<String> {
+        fn walk(prefix: &str, value: &serde_json::Value, keys: &mut Vec<String>) {
+            match value {
+                serde_json::Value::Object(fields) => {
+                    for (name, field) in fields {
+                        let key = if prefix.is_empty() {
+                            name.clone()
+                        } else {
+                            format!("{prefix}.{name}")
+                        };
+                        walk(&key, field, keys);
+                    }
+                }
+                _ => keys.push(prefix.to_string()),
+            }
+        }
+        let config = JobConfig {
+            engagement: Some(InputSpec::new("e.parquet")),
+            neighbours: Some(InputSpec::new("n.parquet")),
+            ..JobConfig::default()
+        };
+        let mut keys = Vec::new();
+        walk("", &serde_json::to_value(&config).unwrap(), &mut keys);
+        keys
+    }
+
+    #[test]
+    fn every_config_key_has_a_flag_that_names_it() {
+        let cli = Cli::command();
+        // each flag's help names its key as `[key]` or `[key; default ...]`
+        let mut named = Vec::new();
+        for command in ["run", "backfill"] {
+            for arg in cli.find_subcommand(command).unwrap().get_arguments() {
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                let long = arg
+                    .get_long_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                for text in [help, long] {
+                    for tag in text.split('[').skip(1) {
+                        let key = tag.split([';', ']']).next().unwrap_or_default();
+                        named.push((key.trim().to_string(), arg.get_id().to_string()));
+                    }
+                }
+            }
+        }
+        let keys = config_keys();
+        assert!(keys.len() > 30, "{keys:?}");
+        let missing: Vec<&String> = keys
+            .iter()
+            .filter(|k| !named.iter().any(|(key, _)| key == *k))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "config keys without a flag: {missing:?}"
+        );
+        // and no flag names a key that does not exist (a renamed key leaves no stale help)
+        let stale: Vec<_> = named
+            .iter()
+            .filter(|(key, _)| key.contains('.') && !keys.contains(key))
+            .collect();
+        assert!(stale.is_empty(), "flags naming no config key: {stale:?}");
     }
 }

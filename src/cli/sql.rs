@@ -313,17 +313,7 @@ fn save_history(editor: &mut rustyline::DefaultEditor, path: Option<&PathBuf>) {
 
 /// `-o`: the last statement's result written atomically to a file or object-store URL.
 async fn write_output(shell: &Shell, sql: &str, output: &str, status: Status) -> Result<()> {
-    let lower = output.to_ascii_lowercase();
-    let format = if lower.ends_with(".parquet") {
-        OutputFormat::Parquet
-    } else if lower.ends_with(".csv") {
-        OutputFormat::Csv
-    } else if [".json", ".ndjson", ".jsonl"]
-        .iter()
-        .any(|e| lower.ends_with(e))
-    {
-        OutputFormat::Json
-    } else {
+    let Some(format) = OutputFormat::from_extension(output) else {
         return Err(Error::config(format!(
             "-o {output}: the extension picks the format; use .parquet, .csv, .json, .ndjson or .jsonl"
         )));

@@ -52,7 +52,46 @@ pub struct Input {
     pub summed_from: Option<DataFrame>,
 }
 
+/// Runs `checks` over `rows` (the input's rows, or a selection of them) in one scan: refuses an
+/// empty selection and the first FAIL check that found a row (the error names the input, the
+/// column and an example row). Returns the row count and every check's result (WARN included).
+pub async fn enforce(
+    input: &Input,
+    rows: &DataFrame,
+    checks: &[checks::Check],
+) -> Result<(u64, Vec<checks::CheckResult>)> {
+    let (count, results) = checks::evaluate(rows, checks).await?;
+    if count == 0 {
+        return Err(no_rows(input).into());
+    }
+    if let Some(failed) = results
+        .iter()
+        .find(|r| r.violations > 0 && r.check.severity == checks::Severity::Fail)
+    {
+        return Err(failed.to_bad_input(input.role, &input.uri).into());
+    }
+    Ok((count, results))
+}
+
 impl Input {
+    /// Registers the typed view on `ctx` under the input's role (`engagement`, `neighbours`,
+    /// ...): the name SQL and later stages read it by.
+    pub fn register_view(&self, ctx: &SessionContext) -> Result<()> {
+        ctx.register_table(self.role, self.typed.clone().into_view())?;
+        Ok(())
+    }
+
+    /// The (query, product_id) keys of a table of pairs: a string `query` and a string or integer
+    /// `product_id`. Returns the row checks that keep both present and non-empty.
+    pub fn require_keys(&self) -> Result<Vec<checks::Check>> {
+        let query = self.require("query", checks::is_string, STRING)?;
+        let product = self.require("product_id", |t| checks::is_string(t) || is_integer(t), KEY)?;
+        Ok(vec![
+            checks::key_check("query", &query),
+            checks::key_check("product_id", &product),
+        ])
+    }
+
     /// The type of column `name` if the input has it; a [`BadInput`] when it has another type.
     pub fn column_type(
         &self,
@@ -480,16 +519,7 @@ pub async fn open_checked(
         typed.push(cast(col(*name), target).alias(*name));
     }
     input.checks = row_checks;
-    let (rows, results) = checks::evaluate(&input.raw, &input.checks).await?;
-    if rows == 0 {
-        return Err(no_rows(&input).into());
-    }
-    if let Some(failed) = results
-        .iter()
-        .find(|r| r.violations > 0 && r.check.severity == checks::Severity::Fail)
-    {
-        return Err(failed.to_bad_input(input.role, &input.uri).into());
-    }
+    let (rows, _) = enforce(&input, &input.raw, &input.checks).await?;
     input.typed = input.raw.clone().select(typed)?;
     Ok((input, rows))
 }

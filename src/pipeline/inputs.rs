@@ -54,7 +54,7 @@ impl Inputs {
     /// Registers the typed views under their names (`engagement`, `neighbours`).
     pub fn register_views(&self, ctx: &SessionContext) -> Result<()> {
         for input in [&self.engagement, &self.neighbours] {
-            ctx.register_table(input.role, input.typed.clone().into_view())?;
+            input.register_view(ctx)?;
         }
         Ok(())
     }

@@ -138,12 +138,12 @@ impl Shell {
             }
             (Some(spec), None) => {
                 let input = inputs::open_engagement(&ctx, spec, &config.features).await?;
-                ctx.register_table(input.role, input.typed.clone().into_view())?;
+                input.register_view(&ctx)?;
                 sources.push(describe(&input));
             }
             (None, Some(spec)) => {
                 let input = inputs::open_neighbours(&ctx, spec).await?;
-                ctx.register_table(input.role, input.typed.clone().into_view())?;
+                input.register_view(&ctx)?;
                 sources.push(describe(&input));
             }
             (None, None) => {}

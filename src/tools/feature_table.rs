@@ -7,7 +7,6 @@ use datafusion::prelude::{SessionContext, ident};
 
 use crate::config::InputSpec;
 use crate::error::{BadInput, Result};
-use crate::io::checks;
 use crate::io::tables::{self, Input};
 
 /// The engine's feature columns, in the order `run` writes them.
@@ -35,12 +34,7 @@ pub async fn open(
     spec: &InputSpec,
 ) -> Result<FeatureTable> {
     let mut input = tables::open_table(ctx, role, spec).await?;
-    let query = input.require("query", checks::is_string, tables::STRING)?;
-    let product = input.require(
-        "product_id",
-        |t| checks::is_string(t) || tables::is_integer(t),
-        tables::KEY,
-    )?;
+    input.checks = input.require_keys()?;
     let numeric: Vec<String> = input
         .raw
         .schema()
@@ -49,17 +43,7 @@ pub async fn open(
         .filter(|f| tables::is_number(f.data_type()) && f.name() != "product_id")
         .map(|f| f.name().clone())
         .collect();
-    input.checks = vec![
-        checks::key_check("query", &query),
-        checks::key_check("product_id", &product),
-    ];
-    let (rows, results) = checks::evaluate(&input.raw, &input.checks).await?;
-    if rows == 0 {
-        return Err(tables::no_rows(&input).into());
-    }
-    if let Some(failed) = results.iter().find(|r| r.violations > 0) {
-        return Err(failed.to_bad_input(input.role, &input.uri).into());
-    }
+    tables::enforce(&input, &input.raw, &input.checks).await?;
     let duplicates = crate::pipeline::checks::duplicate_keys(&input).await?;
     if duplicates.duplicated > 0 {
         let mut bad: BadInput = duplicates.to_bad_input(&input);

@@ -45,17 +45,8 @@ const COUNT_COLUMNS: [&str; 4] = ["impressions", "clicks", "adds", "purchases"];
 /// Opens `spec` as the labelled input named `role`, checks it and builds its typed view.
 pub async fn open(ctx: &SessionContext, role: &'static str, spec: &InputSpec) -> Result<Labels> {
     let mut input = tables::open_table(ctx, role, spec).await?;
-    let query = input.require("query", checks::is_string, tables::STRING)?;
-    let product = input.require(
-        "product_id",
-        |t| checks::is_string(t) || tables::is_integer(t),
-        tables::KEY,
-    )?;
+    let mut row_checks = input.require_keys()?;
     let explicit = input.column_type("label", tables::is_number, "a numeric label column")?;
-    let mut row_checks = vec![
-        checks::key_check("query", &query),
-        checks::key_check("product_id", &product),
-    ];
     let (source, label) = match explicit {
         Some(_) => {
             row_checks.push(Check {
@@ -121,17 +112,7 @@ pub async fn open(ctx: &SessionContext, role: &'static str, spec: &InputSpec) ->
         .filter(|n| source == LabelSource::Column || !COUNT_COLUMNS.contains(&n.as_str()))
         .collect();
     input.checks = row_checks;
-
-    let (rows, results) = checks::evaluate(&input.raw, &input.checks).await?;
-    if rows == 0 {
-        return Err(tables::no_rows(&input).into());
-    }
-    if let Some(failed) = results
-        .iter()
-        .find(|r| r.violations > 0 && r.check.severity == Severity::Fail)
-    {
-        return Err(failed.to_bad_input(input.role, &input.uri).into());
-    }
+    let (rows, _) = tables::enforce(&input, &input.raw, &input.checks).await?;
     let duplicates = crate::pipeline::checks::duplicate_keys(&input).await?;
     if duplicates.duplicated > 0 {
         let mut bad = duplicates.to_bad_input(&input);

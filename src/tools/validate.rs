@@ -246,7 +246,7 @@ pub async fn validate(config: &JobConfig, options: Options) -> Result<Report> {
             }
             match neighbours {
                 Some(neighbours) if readable[1] => {
-                    ctx.register_table(NEIGHBOURS, neighbours.typed.clone().into_view())?;
+                    neighbours.register_view(&ctx)?;
                 }
                 _ => {
                     report.push(

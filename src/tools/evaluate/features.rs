@@ -433,21 +433,11 @@ async fn write_per_query(
 
 /// The format of the per-query file, from its extension.
 pub fn per_query_format(path: &str) -> Result<OutputFormat> {
-    let lower = path.to_ascii_lowercase();
-    if lower.ends_with(".csv") {
-        Ok(OutputFormat::Csv)
-    } else if [".json", ".ndjson", ".jsonl"]
-        .iter()
-        .any(|e| lower.ends_with(e))
-    {
-        Ok(OutputFormat::Json)
-    } else if lower.ends_with(".parquet") {
-        Ok(OutputFormat::Parquet)
-    } else {
-        Err(Error::config(format!(
+    OutputFormat::from_extension(path).ok_or_else(|| {
+        Error::config(format!(
             "--per-query {path}: use a .parquet, .csv or .ndjson file"
-        )))
-    }
+        ))
+    })
 }
 
 pub(super) fn fmt_interval(i: &Interval, signed: bool) -> String {

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{InputSpec, OutputFormat};
 use crate::error::{BadInput, Error, Result};
-use crate::io::checks::{self, Check, Severity};
+use crate::io::checks::{Check, Severity};
 use crate::io::sink;
 use crate::io::storage::OutputLocation;
 use crate::io::tables;
@@ -46,30 +46,22 @@ pub async fn read_purchases(
     window: &Window,
 ) -> Result<Purchases> {
     let mut input = tables::open_table(ctx, inputs::ENGAGEMENT, spec).await?;
-    let query = input.require("query", checks::is_string, tables::STRING)?;
-    let product = input.require(
-        "product_id",
-        |t| checks::is_string(t) || tables::is_integer(t),
-        tables::KEY,
-    )?;
+    let mut row_checks = input.require_keys()?;
     input.require(
         "purchases",
         tables::is_integer,
         "an integer purchases count per (query, product_id)",
     )?;
-    input.checks = vec![
-        checks::key_check("query", &query),
-        checks::key_check("product_id", &product),
-        Check {
-            id: "purchases_null_or_negative",
-            column: "purchases",
-            severity: Severity::Fail,
-            violation: col("purchases")
-                .is_null()
-                .or(col("purchases").lt(lit(0i64))),
-            expected: "a count >= 0",
-        },
-    ];
+    row_checks.push(Check {
+        id: "purchases_null_or_negative",
+        column: "purchases",
+        severity: Severity::Fail,
+        violation: col("purchases")
+            .is_null()
+            .or(col("purchases").lt(lit(0i64))),
+        expected: "a count >= 0",
+    });
+    input.checks = row_checks;
     let mut rows = input.raw.clone();
     if window.from.is_some() || window.to.is_some() {
         if !input.partitions.columns.iter().any(|c| c == "dt") {
@@ -85,16 +77,7 @@ pub async fn read_purchases(
             rows = rows.filter(col("dt").lt_eq(lit(to.as_str())))?;
         }
     }
-    let (count, results) = checks::evaluate(&rows, &input.checks).await?;
-    if count == 0 {
-        return Err(tables::no_rows(&input).into());
-    }
-    if let Some(failed) = results
-        .iter()
-        .find(|r| r.violations > 0 && r.check.severity == Severity::Fail)
-    {
-        return Err(failed.to_bad_input(input.role, &input.uri).into());
-    }
+    tables::enforce(&input, &rows, &input.checks).await?;
     let batches = rows
         .filter(col("purchases").gt(lit(0i64)))?
         .select(vec![
