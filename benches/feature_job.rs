@@ -22,7 +22,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
 
     let start = Instant::now();
-    let data = synth::generate(
+    let data = generate_blocking(synth::generate(
         &SynthSpec {
             queries: queries as usize,
             seed,
@@ -30,9 +30,9 @@ fn main() {
             later_period: false,
             bestseller_queries: 0,
         },
-        dir.path(),
-    )
-    .expect("synth");
+        dir.path().to_str().expect("a UTF-8 temp dir"),
+        &q2q_prior::session::runtime_env(&Default::default()).expect("runtime"),
+    ));
     eprintln!(
         "synth: {} queries, {} engagement rows, {} neighbour rows in {:.1}s",
         data.queries,
@@ -50,8 +50,8 @@ fn main() {
     for run in 0..runs {
         let output = dir.path().join(format!("features-{run}.parquet"));
         let config = JobConfig {
-            engagement: Some(InputSpec::new(data.engagement.to_string_lossy())),
-            neighbours: Some(InputSpec::new(data.neighbours.to_string_lossy())),
+            engagement: Some(InputSpec::new(data.engagement.clone())),
+            neighbours: Some(InputSpec::new(data.neighbours.clone())),
             output: Some(output.to_string_lossy().into_owned()),
             ..JobConfig::default()
         };
@@ -99,4 +99,16 @@ fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// Runs `synth` to completion on a runtime of its own.
+fn generate_blocking(
+    generate: impl std::future::Future<Output = q2q_prior::Result<synth::SynthOutput>>,
+) -> synth::SynthOutput {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(generate)
+        .expect("synth")
 }

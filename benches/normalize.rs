@@ -29,7 +29,7 @@ fn main() {
     let queries = arg("--queries", 200_000);
     let runs = arg("--runs", 5).max(1) as usize;
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = synth::generate(
+    let data = generate_blocking(synth::generate(
         &SynthSpec {
             queries: queries as usize,
             seed: 42,
@@ -37,15 +37,15 @@ fn main() {
             later_period: false,
             bestseller_queries: 0,
         },
-        dir.path(),
-    )
-    .expect("synth");
+        dir.path().to_str().expect("a UTF-8 temp dir"),
+        &q2q_prior::session::runtime_env(&Default::default()).expect("runtime"),
+    ));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let ctx = q2q_prior::session::new_context(&Default::default()).expect("session");
-    let path = data.engagement.to_string_lossy().into_owned();
+    let path = data.engagement.clone();
 
     // every engagement row's query, as a plain function would see them
     let texts: Vec<String> = runtime
@@ -114,4 +114,16 @@ fn main() {
         "SQL, Parquet -> count(DISTINCT normalize_query(query)): median {:.0} rows/s over {runs} runs",
         median(sql_rates)
     );
+}
+
+/// Runs `synth` to completion on a runtime of its own.
+fn generate_blocking(
+    generate: impl std::future::Future<Output = q2q_prior::Result<synth::SynthOutput>>,
+) -> synth::SynthOutput {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(generate)
+        .expect("synth")
 }

@@ -153,3 +153,76 @@ fn sql_shell_reads_and_writes_s3() {
         &read_features(&tiny.join("expected.csv")),
     );
 }
+
+#[test]
+fn synth_writes_to_s3_the_files_it_writes_locally() {
+    let moto = start_moto();
+    moto.boto("s3.create_bucket(Bucket='q2q')");
+    let dir = tempfile::tempdir().unwrap();
+    let synth = |out: &str, format: &str| {
+        let result = moto
+            .q2q()
+            .args([
+                "synth",
+                "--queries",
+                "300",
+                "--seed",
+                "7",
+                "--format",
+                format,
+                "--later-period",
+                "--out",
+                out,
+            ])
+            .output()
+            .unwrap();
+        assert!(result.status.success(), "{}", stderr(&result));
+    };
+    for format in ["parquet", "csv"] {
+        let local = dir.path().join(format);
+        synth(local.to_str().unwrap(), format);
+        synth(&format!("s3://q2q/synth-{format}/"), format);
+        let ext = if format == "csv" { "csv" } else { "parquet" };
+        let names: Vec<String> = ["engagement", "neighbours", "engagement_later"]
+            .iter()
+            .map(|n| format!("{n}.{ext}"))
+            .collect();
+        let mut expected: Vec<String> = names
+            .iter()
+            .map(|n| format!("synth-{format}/{n}"))
+            .collect();
+        expected.sort();
+        assert_eq!(
+            moto.keys(&format!("synth-{format}/")),
+            expected,
+            "exactly the three files, nothing staged left"
+        );
+        for name in &names {
+            let fetched = dir.path().join(format!("fetched-{format}-{name}"));
+            moto.boto(&format!(
+                "s3.download_file('q2q', 'synth-{format}/{name}', {:?})",
+                fetched.to_str().unwrap()
+            ));
+            assert_eq!(
+                std::fs::read(&fetched).unwrap(),
+                std::fs::read(local.join(name)).unwrap(),
+                "{format} {name}: the same bytes as the local file"
+            );
+        }
+    }
+    // the job reads them where synth wrote them
+    let out = moto
+        .q2q()
+        .args([
+            "run",
+            "--engagement",
+            "s3://q2q/synth-parquet/engagement.parquet",
+            "--neighbours",
+            "s3://q2q/synth-parquet/neighbours.parquet",
+            "-o",
+            "s3://q2q/features/synth.parquet",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}

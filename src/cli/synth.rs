@@ -1,6 +1,5 @@
 //! `q2q-prior synth`: generate a synthetic marketplace.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
@@ -24,9 +23,10 @@ pub struct SynthArgs {
     /// Random seed.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Output folder (created if missing).
+    /// Output folder: a local path (created if missing) or an object-store URL (s3://, gs://,
+    /// az://); each file is written atomically.
     #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    pub out: String,
     /// File format.
     #[arg(long, value_enum, default_value_t = InputFormat::Parquet)]
     pub format: InputFormat,
@@ -49,9 +49,8 @@ pub async fn run(args: SynthArgs) -> Result<()> {
         later_period: args.later_period,
         bestseller_queries: args.bestseller_queries as usize,
     };
-    let out = tokio::task::spawn_blocking(move || synth::generate(&spec, &args.out))
-        .await
-        .map_err(|e| crate::Error::Io(std::io::Error::other(e)))??;
+    let runtime = crate::session::runtime_env(&crate::config::ExecutionConfig::default())?;
+    let out = synth::generate(&spec, &args.out, &runtime).await?;
     eprintln!(
         "synth: {} queries (head {}, torso {}, tail {} = {:.1}%), {} engagement rows -> {}, {} neighbour rows -> {} ({:.1}s)",
         out.queries,
@@ -60,15 +59,15 @@ pub async fn run(args: SynthArgs) -> Result<()> {
         out.tail_queries,
         100.0 * out.tail_queries as f64 / out.queries.max(1) as f64,
         out.engagement_rows,
-        out.engagement.display(),
+        crate::redact::text(&out.engagement),
         out.neighbour_rows,
-        out.neighbours.display(),
+        crate::redact::text(&out.neighbours),
         start.elapsed().as_secs_f64()
     );
     if let Some((path, rows)) = &out.later {
         eprintln!(
             "synth: later period: {rows} engagement rows -> {}",
-            path.display()
+            crate::redact::text(path)
         );
     }
     Ok(())

@@ -529,6 +529,13 @@ pub fn no_rows(input: &Input) -> BadInput {
     BadInput::new(input.role, &input.uri, "the input has no rows").expected("at least one row")
 }
 
+/// `name` as a SQL identifier: always in double quotes, quotes inside doubled (DataFusion's
+/// `quote_identifier` leaves lower-case names bare, reserved words such as `order` among them),
+/// for column names of the input spliced into a query that cannot take them as parameters.
+pub fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 pub fn is_boolean(t: &DataType) -> bool {
     matches!(t, DataType::Boolean)
 }

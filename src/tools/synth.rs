@@ -12,8 +12,6 @@
 //! Deterministic per seed (ChaCha8, a fixed algorithm).
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -24,9 +22,15 @@ use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Binomial, Distribution, Poisson};
 
-use crate::config::InputFormat;
-use crate::error::Result;
-use crate::io::sink::parquet_properties;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{InputFormat, OutputFormat};
+use crate::error::{Error, Result};
+use crate::io::sink;
+use crate::io::storage::OutputLocation;
 
 const CATEGORIES: [&str; 48] = [
     "sunglasses",
@@ -142,13 +146,13 @@ pub struct SynthSpec {
 /// Where it went and how much.
 #[derive(Debug, Clone)]
 pub struct SynthOutput {
-    pub engagement: PathBuf,
-    pub neighbours: PathBuf,
+    pub engagement: String,
+    pub neighbours: String,
     pub queries: usize,
     pub engagement_rows: u64,
     pub neighbour_rows: u64,
     /// The later period's engagement file and row count, when asked for.
-    pub later: Option<(PathBuf, u64)>,
+    pub later: Option<(String, u64)>,
     /// Queries by search volume: head (>= 1000 searches), torso (20 to 999), tail (< 20).
     pub head_queries: u64,
     pub torso_queries: u64,
@@ -287,67 +291,76 @@ fn intent_product(intent: usize, k: usize) -> u64 {
     x % CATALOGUE
 }
 
-/// Column buffers flushed to a file every [`BATCH_ROWS`] rows.
+/// One table's batches, made on a blocking thread and handed to the sink as they come
+/// ([`write_table`]).
 struct TableWriter {
     schema: SchemaRef,
-    writer: FileWriter,
+    batches: mpsc::Sender<datafusion::error::Result<RecordBatch>>,
     rows: u64,
 }
 
-enum FileWriter {
-    Parquet(datafusion::parquet::arrow::ArrowWriter<File>),
-    Csv(datafusion::arrow::csv::Writer<File>),
-    Json(datafusion::arrow::json::LineDelimitedWriter<File>),
-}
-
 impl TableWriter {
-    fn create(path: &Path, schema: SchemaRef, format: InputFormat) -> Result<Self> {
-        let file = File::create(path)?;
-        let writer = match format {
-            InputFormat::Parquet => {
-                FileWriter::Parquet(datafusion::parquet::arrow::ArrowWriter::try_new(
-                    file,
-                    Arc::clone(&schema),
-                    Some(parquet_properties()),
-                )?)
-            }
-            InputFormat::Csv => FileWriter::Csv(
-                datafusion::arrow::csv::WriterBuilder::new()
-                    .with_header(true)
-                    .build(file),
-            ),
-            InputFormat::Json => {
-                FileWriter::Json(datafusion::arrow::json::LineDelimitedWriter::new(file))
-            }
-        };
-        Ok(TableWriter {
-            schema,
-            writer,
-            rows: 0,
-        })
-    }
-
     fn write(&mut self, columns: Vec<ArrayRef>) -> Result<()> {
         let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
         self.rows += batch.num_rows() as u64;
-        match &mut self.writer {
-            FileWriter::Parquet(w) => w.write(&batch)?,
-            FileWriter::Csv(w) => w.write(&batch)?,
-            FileWriter::Json(w) => w.write(&batch)?,
-        }
-        Ok(())
+        // a closed channel: the sink stopped, and says why
+        self.batches
+            .blocking_send(Ok(batch))
+            .map_err(|_| Error::Io(std::io::Error::other("the table's writer stopped")))
     }
+}
 
-    fn finish(self) -> Result<u64> {
-        match self.writer {
-            FileWriter::Parquet(w) => {
-                w.close()?;
+/// Writes one table to `uri` (a local path or an object-store URL) with the engine's sink:
+/// staged and renamed into place, so the file is complete or absent. `make` generates the rows
+/// into a [`TableWriter`] on a blocking thread while the sink encodes and uploads them.
+async fn write_table<T: Send + 'static>(
+    runtime: &RuntimeEnv,
+    uri: &str,
+    schema: SchemaRef,
+    format: InputFormat,
+    make: impl FnOnce(&mut TableWriter) -> Result<T> + Send + 'static,
+) -> Result<(T, u64)> {
+    let location = OutputLocation::resolve(runtime, uri)?;
+    let (sender, receiver) = mpsc::channel(2);
+    let mut writer = TableWriter {
+        schema: Arc::clone(&schema),
+        batches: sender,
+        rows: 0,
+    };
+    let producer =
+        tokio::task::spawn_blocking(move || {
+            let made = make(&mut writer);
+            if let Err(e) = &made {
+                // the stream must fail rather than end: an early end would commit a partial file
+                let _ = writer.batches.blocking_send(Err(
+                    datafusion::error::DataFusionError::Execution(e.to_string()),
+                ));
             }
-            FileWriter::Csv(w) => drop(w.into_inner()),
-            FileWriter::Json(mut w) => w.finish()?,
-        }
-        Ok(self.rows)
-    }
+            made.map(|made| (made, writer.rows))
+        });
+    let batches = futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|batch| (batch, receiver))
+    });
+    let format = match format {
+        InputFormat::Parquet => OutputFormat::Parquet,
+        InputFormat::Csv => OutputFormat::Csv,
+        InputFormat::Json => OutputFormat::Json,
+    };
+    let written = sink::write_stream_atomic(
+        Box::pin(RecordBatchStreamAdapter::new(schema, batches)),
+        &location,
+        format,
+        &CancellationToken::new(),
+        |_| {},
+    )
+    .await;
+    let made = producer
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    // the generator's error is the cause when both failed
+    let made = made?;
+    written?;
+    Ok(made)
 }
 
 struct EngagementBuffers {
@@ -491,22 +504,24 @@ const LATER_PERIOD_STREAM: u64 = 0x1A7E_0000_5EED;
 
 /// Writes one period of engagement for every query; returns its rows and the number of head,
 /// torso and tail queries (by searches in the period).
-fn write_engagement(
-    catalogue: &Catalogue,
-    rng: &mut ChaCha8Rng,
-    path: &Path,
-    format: InputFormat,
-    bestseller_queries: usize,
-) -> Result<(u64, [u64; 3])> {
-    let schema = Arc::new(Schema::new(vec![
+fn engagement_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
         Field::new("query", DataType::Utf8, false),
         Field::new("product_id", DataType::Utf8, false),
         Field::new("impressions", DataType::Int64, false),
         Field::new("clicks", DataType::Int64, false),
         Field::new("adds", DataType::Int64, false),
         Field::new("purchases", DataType::Int64, false),
-    ]));
-    let mut writer = TableWriter::create(path, schema, format)?;
+    ]))
+}
+
+/// Generates the engagement rows of every query into `writer`; returns the queries by segment.
+fn make_engagement(
+    catalogue: &Catalogue,
+    rng: &mut ChaCha8Rng,
+    writer: &mut TableWriter,
+    bestseller_queries: usize,
+) -> Result<[u64; 3]> {
     let mut buffers = EngagementBuffers::new();
     let mut rows = Vec::new();
     let mut segments = [0u64; 3];
@@ -529,40 +544,19 @@ fn write_engagement(
             buffers.push(&q.text, BESTSELLER, [1, 1, 1, 1]);
         }
         if buffers.len >= BATCH_ROWS {
-            buffers.flush(&mut writer)?;
+            buffers.flush(writer)?;
         }
     }
-    buffers.flush(&mut writer)?;
-    Ok((writer.finish()?, segments))
+    buffers.flush(writer)?;
+    Ok(segments)
 }
 
-/// Generates the marketplace into `dir` (created if missing).
-pub fn generate(spec: &SynthSpec, dir: &Path) -> Result<SynthOutput> {
-    std::fs::create_dir_all(dir)?;
-    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
-    let catalogue = build_catalogue(spec, &mut rng);
-    let ext = match spec.format {
-        InputFormat::Parquet => "parquet",
-        InputFormat::Csv => "csv",
-        InputFormat::Json => "ndjson",
-    };
-
-    let engagement_path = dir.join(format!("engagement.{ext}"));
-    let (engagement_rows, [head_queries, torso_queries, tail_queries]) = write_engagement(
-        &catalogue,
-        &mut rng,
-        &engagement_path,
-        spec.format,
-        spec.bestseller_queries,
-    )?;
-
-    let neighbours_path = dir.join(format!("neighbours.{ext}"));
-    let neighbour_schema = Arc::new(Schema::new(vec![
-        Field::new("query", DataType::Utf8, false),
-        Field::new("neighbour", DataType::Utf8, false),
-        Field::new("score", DataType::Float64, false),
-    ]));
-    let mut writer = TableWriter::create(&neighbours_path, neighbour_schema, spec.format)?;
+/// Generates the neighbour lists of every query into `writer`.
+fn make_neighbours(
+    catalogue: &Catalogue,
+    rng: &mut ChaCha8Rng,
+    writer: &mut TableWriter,
+) -> Result<()> {
     let (mut query, mut neighbour, mut score) = (
         StringBuilder::new(),
         StringBuilder::new(),
@@ -571,7 +565,7 @@ pub fn generate(spec: &SynthSpec, dir: &Path) -> Result<SynthOutput> {
     let mut pending = 0;
     let mut list = Vec::new();
     for (qi, q) in catalogue.queries.iter().enumerate() {
-        neighbours_of(qi, &catalogue, &mut rng, &mut list);
+        neighbours_of(qi, catalogue, rng, &mut list);
         for &(other, s) in &list {
             query.append_value(&q.text);
             neighbour.append_value(&catalogue.queries[other].text);
@@ -588,27 +582,63 @@ pub fn generate(spec: &SynthSpec, dir: &Path) -> Result<SynthOutput> {
             pending = 0;
         }
     }
-    let neighbour_rows = writer.finish()?;
+    Ok(())
+}
+
+/// Generates the marketplace into the folder `out` (a local path, created if missing, or an
+/// object-store URL), each file written by the engine's sink, complete or absent.
+pub async fn generate(spec: &SynthSpec, out: &str, runtime: &RuntimeEnv) -> Result<SynthOutput> {
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    let catalogue = Arc::new(build_catalogue(spec, &mut rng));
+    let ext = match spec.format {
+        InputFormat::Parquet => "parquet",
+        InputFormat::Csv => "csv",
+        InputFormat::Json => "ndjson",
+    };
+    let file = |name: &str| format!("{}/{name}.{ext}", out.trim_end_matches('/'));
+    let bestsellers = spec.bestseller_queries;
+
+    let engagement = file("engagement");
+    let ((rng, [head_queries, torso_queries, tail_queries]), engagement_rows) =
+        write_table(runtime, &engagement, engagement_schema(), spec.format, {
+            let catalogue = Arc::clone(&catalogue);
+            move |writer| {
+                let segments = make_engagement(&catalogue, &mut rng, writer, bestsellers)?;
+                Ok((rng, segments))
+            }
+        })
+        .await?;
+
+    let neighbours = file("neighbours");
+    let neighbour_schema = Arc::new(Schema::new(vec![
+        Field::new("query", DataType::Utf8, false),
+        Field::new("neighbour", DataType::Utf8, false),
+        Field::new("score", DataType::Float64, false),
+    ]));
+    let ((), neighbour_rows) = write_table(runtime, &neighbours, neighbour_schema, spec.format, {
+        let catalogue = Arc::clone(&catalogue);
+        let mut rng = rng;
+        move |writer| make_neighbours(&catalogue, &mut rng, writer)
+    })
+    .await?;
 
     let later = if spec.later_period {
         // its own stream, so the first period is the same with or without it
         let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ LATER_PERIOD_STREAM);
-        let path = dir.join(format!("engagement_later.{ext}"));
-        let (rows, _) = write_engagement(
-            &catalogue,
-            &mut rng,
-            &path,
-            spec.format,
-            spec.bestseller_queries,
-        )?;
+        let path = file("engagement_later");
+        let (_, rows) = write_table(runtime, &path, engagement_schema(), spec.format, {
+            let catalogue = Arc::clone(&catalogue);
+            move |writer| make_engagement(&catalogue, &mut rng, writer, bestsellers)
+        })
+        .await?;
         Some((path, rows))
     } else {
         None
     };
 
     Ok(SynthOutput {
-        engagement: engagement_path,
-        neighbours: neighbours_path,
+        engagement,
+        neighbours,
         queries: catalogue.queries.len(),
         engagement_rows,
         neighbour_rows,

@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::io::storage::OutputLocation;
 
 pub mod delta;
+pub mod folder;
 mod parallel_parquet;
 pub mod parts;
 pub mod sha256_writer;
@@ -81,17 +82,37 @@ pub async fn write_plan_atomic(
     location: &OutputLocation,
     format: OutputFormat,
     cancel: &CancellationToken,
+    on_batch: impl FnMut(&RecordBatch),
+) -> Result<WriteStats> {
+    let stream = execute_stream(plan, task)?;
+    write_stream_atomic(stream, location, format, cancel, on_batch).await
+}
+
+/// [`write_atomic`] for a stream of batches (rows made outside a plan, e.g. by `synth`): staged
+/// beside `location` and renamed into place when complete; an error in the stream, or a
+/// cancellation, leaves nothing.
+pub async fn write_stream_atomic(
+    stream: datafusion::execution::SendableRecordBatchStream,
+    location: &OutputLocation,
+    format: OutputFormat,
+    cancel: &CancellationToken,
     mut on_batch: impl FnMut(&RecordBatch),
 ) -> Result<WriteStats> {
+    if format == OutputFormat::Delta {
+        return Err(Error::config(
+            "a Delta table is a folder, not a file: write it with `run` or `backfill`",
+        ));
+    }
     let created_dirs = match &location.local_dir {
         Some(dir) => create_missing_dirs(dir)?,
         None => Vec::new(),
     };
     let staging = staging::sibling(location);
-    let mut result = write_to(
-        plan,
-        task,
-        location,
+    let schema = stream.schema();
+    let mut result = write_stream(
+        stream,
+        schema,
+        &location.store,
         &staging,
         format,
         cancel,
@@ -153,34 +174,6 @@ async fn next_batch(
         _ = cancel.cancelled() => Err(Error::Interrupted),
         batch = stream.next() => Ok(batch.transpose()?),
     }
-}
-
-async fn write_to(
-    plan: Arc<dyn ExecutionPlan>,
-    task: Arc<TaskContext>,
-    location: &OutputLocation,
-    staging: &ObjectPath,
-    format: OutputFormat,
-    cancel: &CancellationToken,
-    on_batch: &mut impl FnMut(&RecordBatch),
-) -> Result<WriteStats> {
-    if format == OutputFormat::Delta {
-        return Err(Error::config(
-            "a Delta table is a folder, not a file: write it with `run` or `backfill`",
-        ));
-    }
-    let schema = plan.schema();
-    let stream = execute_stream(plan, task)?;
-    write_stream(
-        stream,
-        schema,
-        &location.store,
-        staging,
-        format,
-        cancel,
-        on_batch,
-    )
-    .await
 }
 
 /// Writes `stream`'s batches as one object at `path` of `store` in `format` (Parquet, CSV or

@@ -18,6 +18,7 @@ use crate::config::{ExecutionConfig, InputSpec, OutputFormat};
 use crate::error::{Error, Result};
 use crate::io::sink;
 use crate::io::storage::OutputLocation;
+use crate::io::tables;
 use crate::session;
 use crate::tools::feature_table;
 use crate::tools::labels;
@@ -212,10 +213,6 @@ async fn missing_relevant(
     Ok(missing)
 }
 
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 /// Streams the candidates query by query and computes every query's metrics.
 async fn collect(
     ctx: &datafusion::prelude::SessionContext,
@@ -225,7 +222,13 @@ async fn collect(
     let scores: Vec<String> = spec
         .scores
         .iter()
-        .map(|s| format!("CAST(f.{} AS DOUBLE) AS {}", quote(s), quote(s)))
+        .map(|s| {
+            format!(
+                "CAST(f.{} AS DOUBLE) AS {}",
+                tables::quote_identifier(s),
+                tables::quote_identifier(s)
+            )
+        })
         .collect();
     let sql = format!(
         "WITH traffic AS (SELECT query, MAX(impressions) AS traffic FROM features GROUP BY query) \

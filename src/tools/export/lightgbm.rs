@@ -21,7 +21,9 @@ use futures::StreamExt;
 
 use crate::config::{ExecutionConfig, InputSpec};
 use crate::error::{Error, Result};
-use crate::io::sink::parquet_properties;
+use crate::io::sink::folder::StagedFolder;
+use crate::io::sink::{self, parquet_properties};
+use crate::io::tables;
 use crate::session;
 use crate::tools::feature_table::{self, ENGINE_FEATURES};
 use crate::tools::labels;
@@ -192,7 +194,7 @@ impl fmt::Display for ExportSummary {
 
 /// Joins the features onto the labelled pairs, splits by query and writes the folder.
 pub async fn export(spec: &ExportSpec) -> Result<ExportSummary> {
-    check_destination(&spec.out, spec.force)?;
+    sink::folder::check_replaceable(&spec.out, spec.force)?;
     let ctx = session::new_context(&spec.execution)?;
     let table = feature_table::open(&ctx, "feature table", &spec.feature_table).await?;
     let labels = labels::open(&ctx, "labels", &spec.labels).await?;
@@ -217,7 +219,7 @@ pub async fn export(spec: &ExportSpec) -> Result<ExportSummary> {
         if name == HAS_PRIOR {
             continue;
         }
-        let quoted = quote(name);
+        let quoted = tables::quote_identifier(name);
         if labels.extra.contains(name) {
             select.push(format!("l.{quoted} AS {quoted}"));
         } else {
@@ -233,11 +235,11 @@ pub async fn export(spec: &ExportSpec) -> Result<ExportSummary> {
     let joined = ctx.sql(&sql).await?;
 
     // removed on every way out but a successful publish, including a cancelled future
-    let staging = Staging(Some(staging_dir(&spec.out)?));
+    let staging = StagedFolder::create(&spec.out)?;
     let dir = staging.path().to_path_buf();
     let splits = write_splits(joined, &features, spec, &dir).await?;
     write_metadata(&dir, spec.layout, &features, labels.max_label)?;
-    staging.publish(&spec.out)?;
+    staging.publish()?;
     Ok(ExportSummary {
         layout: spec.layout,
         out: spec.out.clone(),
@@ -245,37 +247,6 @@ pub async fn export(spec: &ExportSpec) -> Result<ExportSummary> {
         splits,
         max_label: labels.max_label,
     })
-}
-
-/// The staging folder: deleted when dropped unless published.
-struct Staging(Option<PathBuf>);
-
-impl Staging {
-    fn path(&self) -> &Path {
-        self.0.as_deref().expect("not yet published")
-    }
-
-    fn publish(mut self, out: &Path) -> Result<()> {
-        let dir = self.0.take().expect("not yet published");
-        let published = publish(&dir, out);
-        if published.is_err() {
-            self.0 = Some(dir);
-        }
-        published
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.take() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-/// `"name"` with quotes doubled, for column names in generated SQL.
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 fn choose_features(
@@ -335,73 +306,6 @@ fn choose_features(
             Ok(chosen)
         }
     }
-}
-
-/// Refuses to replace a non-empty folder unless `force`.
-fn check_destination(out: &Path, force: bool) -> Result<()> {
-    if out.file_name().is_none() || out == Path::new(".") {
-        return Err(Error::config(format!(
-            "--out {}: name a folder of its own (it is replaced as a whole), e.g. lgb/",
-            out.display()
-        )));
-    }
-    if out.is_file() {
-        return Err(Error::config(format!(
-            "--out {} is a file; it must be a folder (created if missing)",
-            out.display()
-        )));
-    }
-    let non_empty = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some());
-    if non_empty && !force {
-        return Err(Error::config(format!(
-            "--out {} exists and is not empty; use --force to replace it",
-            out.display()
-        )));
-    }
-    Ok(())
-}
-
-fn staging_dir(out: &Path) -> Result<PathBuf> {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "export".into());
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let dir = parent.join(format!(
-        "_q2q_staging.{}.{nanos}.{name}.partial",
-        std::process::id()
-    ));
-    std::fs::create_dir(&dir)?;
-    Ok(dir)
-}
-
-/// Moves the complete staging folder onto `out` (replacing what `check_destination` allowed).
-fn publish(staging: &Path, out: &Path) -> Result<()> {
-    if out.exists() {
-        let old = staging.with_extension("old");
-        std::fs::rename(out, &old)?;
-        if let Err(e) = std::fs::rename(staging, out) {
-            let _ = std::fs::rename(&old, out);
-            return Err(e.into());
-        }
-        if let Err(e) = std::fs::remove_dir_all(&old) {
-            // the new folder is in place; the old one is only garbage now
-            tracing::warn!(
-                "could not remove the replaced folder {}: {e}",
-                old.display()
-            );
-        }
-    } else {
-        std::fs::rename(staging, out)?;
-    }
-    Ok(())
 }
 
 /// The files of one split, open for writing.
