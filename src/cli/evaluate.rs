@@ -8,9 +8,10 @@ use clap::{Args, Subcommand};
 use crate::config::InputSpec;
 use crate::error::{Error, Result};
 use crate::tools::evaluate::chart;
-use crate::tools::evaluate::features::{self, EvaluateSpec, Segments};
+use crate::tools::evaluate::features::{self, EvaluateSpec};
 use crate::tools::evaluate::metrics::Gain;
 use crate::tools::evaluate::neighbours::{self, Ideal, NeighbourList, NeighboursSpec};
+use crate::tools::evaluate::report::{self, Segments};
 
 #[derive(Debug, Subcommand)]
 pub enum EvaluateCommand {
@@ -176,7 +177,7 @@ async fn features_command(args: FeaturesArgs) -> Result<()> {
         }
     }
     if let Some(path) = &args.per_query {
-        features::per_query_format(path)?;
+        report::per_query_format(path)?;
     }
     let spec = EvaluateSpec {
         feature_table: InputSpec::new(args.feature_table),
@@ -306,7 +307,7 @@ async fn neighbours_command(args: NeighboursArgs) -> Result<()> {
     recall_at.sort_unstable();
     recall_at.dedup();
     if let Some(path) = &args.per_query {
-        features::per_query_format(path)?;
+        report::per_query_format(path)?;
     }
     let spec = NeighboursSpec {
         lists,

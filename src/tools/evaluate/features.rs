@@ -12,60 +12,16 @@ use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Sche
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::bootstrap::{self, Interval, Paired};
+use super::bootstrap::{Interval, Paired};
 use super::metrics::{Gain, QueryMetrics, query_metrics};
-use crate::config::{ExecutionConfig, InputSpec, OutputFormat};
+use super::report::{self, SEGMENTS, Segments};
+use crate::config::{ExecutionConfig, InputSpec};
 use crate::error::{Error, Result};
-use crate::io::sink;
-use crate::io::storage::OutputLocation;
 use crate::io::tables;
 use crate::session;
 use crate::tools::feature_table;
 use crate::tools::labels;
 
-/// Query segments by traffic: the query's largest impression count over its products (about its
-/// number of searches: the top product is seen in nearly every search).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Segments {
-    /// Queries with traffic below this are tail.
-    pub tail_below: f64,
-    /// Queries with traffic at or above this are head; in between, torso.
-    pub head_from: f64,
-}
-
-impl Segments {
-    pub fn parse(text: &str) -> Result<Segments> {
-        let bad = || {
-            Error::config(format!(
-                "--segments '{text}': expected TAIL_BELOW,HEAD_FROM with 0 < TAIL_BELOW <= HEAD_FROM, e.g. 20,1000"
-            ))
-        };
-        let (a, b) = text.split_once(',').ok_or_else(bad)?;
-        let (tail_below, head_from): (f64, f64) = (
-            a.trim().parse().map_err(|_| bad())?,
-            b.trim().parse().map_err(|_| bad())?,
-        );
-        if !(tail_below > 0.0 && tail_below <= head_from && head_from.is_finite()) {
-            return Err(bad());
-        }
-        Ok(Segments {
-            tail_below,
-            head_from,
-        })
-    }
-
-    pub(super) fn of(&self, traffic: f64) -> usize {
-        if traffic >= self.head_from {
-            0
-        } else if traffic >= self.tail_below {
-            1
-        } else {
-            2
-        }
-    }
-}
-
-pub const SEGMENTS: [&str; 4] = ["head", "torso", "tail", "all"];
 pub const METRICS: [&str; 3] = ["ndcg", "mrr", "recall"];
 
 #[derive(Debug, Clone)]
@@ -311,61 +267,39 @@ fn summarise(spec: &EvaluateSpec, data: &PerQuery, total_queries: u64, absent: u
         let index = |s: &String| spec.scores.iter().position(|x| x == s).expect("checked");
         (index(a), index(b))
     });
-    let mut segments = Vec::new();
-    for (si, name) in SEGMENTS.iter().enumerate() {
-        let members: Vec<usize> = (0..data.queries.len())
-            .filter(|&q| si == 3 || data.segment[q] == si)
-            .collect();
-        // columns: score x metric, then (with a pair) the 3 differences
-        let width = n * 3 + if pair.is_some() { 3 } else { 0 };
-        let mut values = Vec::with_capacity(members.len() * width);
-        for &q in &members {
-            let m = &data.metrics[q * n..(q + 1) * n];
-            for score in m {
-                for metric in 0..3 {
-                    values.push(metric_value(score, metric));
-                }
-            }
-            if let Some((a, b)) = pair {
-                for metric in 0..3 {
-                    values.push(metric_value(&m[a], metric) - metric_value(&m[b], metric));
-                }
-            }
-        }
-        // one stream per segment, derived from the seed, so segments do not depend on each other
-        let intervals = bootstrap::means(&values, width, spec.bootstrap, spec.seed ^ si as u64);
-        let scores = spec
+    let mut rows = Vec::with_capacity(data.metrics.len() * METRICS.len());
+    for m in &data.metrics {
+        rows.extend((0..METRICS.len()).map(|metric| metric_value(m, metric)));
+    }
+    let metrics: Vec<String> = METRICS.iter().map(|m| m.to_string()).collect();
+    let segments = report::by_segment(
+        &rows,
+        n,
+        &metrics,
+        &data.segment,
+        true,
+        pair,
+        spec.bootstrap,
+        spec.seed,
+    )
+    .into_iter()
+    .map(|s| SegmentResult {
+        segment: s.segment,
+        queries: s.queries,
+        scores: spec
             .scores
             .iter()
             .enumerate()
-            .map(|(s, score)| ScoreResult {
+            .map(|(i, score)| ScoreResult {
                 score: score.clone(),
-                ndcg: intervals[s * 3],
-                mrr: intervals[s * 3 + 1],
-                recall: intervals[s * 3 + 2],
+                ndcg: s.means[i * 3],
+                mrr: s.means[i * 3 + 1],
+                recall: s.means[i * 3 + 2],
             })
-            .collect();
-        let mut paired = Vec::new();
-        if pair.is_some() {
-            for (metric, name) in METRICS.iter().enumerate() {
-                let differences: Vec<f64> = values
-                    .chunks_exact(width)
-                    .map(|row| row[n * 3 + metric])
-                    .collect();
-                paired.push(bootstrap::paired(
-                    *name,
-                    intervals[n * 3 + metric],
-                    &differences,
-                ));
-            }
-        }
-        segments.push(SegmentResult {
-            segment: name,
-            queries: members.len() as u64,
-            scores,
-            paired,
-        });
-    }
+            .collect(),
+        paired: s.paired,
+    })
+    .collect();
     Evaluation {
         k: spec.k,
         gain: spec.gain,
@@ -427,58 +361,13 @@ async fn write_per_query(
             Arc::new(Float64Array::from(recall)),
         ],
     )?;
-    let format = per_query_format(path)?;
-    let location = OutputLocation::resolve(ctx.runtime_env().as_ref(), path)?;
-    let cancel = tokio_util::sync::CancellationToken::new();
-    sink::write_atomic(ctx.read_batch(batch)?, &location, format, &cancel, |_| {}).await?;
-    Ok(())
-}
-
-/// The format of the per-query file, from its extension.
-pub fn per_query_format(path: &str) -> Result<OutputFormat> {
-    OutputFormat::from_extension(path).ok_or_else(|| {
-        Error::config(format!(
-            "--per-query {path}: use a .parquet, .csv or .ndjson file"
-        ))
-    })
-}
-
-pub(super) fn fmt_interval(i: &Interval, signed: bool) -> String {
-    let v = |x: f64| {
-        if signed {
-            format!("{x:+.4}")
-        } else {
-            format!("{x:.4}")
-        }
-    };
-    if i.mean.is_nan() {
-        return "-".into();
-    }
-    match (i.low, i.high) {
-        (Some(l), Some(h)) => format!("{} [{}, {}]", v(i.mean), v(l), v(h)),
-        _ => v(i.mean),
-    }
-}
-
-pub(super) fn fmt_p(p: Option<f64>) -> String {
-    match p {
-        None => "-".into(),
-        Some(p) if p < 1e-4 => "<1e-4".into(),
-        Some(p) => format!("{p:.4}"),
-    }
+    report::write_per_query(ctx, batch, path).await
 }
 
 impl fmt::Display for Evaluation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let k = self.k;
-        let ci = if self.bootstrap > 0 {
-            format!(
-                " [95% CI, {} bootstrap resamples of queries]",
-                self.bootstrap
-            )
-        } else {
-            String::new()
-        };
+        let ci = report::ci_note(self.bootstrap);
         writeln!(
             f,
             "# {} queries evaluated ({} without a relevant outcome left out; {} outcome queries without candidates); \
@@ -493,7 +382,7 @@ impl fmt::Display for Evaluation {
                 Gain::Linear => "label",
             }
         )?;
-        let width = 30;
+        let width = report::INTERVAL_WIDTH;
         writeln!(
             f,
             "{:<8} {:>8}  {:<12} {:<width$} {:<width$} {:<width$}",
@@ -512,42 +401,21 @@ impl fmt::Display for Evaluation {
                     s.segment,
                     s.queries,
                     r.score,
-                    fmt_interval(&r.ndcg, false),
-                    fmt_interval(&r.mrr, false),
-                    fmt_interval(&r.recall, false)
+                    report::fmt_interval(&r.ndcg, false),
+                    report::fmt_interval(&r.mrr, false),
+                    report::fmt_interval(&r.recall, false)
                 )?;
             }
         }
-        if let Some((a, b)) = &self.compare {
-            writeln!(f)?;
-            writeln!(
-                f,
-                "# paired: {a} - {b} per query (mean [95% CI]), paired t-test p, queries where {a} wins / ties / loses"
-            )?;
-            writeln!(
-                f,
-                "{:<8} {:<10} {:<width$} {:>8} {:>8} {:>8} {:>8}",
-                "segment", "metric", "difference", "p", "wins", "ties", "losses"
-            )?;
-            for s in &self.segments {
-                for p in &s.paired {
-                    let metric = match p.metric.as_str() {
-                        "mrr" => "mrr".to_string(),
-                        m => format!("{m}@{k}"),
-                    };
-                    writeln!(
-                        f,
-                        "{:<8} {:<10} {:<width$} {:>8} {:>8} {:>8} {:>8}",
-                        s.segment,
-                        metric,
-                        fmt_interval(&p.difference, true),
-                        fmt_p(p.p_value),
-                        p.wins,
-                        p.ties,
-                        p.losses
-                    )?;
-                }
-            }
+        if let Some(compare) = &self.compare {
+            let segments = self
+                .segments
+                .iter()
+                .map(|s| (s.segment, s.paired.as_slice()));
+            report::write_paired(f, compare, segments, 10, |metric| match metric {
+                "mrr" => "mrr".to_string(),
+                m => format!("{m}@{k}"),
+            })?;
         }
         Ok(())
     }

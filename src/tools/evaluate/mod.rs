@@ -7,3 +7,4 @@ pub mod chart;
 pub mod features;
 pub mod metrics;
 pub mod neighbours;
+pub mod report;

@@ -19,14 +19,12 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::bootstrap::{self, Interval, Paired};
-use super::features::{SEGMENTS, Segments, fmt_interval, fmt_p, per_query_format};
+use super::bootstrap::{Interval, Paired};
 use super::metrics::{Gain, query_metrics};
+use super::report::{self, SEGMENTS, Segments};
 use crate::config::{ExecutionConfig, InputSpec};
 use crate::error::{Error, Result};
 use crate::io::checks::{self, Check, Severity};
-use crate::io::sink;
-use crate::io::storage::OutputLocation;
 use crate::io::tables;
 use crate::session;
 
@@ -471,29 +469,21 @@ fn summarise(
         (index(a), index(b))
     });
     let segmented = spec.engagement.is_some();
-    let mut segments = Vec::new();
-    for (si, name) in SEGMENTS.iter().enumerate() {
-        if !segmented && si != 3 {
-            continue;
-        }
-        let members: Vec<usize> = (0..data.queries.len())
-            .filter(|&q| si == 3 || data.segment[q] == si)
-            .collect();
-        // columns: list x metric, then (with a pair) the differences per metric
-        let columns = n * width + if pair.is_some() { width } else { 0 };
-        let mut values = Vec::with_capacity(members.len() * columns);
-        for &q in &members {
-            let row = &data.values[q * n * width..(q + 1) * n * width];
-            values.extend_from_slice(row);
-            if let Some((a, b)) = pair {
-                for m in 0..width {
-                    values.push(row[a * width + m] - row[b * width + m]);
-                }
-            }
-        }
-        // one stream per segment, derived from the seed, so segments do not depend on each other
-        let intervals = bootstrap::means(&values, columns, spec.bootstrap, spec.seed ^ si as u64);
-        let results = spec
+    let segments = report::by_segment(
+        &data.values,
+        n,
+        &names,
+        &data.segment,
+        segmented,
+        pair,
+        spec.bootstrap,
+        spec.seed,
+    )
+    .into_iter()
+    .map(|s| SegmentResult {
+        segment: s.segment,
+        queries: s.queries,
+        lists: spec
             .lists
             .iter()
             .enumerate()
@@ -504,32 +494,14 @@ fn summarise(
                     .enumerate()
                     .map(|(m, metric)| MetricValue {
                         metric: metric.clone(),
-                        value: intervals[l * width + m],
+                        value: s.means[l * width + m],
                     })
                     .collect(),
             })
-            .collect();
-        let mut paired = Vec::new();
-        if pair.is_some() {
-            for (m, metric) in names.iter().enumerate() {
-                let differences: Vec<f64> = values
-                    .chunks_exact(columns)
-                    .map(|row| row[n * width + m])
-                    .collect();
-                paired.push(bootstrap::paired(
-                    metric.clone(),
-                    intervals[n * width + m],
-                    &differences,
-                ));
-            }
-        }
-        segments.push(SegmentResult {
-            segment: name,
-            queries: members.len() as u64,
-            lists: results,
-            paired,
-        });
-    }
+            .collect(),
+        paired: s.paired,
+    })
+    .collect();
     NeighbourEvaluation {
         ndcg_at: spec.ndcg_at,
         recall_at: spec.recall_at.clone(),
@@ -603,23 +575,12 @@ async fn write_per_query(
         columns.push(Arc::new(Float64Array::from(column)));
     }
     let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
-    let format = per_query_format(path)?;
-    let location = OutputLocation::resolve(ctx.runtime_env().as_ref(), path)?;
-    let cancel = tokio_util::sync::CancellationToken::new();
-    sink::write_atomic(ctx.read_batch(batch)?, &location, format, &cancel, |_| {}).await?;
-    Ok(())
+    report::write_per_query(ctx, batch, path).await
 }
 
 impl fmt::Display for NeighbourEvaluation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ci = if self.bootstrap > 0 {
-            format!(
-                " [95% CI, {} bootstrap resamples of queries]",
-                self.bootstrap
-            )
-        } else {
-            String::new()
-        };
+        let ci = report::ci_note(self.bootstrap);
         let segments = match &self.segments_by_traffic {
             Some(s) => format!(
                 "segments by traffic: tail < {} <= torso < {} <= head",
@@ -652,7 +613,7 @@ impl fmt::Display for NeighbourEvaluation {
                 )?;
             }
         }
-        let width = 30;
+        let width = report::INTERVAL_WIDTH;
         let Some(first) = self.segments.first() else {
             return Ok(());
         };
@@ -670,37 +631,17 @@ impl fmt::Display for NeighbourEvaluation {
             for l in &s.lists {
                 write!(f, "{:<8} {:>8}  {:<12}", s.segment, s.queries, l.list)?;
                 for m in &l.metrics {
-                    write!(f, " {:<width$}", fmt_interval(&m.value, false))?;
+                    write!(f, " {:<width$}", report::fmt_interval(&m.value, false))?;
                 }
                 writeln!(f)?;
             }
         }
-        if let Some((a, b)) = &self.compare {
-            writeln!(f)?;
-            writeln!(
-                f,
-                "# paired: {a} - {b} per query (mean [95% CI]), paired t-test p, queries where {a} wins / ties / loses"
-            )?;
-            writeln!(
-                f,
-                "{:<8} {:<12} {:<width$} {:>8} {:>8} {:>8} {:>8}",
-                "segment", "metric", "difference", "p", "wins", "ties", "losses"
-            )?;
-            for s in &self.segments {
-                for p in &s.paired {
-                    writeln!(
-                        f,
-                        "{:<8} {:<12} {:<width$} {:>8} {:>8} {:>8} {:>8}",
-                        s.segment,
-                        p.metric,
-                        fmt_interval(&p.difference, true),
-                        fmt_p(p.p_value),
-                        p.wins,
-                        p.ties,
-                        p.losses
-                    )?;
-                }
-            }
+        if let Some(compare) = &self.compare {
+            let segments = self
+                .segments
+                .iter()
+                .map(|s| (s.segment, s.paired.as_slice()));
+            report::write_paired(f, compare, segments, 12, str::to_string)?;
         }
         Ok(())
     }
