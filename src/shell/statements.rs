@@ -1,6 +1,11 @@
 //! Splitting shell input into statements: SQL ends at a `;` outside quotes and comments; a line
 //! starting with `\` (outside a statement) is a meta-command and needs no `;`.
 
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::tokenizer::{
+    Location, Token, TokenWithSpan, Tokenizer, TokenizerError,
+};
+
 /// One unit of input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Item {
@@ -11,37 +16,25 @@ pub enum Item {
 }
 
 /// Accumulates lines and hands out complete items; what is left is an unfinished statement.
+/// Where a statement ends is the SQL tokenizer's call (sqlparser, the one DataFusion parses
+/// with): the first `;` token, so quotes, quoted identifiers, escapes and comments are read as
+/// the engine reads them.
 #[derive(Debug, Default)]
 pub struct Splitter {
     buffer: String,
-    state: State,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum State {
-    #[default]
-    Code,
-    /// Inside '...'.
-    String,
-    /// Inside "...".
-    Identifier,
-    /// Inside -- ... up to the end of the line.
-    LineComment,
-    /// Inside /* ... */.
-    BlockComment,
 }
 
 impl Splitter {
     /// True when no statement is in progress (the REPL shows its main prompt); comments alone do
     /// not start one.
     pub fn is_empty(&self) -> bool {
-        self.state == State::Code && is_blank_sql(&self.buffer)
+        // inside a string, quoted name or comment is not blank
+        is_blank_sql(&self.buffer)
     }
 
     /// Drops the statement in progress (Ctrl-C at the prompt).
     pub fn clear(&mut self) {
         self.buffer.clear();
-        self.state = State::Code;
     }
 
     /// Feeds one line (without its newline) and returns the items it completed.
@@ -50,74 +43,74 @@ impl Splitter {
             self.buffer.clear();
             return vec![Item::Meta(line.trim().to_string())];
         }
-        let mut items = Vec::new();
-        let mut chars = line.chars().peekable();
-        while let Some(c) = chars.next() {
-            match self.state {
-                State::Code => match c {
-                    ';' => {
-                        let sql = std::mem::take(&mut self.buffer);
-                        if !is_blank_sql(&sql) {
-                            items.push(Item::Sql(sql.trim().to_string()));
-                        }
-                        // `SELECT 1; \d` on one line: a meta-command may follow a statement
-                        let rest: String = chars.clone().collect();
-                        if rest.trim_start().starts_with('\\') {
-                            items.push(Item::Meta(rest.trim().to_string()));
-                            return items;
-                        }
-                        continue;
-                    }
-                    '\'' => self.state = State::String,
-                    '"' => self.state = State::Identifier,
-                    '-' if chars.peek() == Some(&'-') => self.state = State::LineComment,
-                    '/' if chars.peek() == Some(&'*') => {
-                        self.buffer.push(c);
-                        self.buffer.push(chars.next().expect("peeked"));
-                        self.state = State::BlockComment;
-                        continue;
-                    }
-                    _ => {}
-                },
-                State::String if c == '\'' => self.state = State::Code,
-                State::Identifier if c == '"' => self.state = State::Code,
-                State::BlockComment if c == '*' && chars.peek() == Some(&'/') => {
-                    self.buffer.push(c);
-                    self.buffer.push(chars.next().expect("peeked"));
-                    self.state = State::Code;
-                    continue;
-                }
-                _ => {}
-            }
-            self.buffer.push(c);
-        }
-        if self.state == State::LineComment {
-            self.state = State::Code;
-        }
+        self.buffer.push_str(line);
         self.buffer.push('\n');
+        let mut items = Vec::new();
+        while let Some(end) = first_semicolon(&self.buffer) {
+            let rest = self.buffer.split_off(end + 1);
+            self.buffer.pop(); // the `;`
+            let sql = std::mem::replace(&mut self.buffer, rest);
+            if !is_blank_sql(&sql) {
+                items.push(Item::Sql(sql.trim().to_string()));
+            }
+            // `SELECT 1; \d` on one line: a meta-command may follow a statement
+            if self.buffer.trim_start().starts_with('\\') {
+                items.push(Item::Meta(self.buffer.trim().to_string()));
+                self.buffer.clear();
+                break;
+            }
+        }
         items
     }
 
     /// The unfinished statement at the end of the input (a script's last statement may omit `;`).
     pub fn finish(&mut self) -> Option<Item> {
         let sql = std::mem::take(&mut self.buffer);
-        self.state = State::Code;
         (!is_blank_sql(&sql)).then(|| Item::Sql(sql.trim().to_string()))
     }
 }
 
-/// Only whitespace and comments.
-fn is_blank_sql(sql: &str) -> bool {
-    let mut rest = sql.trim_start();
-    loop {
-        if let Some(after) = rest.strip_prefix("--") {
-            rest = after.split_once('\n').map_or("", |(_, r)| r).trim_start();
-        } else if let Some(after) = rest.strip_prefix("/*") {
-            rest = after.split_once("*/").map_or("", |(_, r)| r).trim_start();
-        } else {
-            return rest.is_empty();
-        }
+fn tokens(sql: &str) -> Result<Vec<TokenWithSpan>, TokenizerError> {
+    Tokenizer::new(&GenericDialect {}, sql).tokenize_with_location()
+}
+
+/// The byte offset of the first `;` token of `sql`. Text that ends inside a string, a quoted
+/// name or a comment (the tokenizer's error) can only end a statement before that construct.
+fn first_semicolon(sql: &str) -> Option<usize> {
+    match tokens(sql) {
+        Ok(tokens) => tokens
+            .iter()
+            .find(|t| t.token == Token::SemiColon)
+            .and_then(|t| offset(sql, t.span.start)),
+        Err(e) => match offset(sql, e.location) {
+            Some(unterminated) if unterminated < sql.len() => first_semicolon(&sql[..unterminated]),
+            _ => None,
+        },
     }
+}
+
+/// The byte offset of a tokenizer location (1-based line and character column).
+fn offset(sql: &str, at: Location) -> Option<usize> {
+    let line = usize::try_from(at.line).ok()?.checked_sub(1)?;
+    let column = usize::try_from(at.column).ok()?.checked_sub(1)?;
+    let start: usize = sql.split('\n').take(line).map(|l| l.len() + 1).sum();
+    let text = sql.get(start..)?;
+    Some(
+        start
+            + text
+                .char_indices()
+                .nth(column)
+                .map_or(text.len(), |(i, _)| i),
+    )
+}
+
+/// Only whitespace and complete comments.
+fn is_blank_sql(sql: &str) -> bool {
+    tokens(sql).is_ok_and(|tokens| {
+        tokens
+            .iter()
+            .all(|t| matches!(t.token, Token::Whitespace(_) | Token::EOF))
+    })
 }
 
 /// Splits a whole script.
@@ -186,5 +179,24 @@ mod tests {
     #[test]
     fn empty_statements_and_comments_are_skipped() {
         assert!(split(";;\n-- only a comment\n/* block */;").is_empty());
+    }
+
+    #[test]
+    fn a_statement_before_an_unterminated_string_is_complete() {
+        let mut s = Splitter::default();
+        assert_eq!(s.push_line("SELECT 1; SELECT 'a"), vec![sql("SELECT 1")]);
+        assert!(!s.is_empty());
+        assert!(
+            s.push_line("/* ; */ b;").is_empty(),
+            "still inside the string"
+        );
+        assert_eq!(
+            s.push_line("c' AS x;"),
+            vec![sql("SELECT 'a\n/* ; */ b;\nc' AS x")]
+        );
+        assert!(s.is_empty());
+        // unterminated block comment: nothing ends until it closes
+        assert!(s.push_line("SELECT 2 /* ;").is_empty());
+        assert_eq!(s.push_line("*/;"), vec![sql("SELECT 2 /* ;\n*/")]);
     }
 }
