@@ -129,6 +129,19 @@ pub struct FeatureParams {
     pub on_duplicate: DuplicatePolicy,
 }
 
+impl FeatureParams {
+    /// The blend with the parameters it reads, for the run summary.
+    pub fn blend_description(&self) -> String {
+        match self.blend {
+            Blend::Paper => format!("paper (gamma = {})", self.gamma),
+            Blend::Bayes => format!(
+                "bayes (m = {}, kappa = {})",
+                self.pseudo_impressions, self.smoothing
+            ),
+        }
+    }
+}
+
 impl Default for FeatureParams {
     fn default() -> Self {
         FeatureParams {

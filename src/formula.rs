@@ -161,17 +161,6 @@ impl Blend {
     pub fn from_name(name: &str) -> Option<Blend> {
         <Blend as clap::ValueEnum>::from_str(name, true).ok()
     }
-
-    /// The blend with the parameters it reads, for the run summary.
-    pub fn describe(self, p: &crate::config::FeatureParams) -> String {
-        match self {
-            Blend::Paper => format!("paper (gamma = {})", p.gamma),
-            Blend::Bayes => format!(
-                "bayes (m = {}, kappa = {})",
-                p.pseudo_impressions, p.smoothing
-            ),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -141,7 +141,7 @@ async fn run_until(
             "top_k {}, prior {}, blend {}, beta {}",
             p.top_k,
             p.prior_weighting.name(),
-            p.blend.describe(p),
+            p.blend_description(),
             p.beta
         ),
         ..Default::default()
