@@ -22,7 +22,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
 
     let start = Instant::now();
-    let data = generate_blocking(synth::generate(
+    let data = common::generate_blocking(synth::generate(
         &SynthSpec {
             queries: queries as usize,
             seed,
@@ -99,16 +99,4 @@ fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
-}
-
-/// Runs `synth` to completion on a runtime of its own.
-fn generate_blocking(
-    generate: impl std::future::Future<Output = q2q_prior::Result<synth::SynthOutput>>,
-) -> synth::SynthOutput {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(generate)
-        .expect("synth")
 }

@@ -29,7 +29,7 @@ fn main() {
     let queries = arg("--queries", 200_000);
     let runs = arg("--runs", 5).max(1) as usize;
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = generate_blocking(synth::generate(
+    let data = common::generate_blocking(synth::generate(
         &SynthSpec {
             queries: queries as usize,
             seed: 42,
@@ -114,16 +114,4 @@ fn main() {
         "SQL, Parquet -> count(DISTINCT normalize_query(query)): median {:.0} rows/s over {runs} runs",
         median(sql_rates)
     );
-}
-
-/// Runs `synth` to completion on a runtime of its own.
-fn generate_blocking(
-    generate: impl std::future::Future<Output = q2q_prior::Result<synth::SynthOutput>>,
-) -> synth::SynthOutput {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(generate)
-        .expect("synth")
 }

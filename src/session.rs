@@ -98,6 +98,25 @@ pub fn siblings<'a>(
     move || new_context_with_runtime(execution, ctx.runtime_env())
 }
 
+/// Registers the job's stage views on `ctx` ([`crate::pipeline::register_job_views`]), each
+/// input partition's slice in a session of [`siblings`].
+pub async fn register_job_views(
+    ctx: &SessionContext,
+    inputs: &Inputs,
+    config: &JobConfig,
+    materialize: &[&str],
+) -> Result<crate::pipeline::StageTimings> {
+    crate::pipeline::register_job_views(
+        ctx,
+        inputs,
+        &config.execution,
+        &config.features,
+        materialize,
+        &siblings(ctx, &config.execution),
+    )
+    .await
+}
+
 /// Everything a job session needs: [`new_context`] plus the registered inputs.
 pub async fn open(config: &JobConfig) -> Result<(SessionContext, Inputs)> {
     open_with_runtime(config, runtime_env(&config.execution)?).await

@@ -215,15 +215,7 @@ async fn run_until(
     };
     if merge {
         // the operator computes the neighbour sets itself: nothing to materialise
-        pipeline::register_job_views(
-            &ctx,
-            &inputs,
-            &config.execution,
-            &config.features,
-            &[],
-            &session::siblings(&ctx, &config.execution),
-        )
-        .await?;
+        session::register_job_views(&ctx, &inputs, config, &[]).await?;
         if on_cluster {
             // the operator's own counts stay on the executors: count with the SQL stage instead
             let ns_start = Instant::now();
@@ -237,18 +229,16 @@ async fn run_until(
         let ns_start = Instant::now();
         let timings = cancellable(
             cancel,
-            pipeline::register_job_views(
+            session::register_job_views(
                 &ctx,
                 &inputs,
-                &config.execution,
-                &config.features,
+                config,
                 // a cluster cannot scan this process's memory: nothing is materialised there
                 if on_cluster {
                     &[]
                 } else {
                     &[pipeline::neighbour_sets::STAGE.name]
                 },
-                &session::siblings(&ctx, &config.execution),
             ),
         )
         .await?;
@@ -433,15 +423,7 @@ async fn output_frame(
 pub async fn explain(config: &JobConfig) -> Result<String> {
     config.validate()?;
     let (ctx, inputs) = session::open(config).await?;
-    pipeline::register_job_views(
-        &ctx,
-        &inputs,
-        &config.execution,
-        &config.features,
-        &[],
-        &session::siblings(&ctx, &config.execution),
-    )
-    .await?;
+    session::register_job_views(&ctx, &inputs, config, &[]).await?;
     let plan = output_frame(&ctx, &inputs, config)
         .await?
         .create_physical_plan()

@@ -102,15 +102,7 @@ impl Shell {
                         maxrows: None,
                     });
                 }
-                pipeline::register_job_views(
-                    &ctx,
-                    &inputs,
-                    &config.execution,
-                    &config.features,
-                    &[],
-                    &session::siblings(&ctx, &config.execution),
-                )
-                .await?;
+                session::register_job_views(&ctx, &inputs, &config, &[]).await?;
                 let partitioned = !inputs.engagement.partitions.columns.is_empty();
                 for stage in &pipeline::STAGES {
                     sources.push(Source {

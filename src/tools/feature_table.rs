@@ -9,16 +9,8 @@ use crate::config::InputSpec;
 use crate::error::{BadInput, Result};
 use crate::io::tables::{self, Input};
 
-/// The engine's feature columns, in the order `run` writes them.
-pub const ENGINE_FEATURES: [&str; 7] = [
-    "h",
-    "prior",
-    "alpha",
-    "f",
-    "impressions",
-    "n_neighbours",
-    "n_contributing",
-];
+/// The engine's feature columns, in the order `run` writes them: its output after the keys.
+pub const ENGINE_FEATURES: &[&str] = crate::pipeline::blend::OUTPUT_COLUMNS.split_at(2).1;
 
 /// An opened feature table: `input.typed` has `query` and `product_id` as strings and every
 /// numeric column (`numeric`) as it is.
