@@ -5,10 +5,12 @@
 #
 #   benches/compare.sh [--queries "100000 1000000"] [--runs 3] [--top-k 10] [--memory-limit SIZE]
 #                      [--duckdb-set name=value ...] [--peers "engine duckdb floor"]
-#                      [--shape synth|zipf] [--engine-set --flag=value ...]
+#                      [--shape synth|zipf] [--engine-set --flag=value ...] [--baseline BIN]
 #
 # Peers: engine, duckdb, floor, and engine1 / duckdb1: the same pinned to one core (taskset -c 0),
-# for the speed-up a second core gives each.
+# for the speed-up a second core gives each. --baseline BIN adds the peer "baseline": another build of
+# q2q-prior (e.g. the commit before a change) run with the same arguments, its output checked
+# against the engine's; the summary gives engine/baseline ("no slower" claims).
 # Shapes: synth (`q2q-prior synth`, one marketplace) or zipf (benches/compare/zipf_shape.py: Zipf
 # query popularity, 20-byte SKUs, head queries that are everyone's neighbour).
 #
@@ -28,6 +30,7 @@ duckdb_settings=()
 peers="engine duckdb floor"
 shape=synth
 engine_settings=()
+baseline=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --queries) queries="$2"; shift 2 ;;
@@ -38,10 +41,16 @@ while [ $# -gt 0 ]; do
         --peers) peers="$2"; shift 2 ;;
         --shape) shape="$2"; shift 2 ;;
         --engine-set) engine_settings+=("$2"); shift 2 ;;
+        --baseline) baseline="$2"; shift 2 ;;
         --bench) shift ;;  # cargo bench passes it
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
+
+if [ -n "$baseline" ]; then
+    [ -x "$baseline" ] || { echo "--baseline $baseline: not an executable" >&2; exit 2; }
+    peers="$peers baseline"
+fi
 
 data="${Q2Q_BENCH_DATA:-$HOME/.cache/q2q-prior/bench-data}"
 mkdir -p "$data"
@@ -124,6 +133,14 @@ for n in $queries; do
                 fi
             fi
         done
+        if [ -n "$baseline" ]; then
+            measure "$n" baseline "$baseline" run \
+                --engagement "$dir/engagement.parquet" --neighbours "$dir/neighbours.parquet" \
+                -o "$dir/features.baseline.parquet" --top-k "$top_k" "${limit_args[@]}" "${engine_settings[@]}"
+            if [ -f "$out" ]; then
+                "$python" benches/compare/agree.py "$out" "$dir/features.baseline.parquet" >&2
+            fi
+        fi
         if [[ " $peers " == *" floor "* ]]; then
             measure "$n" floor "$floor_bin" --engagement "$dir/engagement.parquet" \
                 --neighbours "$dir/neighbours.parquet" --like "$out" --out "$dir/floor.parquet"
@@ -157,6 +174,10 @@ for s in scales:
               f"engine/duckdb peak RSS {e[2] / d[2]:.2f} (target <= 1)")
     if e and f:
         print(f"{s:>9} queries: engine/floor wall {e[0] / f[0]:.2f} (target <= 1.3)")
+    b = med.get((s, "baseline"))
+    if e and b:
+        print(f"{s:>9} queries: engine/baseline wall {e[0] / b[0]:.2f}, CPU {e[1] / b[1]:.2f}, "
+              f"peak RSS {e[2] / b[2]:.2f}")
     for peer in ("engine", "duckdb"):
         one, two = med.get((s, peer + "1")), med.get((s, peer))
         if one and two:
