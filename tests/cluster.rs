@@ -325,6 +325,49 @@ fn the_job_backfill_and_sql_on_two_executors_equal_the_local_run() {
         };
         assert_same_features(&read_features(&file(&there)), &read_features(&file(&here)));
     }
+
+    // a Delta backfill through the cluster: the executors write each day's data files, the client
+    // commits each day; delta-rs's reader sees the local days, and a rerun finds every day
+    // current from the table's log alone
+    let delta = dir.join("daily-delta");
+    backfill(&delta, &["--cluster", &cluster.url, "--format", "delta"]);
+    let rerun = bin()
+        .args([
+            "backfill",
+            "--config",
+            config.to_str().unwrap(),
+            "--from",
+            "2026-01-02",
+            "--to",
+            "2026-01-05",
+            "--output",
+            delta.to_str().unwrap(),
+            "--format",
+            "delta",
+            "--cluster",
+            &cluster.url,
+        ])
+        .output()
+        .unwrap();
+    assert!(ok(&rerun).contains("0 built"), "{}", stderr(&rerun));
+    let read = dir.join("daily-delta.parquet");
+    python(
+        "import sys\nfrom deltalake import DeltaTable\nimport pyarrow as pa, pyarrow.parquet as pq\n\
+         t = DeltaTable(sys.argv[1]).to_pyarrow_table()\n\
+         t = t.set_column(t.column_names.index('dt'), 'dt', t['dt'].cast(pa.string()))\n\
+         pq.write_table(t, sys.argv[2])",
+        &[delta.to_str().unwrap(), read.to_str().unwrap()],
+    );
+    let days = common::read_features_by(&read, Some("dt"));
+    assert_eq!(days.len(), 4, "{:?}", days.keys().collect::<Vec<_>>());
+    for (day, rows) in &days {
+        let partition = here.join(format!("dt={day}"));
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(partition.join("_manifest.json")).unwrap())
+                .unwrap();
+        let local = partition.join(manifest["files"][0]["path"].as_str().unwrap());
+        assert_same_features(rows, &read_features(&local));
+    }
 }
 
 /// The pids of the writers `_SUCCESS` lists for a parts folder, part by part.
@@ -416,6 +459,69 @@ fn the_merge_stage_runs_as_tasks_on_both_executors_which_write_the_parts() {
         ],
     ));
     assert_same_features(&read_features(&file), &expected);
+
+    // a Delta table from four shares, twice: the executors write the data files (delta-rs's
+    // writer), the client commits them, replacing the first build in one commit; delta-rs's
+    // Python reader sees the local output's rows once
+    let table = dir.join("delta");
+    for _ in 0..2 {
+        ok(&run_job(
+            &engagement,
+            &neighbours,
+            table.to_str().unwrap(),
+            &[
+                "--top-k",
+                "10",
+                "--partitions",
+                "4",
+                "--format",
+                "delta",
+                "--cluster",
+                &cluster.url,
+            ],
+        ));
+    }
+    let read = dir.join("delta-read.parquet");
+    let version = python(
+        "import sys\nfrom deltalake import DeltaTable\nimport pyarrow.parquet as pq\n\
+         t = DeltaTable(sys.argv[1])\npq.write_table(t.to_pyarrow_table(), sys.argv[2])\n\
+         print(t.version(), len(t.file_uris()))",
+        &[table.to_str().unwrap(), read.to_str().unwrap()],
+    );
+    assert_same_features(&read_features(&read), &expected);
+    // version 0 created the table empty, 1 and 2 are the builds; each build's files are one per
+    // share, and its commit names the executors that wrote them
+    assert_eq!(version.trim(), "2 4", "{version}");
+    let log = std::fs::read_to_string(table.join("_delta_log/00000000000000000002.json")).unwrap();
+    let info: serde_json::Value = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find_map(|a| a.get("commitInfo").cloned())
+        .unwrap();
+    let writers: Vec<u32> = info["q2qPriorWriters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            w.as_str()
+                .unwrap()
+                .rsplit_once(':')
+                .unwrap()
+                .1
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(writers.len(), 2, "{info}");
+    assert!(
+        writers.iter().all(|w| executors.contains(w)),
+        "{writers:?} vs {executors:?}"
+    );
+    assert_eq!(log.matches("\"remove\"").count(), 4, "{log}");
+    assert_eq!(
+        info["operationMetrics"]["num_added_rows"].as_u64(),
+        Some(expected.len() as u64)
+    );
 }
 
 #[test]

@@ -14,7 +14,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{JobConfig, OutputFormat, PlanKind};
 use crate::error::{Error, Result};
-use crate::io::sink::{self, WriteStats};
+use crate::io::sink;
+use crate::io::sink::parts::PartWriter;
 use crate::io::storage::{self, OutputLocation};
 use crate::pipeline::{self, inputs};
 use crate::session;
@@ -264,40 +265,53 @@ async fn run_until(
         features = features.with_column(name, lit(value.clone()))?;
     }
     let task = Arc::new(features.task_ctx());
-    let (plan, parts) = match &destination {
+    let (plan, written) = match &destination {
         Destination::Parts(staging) => {
-            let written = write_parts(
-                &ctx,
-                features,
-                Arc::clone(&task),
-                staging,
-                format,
-                on_cluster,
-                cancel,
-            )
+            let written = async {
+                let (plan, parts) = write_partitions(
+                    &ctx,
+                    features,
+                    Arc::clone(&task),
+                    &staging.url,
+                    PartWriter::File(format),
+                    on_cluster,
+                    cancel,
+                )
+                .await?;
+                // every partition writes one part; on a cluster the writer's plan is the scheduler's
+                let expected =
+                    (!on_cluster).then(|| plan.properties().partitioning.partition_count());
+                // once every part is written the commit is not interrupted: a cancellation
+                // arrives too late
+                let written = staging.commit(parts, expected, format).await?;
+                Ok::<_, Error>((plan, written))
+            }
             .await;
             if written.is_err() {
                 staging.discard().await;
             }
-            let (plan, parts) = written?;
-            (plan, Some(parts))
+            written?
         }
-        _ => (
-            pipeline::merge::concat::concat_sorted_ranges(features.create_physical_plan().await?)?,
-            None,
-        ),
-    };
-    let written = match &destination {
-        Destination::Parts(_) => parts.expect("set for a parts destination"),
         Destination::File(location) => {
+            let plan = pipeline::merge::concat::concat_sorted_ranges(
+                features.create_physical_plan().await?,
+            )?;
             let mut rows = 0u64;
-            sink::write_plan_atomic(Arc::clone(&plan), task, location, format, cancel, |batch| {
-                rows += batch.num_rows() as u64;
-                progress.set_message(format!(
-                    "computing prior and features, writing: {rows} rows"
-                ));
-            })
-            .await?
+            let written = sink::write_plan_atomic(
+                Arc::clone(&plan),
+                task,
+                location,
+                format,
+                cancel,
+                |batch| {
+                    rows += batch.num_rows() as u64;
+                    progress.set_message(format!(
+                        "computing prior and features, writing: {rows} rows"
+                    ));
+                },
+            )
+            .await?;
+            (plan, written)
         }
         Destination::Delta(root) => {
             progress.set_message("computing prior and features, writing the Delta table");
@@ -310,8 +324,46 @@ async fn run_until(
                     record: None,
                     create_first: false,
                 });
-            let written =
-                sink::delta::write(Arc::clone(&plan), &ctx.state(), root, &commit, cancel).await?;
+            let written = if on_cluster {
+                // the executors write the data files, this process commits them
+                let schema = Arc::new(features.schema().as_arrow().clone());
+                let target = sink::delta::files::Target::prepare(
+                    root.clone(),
+                    commit.clone(),
+                    Arc::clone(&schema),
+                )
+                .await?;
+                let written = write_partitions(
+                    &ctx,
+                    features,
+                    Arc::clone(&task),
+                    &target.url(),
+                    PartWriter::Delta {
+                        partition_columns: commit.partition_columns.clone(),
+                    },
+                    true,
+                    cancel,
+                )
+                .await;
+                match written {
+                    Ok((plan, parts)) => {
+                        let written = target.commit(schema, parts).await?;
+                        (plan, written)
+                    }
+                    Err(e) => {
+                        target.discard(&[]).await;
+                        return Err(e);
+                    }
+                }
+            } else {
+                let plan = pipeline::merge::concat::concat_sorted_ranges(
+                    features.create_physical_plan().await?,
+                )?;
+                let written =
+                    sink::delta::write(Arc::clone(&plan), &ctx.state(), root, &commit, cancel)
+                        .await?;
+                (plan, written)
+            };
             // the backfill vacuums once, after all its days
             if options.delta.is_none() && config.delta.vacuum {
                 summary.vacuumed = Some(sink::delta::vacuum(root, config.delta.retention()).await?);
@@ -337,51 +389,41 @@ async fn run_until(
     Ok(summary)
 }
 
-/// Writes `features` as a folder of parts through `staging` and commits it: locally by this
-/// process (each partition of the plan one part), on a cluster by the executors (the client
-/// gets one report row per part). Returns the plan (for its metrics) and what was committed.
-async fn write_parts(
+/// Runs `features` with each partition written where it runs, by `writer` under `url`: locally
+/// by this process (each partition of the plan), on a cluster by the executors (the client
+/// gets one report row per file, never the features). Returns the plan (for its metrics) and
+/// the files reported, which the caller commits.
+async fn write_partitions(
     ctx: &SessionContext,
     features: DataFrame,
     task: Arc<datafusion::execution::TaskContext>,
-    staging: &sink::parts::Staging,
-    format: OutputFormat,
+    url: &str,
+    writer: PartWriter,
     on_cluster: bool,
     cancel: &CancellationToken,
 ) -> Result<(
     Arc<dyn datafusion::physical_plan::ExecutionPlan>,
-    WriteStats,
+    Vec<sink::parts::WrittenPart>,
 )> {
     use sink::parts::{PartsTable, PartsWriterExec, parts_of, without_final_merge};
-    let (plan, report) = if on_cluster {
+    let plan: Arc<dyn datafusion::physical_plan::ExecutionPlan> = if on_cluster {
         let table = PartsTable {
             input: features.logical_plan().clone(),
-            staging: staging.url.clone(),
-            format,
+            staging: url.to_string(),
+            writer,
         };
-        let report = ctx.read_table(Arc::new(table))?;
-        let plan = report.clone().create_physical_plan().await?;
-        let batches = cancellable(cancel, async {
-            Ok(datafusion::physical_plan::collect(Arc::clone(&plan), task).await?)
-        })
-        .await?;
-        (plan, batches)
+        ctx.read_table(Arc::new(table))?
+            .create_physical_plan()
+            .await?
     } else {
         let input = without_final_merge(features.create_physical_plan().await?);
-        let plan: Arc<dyn datafusion::physical_plan::ExecutionPlan> =
-            Arc::new(PartsWriterExec::new(input, staging.url.clone(), format));
-        let batches = cancellable(cancel, async {
-            Ok(datafusion::physical_plan::collect(Arc::clone(&plan), task).await?)
-        })
-        .await?;
-        (plan, batches)
+        Arc::new(PartsWriterExec::new(input, url.to_string(), writer))
     };
-    let parts = parts_of(&report)?;
-    // every partition writes one part; on a cluster the writer's plan is the scheduler's
-    let expected = (!on_cluster).then(|| plan.properties().partitioning.partition_count());
-    // once every part is written the commit is not interrupted: a cancellation arrives too late
-    let written = staging.commit(parts, expected, format).await?;
-    Ok((plan, written))
+    let report = cancellable(cancel, async {
+        Ok(datafusion::physical_plan::collect(Arc::clone(&plan), task).await?)
+    })
+    .await?;
+    Ok((plan, parts_of(&report)?))
 }
 
 /// Rows of the neighbour-set stage, and queries with a neighbour set (rank 1 rows).

@@ -35,7 +35,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{RecordBatch, StringArray, UInt32Array, UInt64Array};
+use datafusion::arrow::array::{Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -92,6 +92,31 @@ fn part_number(name: &str) -> Option<usize> {
     .flatten()
 }
 
+/// What each task writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PartWriter {
+    /// One file of this format per partition, in the staging folder; the client commits the
+    /// folder ([`Staging::commit`]).
+    File(OutputFormat),
+    /// Delta data files in the table's folder, split by the table's partition columns; the
+    /// client commits them to the table's log ([`super::delta::files`]).
+    Delta { partition_columns: Vec<String> },
+}
+
+impl fmt::Display for PartWriter {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            PartWriter::File(format) => write!(f, "one {format} part"),
+            PartWriter::Delta { partition_columns } if partition_columns.is_empty() => {
+                write!(f, "Delta data files")
+            }
+            PartWriter::Delta { partition_columns } => {
+                write!(f, "Delta data files by {}", partition_columns.join(", "))
+            }
+        }
+    }
+}
+
 /// One part as its writer reported it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WrittenPart {
@@ -105,6 +130,9 @@ pub struct WrittenPart {
     pub sha256: String,
     /// Who wrote it: `<host>:<pid>` of the executor (or of the client, locally).
     pub writer: String,
+    /// A Delta data file's Add action (JSON), which the client commits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
 }
 
 /// What each writing task returns: one row per part.
@@ -116,6 +144,7 @@ pub fn report_schema() -> SchemaRef {
         Field::new("bytes", DataType::UInt64, false),
         Field::new("sha256", DataType::Utf8, false),
         Field::new("writer", DataType::Utf8, false),
+        Field::new("action", DataType::Utf8, true),
     ]))
 }
 
@@ -124,14 +153,24 @@ pub fn parts_of(batches: &[RecordBatch]) -> Result<Vec<WrittenPart>> {
     let mut parts = Vec::new();
     for batch in batches {
         let column = |i: usize| batch.column(i).as_any();
-        let (Some(part), Some(file), Some(rows), Some(bytes), Some(sha), Some(writer)) = (
+        let (
+            Some(part),
+            Some(file),
+            Some(rows),
+            Some(bytes),
+            Some(sha),
+            Some(writer),
+            Some(action),
+        ) = (
             column(0).downcast_ref::<UInt32Array>(),
             column(1).downcast_ref::<StringArray>(),
             column(2).downcast_ref::<UInt64Array>(),
             column(3).downcast_ref::<UInt64Array>(),
             column(4).downcast_ref::<StringArray>(),
             column(5).downcast_ref::<StringArray>(),
-        ) else {
+            column(6).downcast_ref::<StringArray>(),
+        )
+        else {
             return Err(Error::DataFusion(DataFusionError::Internal(
                 "the part writers' report has other columns".into(),
             )));
@@ -144,6 +183,7 @@ pub fn parts_of(batches: &[RecordBatch]) -> Result<Vec<WrittenPart>> {
                 bytes: bytes.value(i),
                 sha256: sha.value(i).to_string(),
                 writer: writer.value(i).to_string(),
+                action: action.is_valid(i).then(|| action.value(i).to_string()),
             });
         }
     }
@@ -165,14 +205,15 @@ pub fn without_final_merge(plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPla
 #[derive(Debug)]
 pub struct PartsWriterExec {
     input: Arc<dyn ExecutionPlan>,
-    /// The staging folder's URL, with a trailing slash.
+    /// Where the files go, as a URL with a trailing slash: the staging folder, or the Delta
+    /// table's folder.
     staging: String,
-    format: OutputFormat,
+    writer: PartWriter,
     properties: Arc<PlanProperties>,
 }
 
 impl PartsWriterExec {
-    pub fn new(input: Arc<dyn ExecutionPlan>, staging: String, format: OutputFormat) -> Self {
+    pub fn new(input: Arc<dyn ExecutionPlan>, staging: String, writer: PartWriter) -> Self {
         let properties = PlanProperties::new(
             EquivalenceProperties::new(report_schema()),
             Partitioning::UnknownPartitioning(input.properties().partitioning.partition_count()),
@@ -182,7 +223,7 @@ impl PartsWriterExec {
         PartsWriterExec {
             input,
             staging,
-            format,
+            writer,
             properties: Arc::new(properties),
         }
     }
@@ -191,8 +232,8 @@ impl PartsWriterExec {
         &self.staging
     }
 
-    pub fn format(&self) -> OutputFormat {
-        self.format
+    pub fn writer(&self) -> &PartWriter {
+        &self.writer
     }
 }
 
@@ -200,8 +241,8 @@ impl DisplayAs for PartsWriterExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
-            "PartsWriterExec: each partition as one {} part in {}",
-            self.format,
+            "PartsWriterExec: each partition as {} in {}",
+            self.writer,
             crate::redact::text(&self.staging)
         )
     }
@@ -246,7 +287,7 @@ impl ExecutionPlan for PartsWriterExec {
         Ok(Arc::new(PartsWriterExec::new(
             input,
             self.staging.clone(),
-            self.format,
+            self.writer.clone(),
         )))
     }
 
@@ -264,7 +305,32 @@ impl ExecutionPlan for PartsWriterExec {
             .object_store(ObjectStoreUrl::parse(&url[..url::Position::BeforePath])?)?;
         let folder = ObjectPath::from_url_path(url.path())
             .map_err(|e| DataFusionError::Plan(format!("bad staging folder path: {e}")))?;
-        let format = self.format;
+        let writer_id = format!("{}:{}", crate::process::host_name(), std::process::id());
+        let format = match &self.writer {
+            PartWriter::File(format) => *format,
+            PartWriter::Delta { partition_columns } => {
+                let partition_columns = partition_columns.clone();
+                let write = async move {
+                    let adds =
+                        super::delta::files::write_files(input, store, folder, partition_columns)
+                            .await?;
+                    let mut report = Report::default();
+                    for add in adds {
+                        let rows = super::delta::files::rows_of(&add).unwrap_or(0);
+                        let action = serde_json::to_string(&add)
+                            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                        report.push(partition, add.path.clone(), rows, add.size.max(0) as u64);
+                        report.sha256.push(String::new());
+                        report.action.push(Some(action));
+                    }
+                    report.into_batch(&writer_id)
+                };
+                return Ok(Box::pin(RecordBatchStreamAdapter::new(
+                    report_schema(),
+                    futures::stream::once(write),
+                )));
+            }
+        };
         // unique to this writer: on a cluster every task numbers its partitions from 0, and a
         // task Ballista reruns must not replace a file another attempt reported
         let nanos = std::time::SystemTime::now()
@@ -291,24 +357,53 @@ impl ExecutionPlan for PartsWriterExec {
                 Error::DataFusion(e) => e,
                 other => DataFusionError::External(Box::new(other)),
             })?;
-            let writer = format!("{}:{}", crate::process::host_name(), std::process::id());
-            let batch = RecordBatch::try_new(
-                report_schema(),
-                vec![
-                    Arc::new(UInt32Array::from(vec![partition as u32])),
-                    Arc::new(StringArray::from(vec![file])),
-                    Arc::new(UInt64Array::from(vec![stats.rows])),
-                    Arc::new(UInt64Array::from(vec![stats.bytes])),
-                    Arc::new(StringArray::from(vec![stats.sha256])),
-                    Arc::new(StringArray::from(vec![writer])),
-                ],
-            )?;
-            Ok(batch)
+            let mut report = Report::default();
+            report.push(partition, file, stats.rows, stats.bytes);
+            report.sha256.push(stats.sha256);
+            report.action.push(None);
+            report.into_batch(&writer_id)
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             report_schema(),
             futures::stream::once(write),
         )))
+    }
+}
+
+/// A task's report rows, column by column (see [`report_schema`]).
+#[derive(Default)]
+struct Report {
+    part: Vec<u32>,
+    file: Vec<String>,
+    rows: Vec<u64>,
+    bytes: Vec<u64>,
+    /// Empty for a Delta data file (delta-rs's writer does not hash).
+    sha256: Vec<String>,
+    action: Vec<Option<String>>,
+}
+
+impl Report {
+    fn push(&mut self, partition: usize, file: String, rows: u64, bytes: u64) {
+        self.part.push(partition as u32);
+        self.file.push(file);
+        self.rows.push(rows);
+        self.bytes.push(bytes);
+    }
+
+    fn into_batch(self, writer: &str) -> datafusion::common::Result<RecordBatch> {
+        let n = self.part.len();
+        Ok(RecordBatch::try_new(
+            report_schema(),
+            vec![
+                Arc::new(UInt32Array::from(self.part)),
+                Arc::new(StringArray::from(self.file)),
+                Arc::new(UInt64Array::from(self.rows)),
+                Arc::new(UInt64Array::from(self.bytes)),
+                Arc::new(StringArray::from(self.sha256)),
+                Arc::new(StringArray::from(vec![writer; n])),
+                Arc::new(StringArray::from(self.action)),
+            ],
+        )?)
     }
 }
 
@@ -319,7 +414,7 @@ impl ExecutionPlan for PartsWriterExec {
 pub struct PartsTable {
     pub input: LogicalPlan,
     pub staging: String,
-    pub format: OutputFormat,
+    pub writer: PartWriter,
 }
 
 #[async_trait]
@@ -343,7 +438,7 @@ impl TableProvider for PartsTable {
         let writer = Arc::new(PartsWriterExec::new(
             plan,
             self.staging.clone(),
-            self.format,
+            self.writer.clone(),
         ));
         // the report as one partition: Ballista 55's client fetched a final stage of several
         // partitions with rows repeated (16 report rows from 4 tasks that each ran once; the
@@ -564,14 +659,14 @@ async fn remove_folder(root: &Root, prefix: &ObjectPath) {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct WriterPayload {
     pub staging: String,
-    pub format: OutputFormat,
+    pub writer: PartWriter,
 }
 
 /// The header the logical codec carries for [`PartsTable`], before the input plan's bytes.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TablePayload {
     pub staging: String,
-    pub format: OutputFormat,
+    pub writer: PartWriter,
 }
 
 #[cfg(test)]

@@ -6,9 +6,9 @@
 //! - [`PhysicalCodec`] carries [`PriorMergeExec`] from the scheduler to the executors: its
 //!   parameters and output schema; its children are encoded by Ballista as any other plan.
 //!
-//! - The parts writer of a folder output ([`crate::io::sink::parts`]): its table from the client
-//!   (the input's logical plan, the staging folder, the format) and its operator to the
-//!   executors, which write the parts.
+//! - The parts writer of a folder output or a Delta table ([`crate::io::sink::parts`]): its
+//!   table from the client (the input's logical plan, where to write, what to write) and its
+//!   operator to the executors, which write the files.
 //!
 //! Everything else goes to Ballista's own codecs, which both wrap. The client, the scheduler and
 //! every executor get them from [`crate::cluster`], so all three decode what the others encode.
@@ -36,8 +36,8 @@ use crate::io::sink::parts;
 /// Prefixes that tell our payloads from Ballista's (whose protobuf messages never start so).
 const TABLE_TAG: &[u8] = b"q2q-prior:MergedFeatures:3:";
 const EXEC_TAG: &[u8] = b"q2q-prior:PriorMergeExec:3:";
-const PARTS_TABLE_TAG: &[u8] = b"q2q-prior:PartsTable:1:";
-const PARTS_EXEC_TAG: &[u8] = b"q2q-prior:PartsWriterExec:1:";
+const PARTS_TABLE_TAG: &[u8] = b"q2q-prior:PartsTable:2:";
+const PARTS_EXEC_TAG: &[u8] = b"q2q-prior:PartsWriterExec:2:";
 
 /// The table's payload after its tag: this header as one JSON line, then the two plans.
 #[derive(Debug, Serialize, Deserialize)]
@@ -123,7 +123,7 @@ impl LogicalExtensionCodec for LogicalCodec {
             return Ok(Arc::new(parts::PartsTable {
                 input,
                 staging: header.staging,
-                format: header.format,
+                writer: header.writer,
             }));
         }
         let Some(payload) = buf.strip_prefix(TABLE_TAG) else {
@@ -164,7 +164,7 @@ impl LogicalExtensionCodec for LogicalCodec {
             let input = logical_plan_to_bytes_with_extension_codec(&table.input, self)?;
             let header = parts::TablePayload {
                 staging: table.staging.clone(),
-                format: table.format,
+                writer: table.writer.clone(),
             };
             buf.extend_from_slice(PARTS_TABLE_TAG);
             serde_json::to_writer(&mut *buf, &header)
@@ -233,7 +233,7 @@ impl PhysicalExtensionCodec for PhysicalCodec {
             return Ok(Arc::new(parts::PartsWriterExec::new(
                 Arc::clone(input),
                 payload.staging,
-                payload.format,
+                payload.writer,
             )));
         }
         let Some(payload) = buf.strip_prefix(EXEC_TAG) else {
@@ -276,7 +276,7 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         if let Some(writer) = node.downcast_ref::<parts::PartsWriterExec>() {
             let payload = parts::WriterPayload {
                 staging: writer.staging().to_string(),
-                format: writer.format(),
+                writer: writer.writer().clone(),
             };
             buf.extend_from_slice(PARTS_EXEC_TAG);
             serde_json::to_writer(&mut *buf, &payload).map_err(|e| corrupt("parts writer", e))?;

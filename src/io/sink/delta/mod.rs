@@ -37,6 +37,8 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use tokio_util::sync::CancellationToken;
 
+pub mod files;
+
 use super::WriteStats;
 use crate::error::{Error, Result};
 use crate::io::storage::Root;
@@ -151,6 +153,42 @@ async fn create(
     }
 }
 
+/// The table at `root` opened for `commit`'s write: created empty first with `create_first`,
+/// its partitioning checked against the commit's; for a table that does not exist yet, its
+/// folder checked to hold no other files. Returns the table, whether it existed, and the
+/// folders a failed first write removes again.
+async fn open_for_write(
+    root: &Root,
+    commit: &Commit,
+    schema: SchemaRef,
+) -> Result<(DeltaTable, bool, Vec<std::path::PathBuf>)> {
+    let mut table = open(root).await?;
+    if table.version().is_none() && commit.create_first {
+        create(root, table, schema, &commit.partition_columns).await?;
+        table = open(root).await?;
+    }
+    if table.version().is_none() {
+        refuse_non_table_folder(root).await?;
+        let created_dirs = match &root.local {
+            Some(dir) => missing_dirs(dir),
+            None => Vec::new(),
+        };
+        return Ok((table, false, created_dirs));
+    }
+    if let Ok(snapshot) = table.snapshot() {
+        let found = snapshot.metadata().partition_columns().to_vec();
+        if found != commit.partition_columns {
+            return Err(Error::config(format!(
+                "the Delta table '{}' is partitioned by {found:?}; this job writes one \
+                 partitioned by {:?}: write to another table",
+                crate::redact::text(&root.uri),
+                commit.partition_columns
+            )));
+        }
+    }
+    Ok((table, true, Vec::new()))
+}
+
 /// Writes the rows of `plan` to the Delta table at `root` as one commit (creating the table on
 /// the first write). Returns the rows and bytes the commit added.
 pub async fn write(
@@ -160,32 +198,7 @@ pub async fn write(
     commit: &Commit,
     cancel: &CancellationToken,
 ) -> Result<WriteStats> {
-    let mut table = open(root).await?;
-    if table.version().is_none() && commit.create_first {
-        create(root, table, plan.schema(), &commit.partition_columns).await?;
-        table = open(root).await?;
-    }
-    let existed = table.version().is_some();
-    let created_dirs = if existed {
-        if let Ok(snapshot) = table.snapshot() {
-            let found = snapshot.metadata().partition_columns().to_vec();
-            if found != commit.partition_columns {
-                return Err(Error::config(format!(
-                    "the Delta table '{}' is partitioned by {found:?}; this job writes one \
-                     partitioned by {:?}: write to another table",
-                    crate::redact::text(&root.uri),
-                    commit.partition_columns
-                )));
-            }
-        }
-        Vec::new()
-    } else {
-        refuse_non_table_folder(root).await?;
-        match &root.local {
-            Some(dir) => missing_dirs(dir),
-            None => Vec::new(),
-        }
-    };
+    let (table, existed, created_dirs) = open_for_write(root, commit, plan.schema()).await?;
 
     let failure = Arc::new(Mutex::new(None));
     let input = Arc::new(PlanInput {
