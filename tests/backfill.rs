@@ -71,11 +71,7 @@ fn data_file(partition: &Path) -> PathBuf {
 }
 
 fn sha256(path: &Path) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(std::fs::read(path).unwrap())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    sha256_hex(&std::fs::read(path).unwrap())
 }
 
 /// A clean backfill of the whole range, read back per day.

@@ -315,16 +315,69 @@ fn the_job_backfill_and_sql_on_two_executors_equal_the_local_run() {
     let (here, there) = (dir.join("daily-local"), dir.join("daily-cluster"));
     backfill(&here, &[]);
     backfill(&there, &["--cluster", &cluster.url]);
+    // a day's rows, from the files its manifest lists (each with the size and SHA-256 it has)
+    let day_files = |root: &Path, day: &str| {
+        let partition = root.join(format!("dt={day}"));
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(partition.join("_manifest.json")).unwrap())
+                .unwrap();
+        let files: Vec<PathBuf> = manifest["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                let path = partition.join(f["path"].as_str().unwrap());
+                let bytes = std::fs::read(&path).unwrap();
+                assert_eq!(bytes.len() as u64, f["size"].as_u64().unwrap(), "{f}");
+                assert_eq!(sha256_hex(&bytes), f["sha256"].as_str().unwrap(), "{f}");
+                path
+            })
+            .collect();
+        // what the day's folder holds: its files, the manifest and _SUCCESS (no staging left)
+        let mut held: Vec<String> = std::fs::read_dir(&partition)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        held.sort();
+        let mut listed: Vec<String> = files
+            .iter()
+            .map(|f| f.file_name().unwrap().to_str().unwrap().to_string())
+            .chain(["_SUCCESS".into(), "_manifest.json".into()])
+            .collect();
+        listed.sort();
+        assert_eq!(held, listed, "{}", partition.display());
+        files
+    };
+    let day_rows = |files: &[PathBuf]| {
+        let mut rows: Vec<_> = files.iter().flat_map(|f| read_features(f)).collect();
+        rows.sort_by(|a, b| (&a.query, &a.product_id).cmp(&(&b.query, &b.product_id)));
+        rows
+    };
     for day in ["2026-01-02", "2026-01-03", "2026-01-04", "2026-01-05"] {
-        let file = |root: &Path| {
-            let partition = root.join(format!("dt={day}"));
-            let manifest: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(partition.join("_manifest.json")).unwrap())
-                    .unwrap();
-            partition.join(manifest["files"][0]["path"].as_str().unwrap())
-        };
-        assert_same_features(&read_features(&file(&there)), &read_features(&file(&here)));
+        let (local, remote) = (day_files(&here, day), day_files(&there, day));
+        assert_eq!(local.len(), 1, "{local:?}");
+        // on the cluster the executors wrote the day as parts, one per task of the writing stage
+        assert!(remote.len() > 1, "{remote:?}");
+        assert_same_features(&day_rows(&remote), &day_rows(&local));
     }
+    // a rerun finds every day current from the manifests
+    let rerun = bin()
+        .args([
+            "backfill",
+            "--config",
+            config.to_str().unwrap(),
+            "--from",
+            "2026-01-02",
+            "--to",
+            "2026-01-05",
+            "--output",
+            there.to_str().unwrap(),
+            "--cluster",
+            &cluster.url,
+        ])
+        .output()
+        .unwrap();
+    assert!(ok(&rerun).contains("0 built"), "{}", stderr(&rerun));
 
     // a Delta backfill through the cluster: the executors write each day's data files, the client
     // commits each day; delta-rs's reader sees the local days, and a rerun finds every day

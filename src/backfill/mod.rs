@@ -108,6 +108,7 @@ impl Backfill {
             runtime: Some(Arc::clone(&self.runtime)),
             quiet: true,
             delta: None,
+            staged_parts: false,
         };
         (config, options)
     }

@@ -133,21 +133,58 @@ pub(super) async fn build_locked(
         delete(output, &success).await?;
     }
 
-    // 3. the new build, under a name of its own
+    // 3. the new build, under names of its own: one file, or on a cluster the executors' parts,
+    // staged in a hidden folder of the day's and then moved next to it
     let data_name = data_file(backfill.format, &backfill.run_id);
-    let data_path = output.path_of(&format!("{folder}/{data_name}"));
-    let (config, options) = backfill.day_job(plan, output.uri_of(&format!("{folder}/{data_name}")));
-    let built = job::run_with(&config, cancel, &options).await;
+    let staged = backfill.config.execution.cluster.is_some();
+    let (job_output, staging) = if staged {
+        let staging = format!("{folder}/{}", staging_folder(&backfill.run_id));
+        (output.uri_of(&format!("{staging}/")), Some(staging))
+    } else {
+        (output.uri_of(&format!("{folder}/{data_name}")), None)
+    };
+    let (config, mut options) = backfill.day_job(plan, job_output);
+    options.staged_parts = staged;
+    let built = async {
+        let summary = job::run_with(&config, cancel, &options).await?;
+        let files = match &staging {
+            None => vec![ManifestFile {
+                path: data_name.clone(),
+                size: summary.written.bytes,
+                sha256: summary.written.sha256.clone(),
+            }],
+            Some(staging) => move_parts(output, folder, staging, &data_name, &summary).await?,
+        };
+        Ok::<_, Error>((summary, files))
+    }
+    .await;
     let lost = match &built {
         Ok(_) => !lock.confirm().await?, // 4.
         Err(_) => false,
     };
-    let summary = match built {
-        Ok(summary) if !lost => summary,
-        failed => {
-            if let Err(e) = delete(output, &data_path).await {
-                tracing::warn!("could not delete {data_path}: {e}");
+    // what this build wrote, to delete if it is not published
+    let discard = || async {
+        if let Some(staging) = &staging {
+            let prefix = output.path_of(staging);
+            for meta in output.list_below(&prefix).await.unwrap_or_default() {
+                if let Err(e) = delete(output, &meta.location).await {
+                    tracing::warn!("could not delete {}: {e}", meta.location);
+                }
             }
+        }
+        let ours = |name: &str| name == data_name || parts_of_build(name, &data_name).is_some();
+        for (name, meta) in partition_files(output, folder).await.unwrap_or_default() {
+            if ours(&name)
+                && let Err(e) = delete(output, &meta.location).await
+            {
+                tracing::warn!("could not delete {}: {e}", meta.location);
+            }
+        }
+    };
+    let (summary, new_files) = match built {
+        Ok(built) if !lost => built,
+        failed => {
+            discard().await;
             if was_published && !lost {
                 match put_success(output, &success).await {
                     Ok(()) => tracing::info!(
@@ -172,11 +209,7 @@ pub(super) async fn build_locked(
         partition: folder.to_string(),
         date: plan.day,
         row_count: summary.written.rows,
-        files: vec![ManifestFile {
-            path: data_name.clone(),
-            size: summary.written.bytes,
-            sha256: summary.written.sha256.clone(),
-        }],
+        files: new_files,
         build: backfill.build_record(plan),
     };
     let text = serde_json::to_vec_pretty(&manifest).expect("plain data serializes");
@@ -190,14 +223,12 @@ pub(super) async fn build_locked(
             });
     if let Err(e) = publish_manifest(output, folder, previous_version, text, &backfill.run_id).await
     {
-        if let Err(e) = delete(output, &data_path).await {
-            tracing::warn!("could not delete {data_path}: {e}");
-        }
+        discard().await;
         return Err(e);
     }
     // 6. the previous build's files
     for (name, meta) in partition_files(output, folder).await? {
-        if !layout::is_hidden(&name) && name != data_name {
+        if !layout::is_hidden(&name) && !manifest.files.iter().any(|f| f.path == name) {
             delete(output, &meta.location).await?;
         }
     }
@@ -292,6 +323,68 @@ pub(super) fn remove_local(path: &std::path::Path) -> Result<()> {
     }
 }
 
+/// The hidden folder of a day's folder where a run's executors stage their parts.
+fn staging_folder(run_id: &str) -> String {
+    let id = crate::hash::hex(&sha2::Sha256::digest(run_id.as_bytes()));
+    format!("_q2q_staging.{}.parts.partial", &id[..16])
+}
+
+/// Part `i` of the build whose single file would be `data_name`: `part-<id>-00000.parquet`.
+fn part_of_build(data_name: &str, i: usize) -> String {
+    let (stem, ext) = data_name
+        .rsplit_once('.')
+        .expect("data_file has an extension");
+    format!("{stem}-{i:05}.{ext}")
+}
+
+/// The part number of `name` if it is a part of the build whose single file is `data_name`.
+fn parts_of_build(name: &str, data_name: &str) -> Option<usize> {
+    let (stem, ext) = data_name.rsplit_once('.')?;
+    let (digits, rest) = name
+        .strip_prefix(stem)?
+        .strip_prefix('-')?
+        .split_once('.')?;
+    (rest == ext && digits.len() == 5 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// Moves the parts the job staged in `staging` into the day's `folder`, in the order of their
+/// partitions, as `part-<id>-00000.<ext>`, ...; returns them as the manifest lists them.
+async fn move_parts(
+    output: &Root,
+    folder: &str,
+    staging: &str,
+    data_name: &str,
+    summary: &job::JobSummary,
+) -> Result<Vec<ManifestFile>> {
+    let prefix = output.path_of(staging);
+    let mut files = Vec::with_capacity(summary.written.parts.len());
+    for (i, part) in summary.written.parts.iter().enumerate() {
+        let name = part_of_build(data_name, i);
+        output
+            .store
+            .rename(
+                &prefix.clone().join(part.file.as_str()),
+                &output.path_of(&format!("{folder}/{name}")),
+            )
+            .await?;
+        files.push(ManifestFile {
+            path: name,
+            size: part.bytes,
+            sha256: part.sha256.clone(),
+        });
+    }
+    // the staging folder's own leftovers (a local store's empty folder)
+    for meta in output.list_below(&prefix).await? {
+        delete(output, &meta.location).await?;
+    }
+    if let Some(dir) = &output.local {
+        let _ = std::fs::remove_dir_all(dir.join(staging));
+    }
+    Ok(files)
+}
+
 /// The name of the data file a run writes in each day's folder: its own, so that a build never
 /// overwrites the file of the build readers are reading.
 pub(super) fn data_file(format: OutputFormat, run_id: &str) -> String {
@@ -303,4 +396,31 @@ pub(super) fn data_file(format: OutputFormat, run_id: &str) -> String {
     };
     let id = crate::hash::hex(&sha2::Sha256::digest(run_id.as_bytes()));
     format!("part-{}.{ext}", &id[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_builds_parts_are_named_after_its_single_file_and_recognised_as_its_own() {
+        let data = data_file(OutputFormat::Parquet, "run-1");
+        let first = part_of_build(&data, 0);
+        assert_eq!(
+            first,
+            format!("{}-00000.parquet", data.trim_end_matches(".parquet"))
+        );
+        assert_eq!(parts_of_build(&first, &data), Some(0));
+        assert_eq!(parts_of_build(&part_of_build(&data, 12), &data), Some(12));
+        // another run's parts, the single file itself, other extensions: not this build's parts
+        let other = data_file(OutputFormat::Parquet, "run-2");
+        assert_eq!(parts_of_build(&part_of_build(&other, 0), &data), None);
+        assert_eq!(parts_of_build(&data, &data), None);
+        assert_eq!(
+            parts_of_build(&first.replace(".parquet", ".csv"), &data),
+            None
+        );
+        // the staging folder is hidden, so readers and the partition's judge skip it
+        assert!(layout::is_hidden(&staging_folder("run-1")));
+    }
 }

@@ -60,6 +60,11 @@ pub struct RunOptions {
     /// With `format = "delta"`: what the commit replaces, the table's partition columns and the
     /// record it carries (default: the whole table, partitioned as the engagement input).
     pub delta: Option<sink::delta::Commit>,
+    /// With a file format and an output folder (ending in `/`) the caller owns: the partitions
+    /// write their part files there (on a cluster: the executors) and the job reports them in
+    /// [`JobSummary::written`]'s parts, checked but not committed; the caller publishes them
+    /// (backfill's days on a cluster).
+    pub staged_parts: bool,
 }
 
 /// Where the rows go: one file (Parquet, CSV, NDJSON), or a Delta table.
@@ -67,6 +72,8 @@ enum Destination {
     File(OutputLocation),
     /// A folder of part files, one per partition of the plan (see [`sink::parts`]).
     Parts(sink::parts::Staging),
+    /// Part files left in a folder the caller publishes ([`RunOptions::staged_parts`]).
+    Staged(storage::Root),
     Delta(storage::Root),
 }
 
@@ -170,6 +177,14 @@ async fn run_until(
         cancellable(cancel, sink::staging::prepare(&probe)).await?;
         cancellable(cancel, sink::delta::prepare(&root)).await?;
         Destination::Delta(root)
+    } else if options.staged_parts {
+        if !is_folder(output) {
+            return Err(Error::config(format!(
+                "staged parts need an output folder (ending in '/'), not '{}'",
+                crate::redact::text(output)
+            )));
+        }
+        Destination::Staged(storage::Root::open(ctx.runtime_env().as_ref(), output)?)
     } else if is_folder(output) {
         let root = storage::Root::open(ctx.runtime_env().as_ref(), output)?;
         Destination::Parts(cancellable(cancel, sink::parts::Staging::prepare(root)).await?)
@@ -291,6 +306,28 @@ async fn run_until(
                 staging.discard().await;
             }
             written?
+        }
+        Destination::Staged(root) => {
+            let (plan, parts) = write_partitions(
+                &ctx,
+                features,
+                Arc::clone(&task),
+                root.url.as_str(),
+                PartWriter::File(format),
+                on_cluster,
+                cancel,
+            )
+            .await?;
+            let expected = (!on_cluster).then(|| plan.properties().partitioning.partition_count());
+            let parts = sink::parts::checked(&root.store, &root.prefix, parts, expected).await?;
+            let written = sink::WriteStats {
+                rows: parts.iter().map(|p| p.rows).sum(),
+                bytes: parts.iter().map(|p| p.bytes).sum(),
+                sha256: String::new(),
+                delta_version: None,
+                parts,
+            };
+            (plan, written)
         }
         Destination::File(location) => {
             let plan = pipeline::merge::concat::concat_sorted_ranges(

@@ -172,6 +172,15 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 /// Reads a feature table (Parquet or CSV, by extension) sorted by (query, product_id).
+/// The SHA-256 of `bytes` in lowercase hex (as manifests record files).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 pub fn read_features(path: &Path) -> Vec<FeatureRow> {
     read_features_by(path, None).remove("").unwrap_or_default()
 }

@@ -52,8 +52,8 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     SendableRecordBatchStream,
 };
-use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -547,32 +547,12 @@ impl Staging {
     /// caller knows (locally: the plan's partitions).
     pub async fn commit(
         &self,
-        mut parts: Vec<WrittenPart>,
+        parts: Vec<WrittenPart>,
         expected: Option<usize>,
         format: OutputFormat,
     ) -> Result<WriteStats> {
-        parts.sort_by(|a, b| (a.part, &a.file).cmp(&(b.part, &b.file)));
-        // a report row repeated is the same file
-        parts.dedup();
-        if let Some(expected) = expected
-            && parts.len() != expected
-        {
-            return Err(Error::DataFusion(DataFusionError::Internal(format!(
-                "{} parts were reported, not {expected}: {parts:?}",
-                parts.len()
-            ))));
-        }
+        let mut parts = checked(&self.root.store, &self.prefix, parts, expected).await?;
         let store = &self.root.store;
-        for part in &parts {
-            let staged = self.prefix.clone().join(part.file.as_str());
-            let size = store.head(&staged).await?.size;
-            if size != part.bytes {
-                return Err(Error::DataFusion(DataFusionError::Internal(format!(
-                    "staged part {} has {size} bytes, its writer reported {}",
-                    part.file, part.bytes
-                ))));
-            }
-        }
         let success = self.root.path_of(SUCCESS);
         match store.delete(&success).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -628,6 +608,39 @@ impl Staging {
             let _ = std::fs::remove_dir(dir);
         }
     }
+}
+
+/// The parts the writers reported into the staging folder `prefix`, in the order of their
+/// partitions (then names), a repeated report row once; each staged file must be there with the
+/// size its writer reported. `expected`: how many parts there must be, when the caller knows.
+pub async fn checked(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &ObjectPath,
+    mut parts: Vec<WrittenPart>,
+    expected: Option<usize>,
+) -> Result<Vec<WrittenPart>> {
+    parts.sort_by(|a, b| (a.part, &a.file).cmp(&(b.part, &b.file)));
+    // a report row repeated is the same file
+    parts.dedup();
+    if let Some(expected) = expected
+        && parts.len() != expected
+    {
+        return Err(Error::DataFusion(DataFusionError::Internal(format!(
+            "{} parts were reported, not {expected}: {parts:?}",
+            parts.len()
+        ))));
+    }
+    for part in &parts {
+        let staged = prefix.clone().join(part.file.as_str());
+        let size = store.head(&staged).await?.size;
+        if size != part.bytes {
+            return Err(Error::DataFusion(DataFusionError::Internal(format!(
+                "staged part {} has {size} bytes, its writer reported {}",
+                part.file, part.bytes
+            ))));
+        }
+    }
+    Ok(parts)
 }
 
 /// Best-effort removal of a folder and everything below it (a local store's temp files too).
