@@ -1,6 +1,6 @@
 //! The I/O floor of the feature job: decode every column of both inputs and write a file with the
-//! output's rows, schema and Parquet settings, with the engine's writer (columns encoded in
-//! parallel). No job can be faster; benches/compare.sh reports the engine's time as a multiple
+//! output's rows, schema and Parquet settings, with the engine's writer (DataFusion's sink, columns
+//! encoded in parallel, staged and hashed as the job writes). No job can be faster; benches/compare.sh reports the engine's time as a multiple
 //! of this.
 //!
 //! `cargo bench --bench io_floor -- --engagement E --neighbours N --like OUTPUT --out FILE`
@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::StreamExt;
-use q2q_prior::io::sink::{ParallelParquetWriter, parquet_properties};
+use q2q_prior::config::OutputFormat;
+use q2q_prior::io::sink::write_stream_atomic;
+use q2q_prior::io::storage::OutputLocation;
 
 fn value(name: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
@@ -65,18 +67,14 @@ fn main() {
         let decode_like = start.elapsed();
 
         let start = Instant::now();
-        let mut batches = stream(like.clone()).await;
-        let file = tokio::fs::File::create(&out).await.expect("create output");
-        let mut writer =
-            ParallelParquetWriter::try_new(file, batches.schema(), parquet_properties())
-                .expect("writer");
-        let mut written = 0usize;
-        while let Some(batch) = batches.next().await {
-            let batch = batch.expect("decode");
-            written += batch.num_rows();
-            writer.write(&batch).await.expect("write");
-        }
-        writer.close().await.expect("close");
+        let batches = stream(like.clone()).await;
+        let location = OutputLocation::resolve(ctx.runtime_env().as_ref(), &out).expect("--out");
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let written =
+            write_stream_atomic(batches, &location, OutputFormat::Parquet, &cancel, |_| {})
+                .await
+                .expect("write")
+                .rows;
         let write = start.elapsed().saturating_sub(decode_like);
         eprintln!("io_floor: decoded {decoded} input rows, wrote {written} rows");
         let wall: Duration = read + write;

@@ -4,8 +4,8 @@
 //! table readers skip) and only a complete file is renamed onto the destination. On the local
 //! filesystem the rename is atomic; on object stores it is a server-side copy of a complete object,
 //! so readers see either the previous file or the new one, never a partial one. A failure deletes
-//! the staging object; a cancellation also aborts the multipart upload in flight. Parquet columns
-//! are encoded on several cores ([`ParallelParquetWriter`]).
+//! the staging object; a cancellation also aborts the multipart upload in flight. Parquet goes
+//! through DataFusion's own sink, its columns encoded on several cores (`parquet.rs`).
 
 use std::sync::Arc;
 
@@ -29,11 +29,11 @@ use crate::io::storage::OutputLocation;
 
 pub mod delta;
 pub mod folder;
-mod parallel_parquet;
+mod parquet;
 pub mod parts;
 pub mod sha256_writer;
 pub mod staging;
-pub use parallel_parquet::ParallelParquetWriter;
+pub use parquet::parquet_options;
 pub use sha256_writer::Sha256Writer;
 
 /// What was written.
@@ -49,13 +49,19 @@ pub struct WriteStats {
     pub parts: Vec<parts::WrittenPart>,
 }
 
-/// Parquet settings for feature tables: zstd, and row groups large enough for fast scans.
+/// The zstd level of every Parquet file the engine writes.
+const PARQUET_ZSTD_LEVEL: i32 = 1;
+/// Rows per Parquet row group: large enough for fast scans.
+const PARQUET_ROW_GROUP_ROWS: usize = 1 << 20;
+
+/// Parquet settings for feature tables written by parquet's writers (Delta files, LightGBM's
+/// export); [`parquet_options`] is the same for DataFusion's sink.
 pub fn parquet_properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(1).expect("zstd level 1 is valid"),
+            ZstdLevel::try_new(PARQUET_ZSTD_LEVEL).expect("a valid zstd level"),
         ))
-        .set_max_row_group_row_count(Some(1 << 20))
+        .set_max_row_group_row_count(Some(PARQUET_ROW_GROUP_ROWS))
         .build()
 }
 
@@ -187,28 +193,14 @@ pub async fn write_stream(
     cancel: &CancellationToken,
     on_batch: &mut impl FnMut(&RecordBatch),
 ) -> Result<WriteStats> {
-    let upload = Sha256Writer::new(BufWriter::new(Arc::clone(store), path.clone()));
     let mut stats = WriteStats::default();
     match format {
         OutputFormat::Parquet => {
-            let mut writer = ParallelParquetWriter::try_new(upload, schema, parquet_properties())?;
-            loop {
-                let batch = match next_batch(&mut stream, cancel).await {
-                    Ok(Some(batch)) => batch,
-                    Ok(None) => break,
-                    Err(e) => {
-                        abort(writer.into_inner()).await;
-                        return Err(e);
-                    }
-                };
-                on_batch(&batch);
-                stats.rows += batch.num_rows() as u64;
-                writer.write(&batch).await?;
-            }
-            stats.sha256 = writer.close().await?.finish();
+            (stats.rows, stats.sha256) =
+                parquet::write(stream, schema, store, path, cancel, on_batch).await?;
         }
         OutputFormat::Csv | OutputFormat::Json | OutputFormat::Delta => {
-            let mut upload = upload;
+            let mut upload = Sha256Writer::new(BufWriter::new(Arc::clone(store), path.clone()));
             let mut header = true;
             loop {
                 let batch = match next_batch(&mut stream, cancel).await {
