@@ -120,12 +120,7 @@ pub async fn evaluate(spec: &EvaluateSpec) -> Result<Evaluation> {
     ctx.register_table("outcomes", outcomes.input.typed.clone().into_view())?;
 
     let missing = missing_relevant(&ctx).await?;
-    let absent = scalar(
-        &ctx,
-        "SELECT COUNT(DISTINCT query) FROM outcomes WHERE label > 0 \
-         AND query NOT IN (SELECT query FROM features)",
-    )
-    .await?;
+    let absent = scalar(&ctx, ABSENT_SQL).await?;
     let per_query = collect(&ctx, spec, &missing).await?;
     let total_queries = scalar(&ctx, "SELECT COUNT(DISTINCT query) FROM features").await?;
     if let Some(path) = &spec.per_query {
@@ -133,6 +128,11 @@ pub async fn evaluate(spec: &EvaluateSpec) -> Result<Evaluation> {
     }
     Ok(summarise(spec, &per_query, total_queries, absent))
 }
+
+/// Relevant outcomes of queries with candidates that are not among them.
+const UNSCORED_SQL: &str = include_str!("../../../sql/evaluate_features_unscored.sql");
+/// Queries with a relevant outcome and no candidate.
+const ABSENT_SQL: &str = include_str!("../../../sql/evaluate_features_absent.sql");
 
 async fn scalar(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Result<u64> {
     let batches = ctx.sql(sql).await?.collect().await?;
@@ -145,15 +145,7 @@ async fn scalar(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Result<
 async fn missing_relevant(
     ctx: &datafusion::prelude::SessionContext,
 ) -> Result<HashMap<String, Vec<f64>>> {
-    let batches = ctx
-        .sql(
-            "SELECT o.query, o.label FROM outcomes AS o \
-             LEFT ANTI JOIN features AS f ON o.query = f.query AND o.product_id = f.product_id \
-             WHERE o.label > 0 AND o.query IN (SELECT query FROM features)",
-        )
-        .await?
-        .collect()
-        .await?;
+    let batches = ctx.sql(UNSCORED_SQL).await?.collect().await?;
     let mut missing: HashMap<String, Vec<f64>> = HashMap::new();
     for batch in &batches {
         let queries = cast(batch.column(0), &DataType::Utf8)?;

@@ -29,6 +29,8 @@ use crate::io::tables;
 use crate::session;
 
 pub const SQL: &str = include_str!("../../../sql/evaluate_neighbours.sql");
+/// Queries with a positive label that no list names.
+const NOT_LISTED_SQL: &str = include_str!("../../../sql/evaluate_neighbours_not_listed.sql");
 
 /// One model's neighbour lists, under the name the report uses.
 #[derive(Debug, Clone)]
@@ -217,12 +219,7 @@ pub async fn evaluate(spec: &NeighboursSpec) -> Result<NeighbourEvaluation> {
     };
     ctx.register_table("traffic", traffic.into_view())?;
 
-    let not_listed = scalar(
-        &ctx,
-        "SELECT COUNT(DISTINCT query) FROM labels WHERE label > 0 AND query <> candidate \
-         AND query NOT IN (SELECT query FROM lists WHERE query <> candidate)",
-    )
-    .await?;
+    let not_listed = scalar(&ctx, NOT_LISTED_SQL).await?;
     let data = collect(&ctx, spec).await?;
     for (c, missing) in counts.iter_mut().zip(&data.missing) {
         c.queries_missing = *missing;
