@@ -320,14 +320,7 @@ async fn run_until(
             .await?;
             let expected = (!on_cluster).then(|| plan.properties().partitioning.partition_count());
             let parts = sink::parts::checked(&root.store, &root.prefix, parts, expected).await?;
-            let written = sink::WriteStats {
-                rows: parts.iter().map(|p| p.rows).sum(),
-                bytes: parts.iter().map(|p| p.bytes).sum(),
-                sha256: String::new(),
-                delta_version: None,
-                parts,
-            };
-            (plan, written)
+            (plan, sink::WriteStats::of_parts(parts))
         }
         Destination::File(location) => {
             let plan = pipeline::merge::concat::concat_sorted_ranges(

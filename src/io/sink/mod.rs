@@ -49,6 +49,18 @@ pub struct WriteStats {
     pub parts: Vec<parts::WrittenPart>,
 }
 
+impl WriteStats {
+    /// What a folder of `parts` holds: their rows and bytes summed.
+    pub fn of_parts(parts: Vec<parts::WrittenPart>) -> WriteStats {
+        WriteStats {
+            rows: parts.iter().map(|p| p.rows).sum(),
+            bytes: parts.iter().map(|p| p.bytes).sum(),
+            parts,
+            ..Default::default()
+        }
+    }
+}
+
 /// The zstd level of every Parquet file the engine writes.
 const PARQUET_ZSTD_LEVEL: i32 = 1;
 /// Rows per Parquet row group: large enough for fast scans.

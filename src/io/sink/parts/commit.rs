@@ -141,10 +141,11 @@ impl Staging {
                 store.delete(&meta.location).await?;
             }
         }
+        let stats = WriteStats::of_parts(parts);
         let listing = serde_json::json!({
             "format": format.to_string(),
-            "rows": parts.iter().map(|p| p.rows).sum::<u64>(),
-            "parts": parts,
+            "rows": stats.rows,
+            "parts": stats.parts,
         });
         store
             .put(
@@ -155,13 +156,7 @@ impl Staging {
             )
             .await?;
         remove_folder(&self.root, &self.prefix).await;
-        Ok(WriteStats {
-            rows: parts.iter().map(|p| p.rows).sum(),
-            bytes: parts.iter().map(|p| p.bytes).sum(),
-            sha256: String::new(),
-            delta_version: None,
-            parts,
-        })
+        Ok(stats)
     }
 
     /// Step 4: removes what this run staged (and the destination, if this run created it and
