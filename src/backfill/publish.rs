@@ -164,13 +164,10 @@ pub(super) async fn build_locked(
     };
     // what this build wrote, to delete if it is not published
     let discard = || async {
-        if let Some(staging) = &staging {
-            let prefix = output.path_of(staging);
-            for meta in output.list_below(&prefix).await.unwrap_or_default() {
-                if let Err(e) = delete(output, &meta.location).await {
-                    tracing::warn!("could not delete {}: {e}", meta.location);
-                }
-            }
+        if let Some(staging) = &staging
+            && let Err(e) = remove_staging(output, staging).await
+        {
+            tracing::warn!("could not remove the staging folder {staging}: {e}");
         }
         let ours = |name: &str| name == data_name || parts_of_build(name, &data_name).is_some();
         for (name, meta) in partition_files(output, folder).await.unwrap_or_default() {
@@ -375,14 +372,29 @@ async fn move_parts(
             sha256: part.sha256.clone(),
         });
     }
-    // the staging folder's own leftovers (a local store's empty folder)
-    for meta in output.list_below(&prefix).await? {
+    remove_staging(output, staging).await?;
+    Ok(files)
+}
+
+/// Removes a build's staging folder: whatever objects are left in it and, on a local disk, the
+/// folder itself (an object store has no folders to leave behind).
+async fn remove_staging(output: &Root, staging: &str) -> Result<()> {
+    for meta in output.list_below(&output.path_of(staging)).await? {
         delete(output, &meta.location).await?;
     }
     if let Some(dir) = &output.local {
-        let _ = std::fs::remove_dir_all(dir.join(staging));
+        let path = dir.join(staging);
+        match std::fs::remove_dir_all(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", path.display()),
+                )));
+            }
+            _ => {}
+        }
     }
-    Ok(files)
+    Ok(())
 }
 
 /// The name of the data file a run writes in each day's folder: its own, so that a build never
@@ -422,5 +434,28 @@ mod tests {
         );
         // the staging folder is hidden, so readers and the partition's judge skip it
         assert!(layout::is_hidden(&staging_folder("run-1")));
+    }
+
+    /// A failed day on a local disk leaves no staging folder behind: not its files, not the
+    /// empty folder (the object-store listing alone would miss the folder).
+    #[tokio::test]
+    async fn removing_a_staging_folder_on_a_local_disk_leaves_no_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = dir.path().join("dt=2026-01-01");
+        let staging = format!("dt=2026-01-01/{}", staging_folder("run-1"));
+        let nested = dir.path().join(&staging).join("sub");
+        std::fs::create_dir_all(&nested).unwrap();
+        std::fs::write(dir.path().join(&staging).join("part-0.parquet"), b"x").unwrap();
+        std::fs::write(day.join("kept.parquet"), b"y").unwrap();
+        let output = Root::open(&RuntimeEnv::default(), dir.path().to_str().unwrap()).unwrap();
+
+        remove_staging(&output, &staging).await.unwrap();
+        let left: Vec<_> = std::fs::read_dir(&day)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["kept.parquet"]);
+        // a folder that is already gone is no error
+        remove_staging(&output, &staging).await.unwrap();
     }
 }
