@@ -613,39 +613,62 @@ fn the_job_survives_losing_an_executor() {
 
     let mut cluster = start_cluster(dir, 2, 2);
     // a folder of four parts, which the executors write
+    let url = cluster.url.clone();
+    let parts_job = |remote: &Path| {
+        bin()
+            .args([
+                "run",
+                "--engagement",
+                &engagement,
+                "--neighbours",
+                &neighbours,
+                "--output",
+                &format!("{}/", remote.to_str().unwrap()),
+                "--partitions",
+                "4",
+                "--top-k",
+                "10",
+                "--cluster",
+                &url,
+                "--timeout-secs",
+                "600",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let executors = ["executor-0", "executor-1"];
+    let tasks = |cluster: &Cluster| executors.map(|name| cluster.tasks(name));
+    // the tasks the job takes when nothing fails, to count the reruns against
+    let before = tasks(&cluster);
+    ok(&parts_job(&dir.join("clean")).wait_with_output().unwrap());
+    let clean: usize = (0..2).map(|i| tasks(&cluster)[i] - before[i]).sum();
+
+    let before = tasks(&cluster);
     let remote = dir.join("cluster");
-    let job = bin()
-        .args([
-            "run",
-            "--engagement",
-            &engagement,
-            "--neighbours",
-            &neighbours,
-            "--output",
-            &format!("{}/", remote.to_str().unwrap()),
-            "--partitions",
-            "4",
-            "--top-k",
-            "10",
-            "--cluster",
-            &cluster.url,
-            "--timeout-secs",
-            "600",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let job = parts_job(&remote);
     // the victim has started a task of the job (a fixed sleep could land after the job); which
     // executor the scheduler picks first is up to it
-    let victim = cluster.wait_for_any_task(&[("executor-0", 0), ("executor-1", 0)]);
+    let victim = cluster.wait_for_any_task(&[(executors[0], before[0]), (executors[1], before[1])]);
     let survivor = format!("executor-{}", 1 - victim);
-    let mut victim = cluster.executors.remove(victim);
-    victim.kill().unwrap();
-    victim.wait().unwrap();
+    let mut victim_process = cluster.executors.remove(victim);
+    victim_process.kill().unwrap();
+    victim_process.wait().unwrap();
 
     let out = job.wait_with_output().unwrap();
     ok(&out);
+    // Ballista reran the lost executor's tasks and no others: the job took more tasks than a
+    // clean run by at most the tasks the victim had started
+    let after = tasks(&cluster);
+    let by_victim = after[victim] - before[victim];
+    let by_survivor = after[1 - victim] - before[1 - victim];
+    let reruns = (by_victim + by_survivor).saturating_sub(clean);
+    assert!(
+        (1..=by_victim).contains(&reruns),
+        "a clean run takes {clean} tasks; with the loss the victim started {by_victim} and the \
+         survivor {by_survivor}: {reruns} reruns"
+    );
     let scheduler = cluster.log("scheduler");
     assert!(
         scheduler.contains("Removing executor"),
@@ -662,7 +685,6 @@ fn the_job_survives_losing_an_executor() {
     // losing the last executor fails the job clearly (after the scheduler's executor timeout,
     // its grace period for one to come back), writes nothing, and a rerun then succeeds
     let again = dir.join("again.parquet");
-    let url = cluster.url.clone();
     let job = || {
         bin()
             .args([
