@@ -416,7 +416,7 @@ fn the_merge_stage_runs_as_tasks_on_both_executors_which_write_the_parts() {
     let dir = dir.path();
     let (engagement, neighbours) = synth(dir, "3000");
     let local = dir.join("local.parquet");
-    ok(&run_job(
+    let local_log = ok(&run_job(
         &engagement,
         &neighbours,
         local.to_str().unwrap(),
@@ -427,7 +427,7 @@ fn the_merge_stage_runs_as_tasks_on_both_executors_which_write_the_parts() {
     let cluster = start_cluster(dir, 2, 1);
     let folder = dir.join("parts");
     let uri = format!("{}/", folder.to_str().unwrap());
-    ok(&run_job(
+    let log = ok(&run_job(
         &engagement,
         &neighbours,
         &uri,
@@ -440,6 +440,31 @@ fn the_merge_stage_runs_as_tasks_on_both_executors_which_write_the_parts() {
             &cluster.url,
         ],
     ));
+    // the replication the split by query cost, from the tasks' own counters: every task read
+    // the whole history (the local run's) and held its queries' rows and their neighbours'
+    let figure = |log: &str, after: &str| -> u64 {
+        let at = log
+            .find(after)
+            .unwrap_or_else(|| panic!("no {after:?} in {log}"))
+            + after.len();
+        let digits: String = log[at..]
+            .trim_start()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().unwrap()
+    };
+    let history = figure(&local_log, "read history + H, intern");
+    let line = log
+        .lines()
+        .find(|l| l.contains("history the tasks held"))
+        .unwrap();
+    let held = figure(line, "x the history (");
+    assert_eq!(figure(line, " rows of "), history, "{line}");
+    assert!(
+        history < held && held < 4 * history,
+        "{line}: {history} history rows"
+    );
     // each share was computed and written by an executor, and both took part: the client got
     // four report rows, never the features
     let executors: Vec<u32> = cluster.executors.iter().map(|e| e.id()).collect();

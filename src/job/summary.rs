@@ -1,6 +1,6 @@
 //! What `run` prints when it is done: rows, timings, the merge plan's profile, spill, output.
 
-use crate::io::sink::WriteStats;
+use crate::io::sink::{self, WriteStats};
 use crate::pipeline;
 use std::fmt;
 use std::time::Duration;
@@ -195,6 +195,16 @@ impl fmt::Display for JobSummary {
                 self.written.rows,
                 secs(self.features_time)
             )?;
+            // on a cluster the merge operators report through the writers of the parts
+            if let Some((held, history)) = sink::parts::history_held(&self.written.parts) {
+                writeln!(
+                    f,
+                    "    history the tasks held, summed: {:.2}x the history ({held} rows of \
+                     {history}; a split by query replicates a neighbour's history into every \
+                     task citing it)",
+                    held as f64 / history.max(1) as f64
+                )?;
+            }
         }
         writeln!(f, "  queries with a prior: {}", self.queries_with_prior)?;
         writeln!(

@@ -6,7 +6,10 @@ use super::*;
 /// What the operator measured; shown by EXPLAIN ANALYZE and in `run`'s summary.
 #[derive(Debug, Clone)]
 pub struct MergeMetrics {
+    /// History rows in the index: all of them, or on a cluster what a task's shares need.
     pub history_rows: Count,
+    /// History rows read to build the index (more than `history_rows` in a share's task).
+    pub history_rows_read: Count,
     pub neighbour_rows: Count,
     pub neighbour_set_rows: Count,
     pub queries_with_prior: Count,
@@ -37,7 +40,8 @@ impl MergeMetrics {
         let count = |name: &'static str| MetricBuilder::new(set).global_counter(name);
         let time = |name: &'static str| MetricBuilder::new(set).subset_time(name, 0);
         MergeMetrics {
-            history_rows: count("history_rows"),
+            history_rows: count(crate::io::sink::parts::HISTORY_HELD),
+            history_rows_read: count(crate::io::sink::parts::HISTORY_READ),
             neighbour_rows: count("neighbour_rows"),
             neighbour_set_rows: count("neighbour_set_rows"),
             queries_with_prior: count("queries_with_prior"),
@@ -273,7 +277,12 @@ impl PriorMergeExec {
                     .await?;
                     metrics.read_neighbours.add_elapsed(start);
                     (
-                        share::history_of_share(history, Arc::clone(mine), needed),
+                        share::history_of_share(
+                            history,
+                            Arc::clone(mine),
+                            needed,
+                            metrics.history_rows_read.clone(),
+                        ),
                         kept.into_stream(schema),
                     )
                 }
@@ -281,6 +290,9 @@ impl PriorMergeExec {
             };
             let mut index =
                 index::build(history, neighbours, &params, workers, &mut memory, &metrics).await?;
+            if mine.is_none() {
+                metrics.history_rows_read.add(metrics.history_rows.value());
+            }
             if let Some(mine) = &mine {
                 index.emitted = Some(index.queries.iter().map(|q| mine.partition_of(q)).collect());
             }

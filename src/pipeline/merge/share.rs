@@ -25,6 +25,7 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::metrics::Count;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{FutureExt, StreamExt};
 
@@ -223,10 +224,12 @@ pub fn history_of_share(
     history: SendableRecordBatchStream,
     mine: Arc<Mine>,
     needed: Needed,
+    read: Count,
 ) -> SendableRecordBatchStream {
     let schema = history.schema();
     let stream = history.map(move |batch| {
         let batch = batch?;
+        read.add(batch.num_rows());
         let query = strings(&batch, 0)?;
         let query = query.as_string::<i32>();
         let keep: BooleanArray = (0..batch.num_rows())

@@ -31,8 +31,10 @@
 //! see some parts of the new run beside some of the old one: where that matters, write a Delta
 //! table (`--format delta`), whose commit is one put.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
@@ -133,6 +135,76 @@ pub struct WrittenPart {
     /// A Delta data file's Add action (JSON), which the client commits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+    /// What the merge operators below the writer held of the history, when the part was done
+    /// (for the summary; not in `_SUCCESS`).
+    #[serde(skip)]
+    pub history: Option<HistoryHeld>,
+}
+
+/// The counters a merge operator below a writer keeps of the history: the rows it held (its
+/// index) and the rows it read to pick them (on a cluster each task reads the whole history and
+/// keeps what its share of the queries needs).
+pub const HISTORY_HELD: &str = "history_rows";
+pub const HISTORY_READ: &str = "history_rows_read";
+
+/// [`HISTORY_HELD`] and [`HISTORY_READ`] of each merge operator below one writer (in plan
+/// order), as one of its parts reported them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryHeld {
+    /// The plan instance (one task's): `<host>:<pid>:<n>`.
+    pub plan: String,
+    /// (held, read) per merge operator.
+    pub merges: Vec<(u64, u64)>,
+}
+
+impl HistoryHeld {
+    /// The figures of the merge operators in `plan` (none when it has none).
+    fn of(plan: &Arc<dyn ExecutionPlan>, id: String) -> Option<HistoryHeld> {
+        fn walk(plan: &Arc<dyn ExecutionPlan>, merges: &mut Vec<(u64, u64)>) {
+            if let Some(metrics) = plan.metrics()
+                && let Some(read) = metrics.sum_by_name(HISTORY_READ)
+            {
+                let held = metrics
+                    .sum_by_name(HISTORY_HELD)
+                    .map_or(0, |m| m.as_usize());
+                merges.push((held as u64, read.as_usize() as u64));
+            }
+            for child in plan.children() {
+                walk(child, merges);
+            }
+        }
+        let mut merges = Vec::new();
+        walk(plan, &mut merges);
+        (!merges.is_empty()).then_some(HistoryHeld { plan: id, merges })
+    }
+}
+
+/// Over the parts of one run: the history rows its tasks held, summed, and the history's rows
+/// (each merge operator's input once), when the writers reported them. Held over history is the
+/// replication a split by query costs. A task's last part has its complete figures (counters
+/// only grow), so each plan instance counts with its largest.
+pub fn history_held(parts: &[WrittenPart]) -> Option<(u64, u64)> {
+    let mut instances: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
+    for figures in parts.iter().filter_map(|p| p.history.as_ref()) {
+        let merges = instances.entry(&figures.plan).or_default();
+        merges.resize(merges.len().max(figures.merges.len()), (0, 0));
+        for (m, f) in merges.iter_mut().zip(&figures.merges) {
+            *m = (m.0.max(f.0), m.1.max(f.1));
+        }
+    }
+    if instances.is_empty() {
+        return None;
+    }
+    let held = instances.values().flatten().map(|m| m.0).sum();
+    // every task reads the same input of merge operator i
+    let mut read = Vec::<u64>::new();
+    for merges in instances.values() {
+        read.resize(read.len().max(merges.len()), 0);
+        for (r, m) in read.iter_mut().zip(merges) {
+            *r = (*r).max(m.1);
+        }
+    }
+    Some((held, read.iter().sum()))
 }
 
 /// What each writing task returns: one row per part.
@@ -145,6 +217,7 @@ pub fn report_schema() -> SchemaRef {
         Field::new("sha256", DataType::Utf8, false),
         Field::new("writer", DataType::Utf8, false),
         Field::new("action", DataType::Utf8, true),
+        Field::new("history", DataType::Utf8, true),
     ]))
 }
 
@@ -161,6 +234,7 @@ pub fn parts_of(batches: &[RecordBatch]) -> Result<Vec<WrittenPart>> {
             Some(sha),
             Some(writer),
             Some(action),
+            Some(history),
         ) = (
             column(0).downcast_ref::<UInt32Array>(),
             column(1).downcast_ref::<StringArray>(),
@@ -169,6 +243,7 @@ pub fn parts_of(batches: &[RecordBatch]) -> Result<Vec<WrittenPart>> {
             column(4).downcast_ref::<StringArray>(),
             column(5).downcast_ref::<StringArray>(),
             column(6).downcast_ref::<StringArray>(),
+            column(7).downcast_ref::<StringArray>(),
         )
         else {
             return Err(Error::DataFusion(DataFusionError::Internal(
@@ -184,6 +259,14 @@ pub fn parts_of(batches: &[RecordBatch]) -> Result<Vec<WrittenPart>> {
                 sha256: sha.value(i).to_string(),
                 writer: writer.value(i).to_string(),
                 action: action.is_valid(i).then(|| action.value(i).to_string()),
+                history: match history.is_valid(i) {
+                    true => Some(serde_json::from_str(history.value(i)).map_err(|e| {
+                        Error::DataFusion(DataFusionError::Internal(format!(
+                            "the part writers' history figures: {e}"
+                        )))
+                    })?),
+                    false => None,
+                },
             });
         }
     }
@@ -210,6 +293,8 @@ pub struct PartsWriterExec {
     staging: String,
     writer: PartWriter,
     properties: Arc<PlanProperties>,
+    /// This instance among the process's (a task's plan is an instance of its own).
+    instance: u64,
 }
 
 impl PartsWriterExec {
@@ -220,11 +305,13 @@ impl PartsWriterExec {
             EmissionType::Final,
             Boundedness::Bounded,
         );
+        static INSTANCES: AtomicU64 = AtomicU64::new(0);
         PartsWriterExec {
             input,
             staging,
             writer,
             properties: Arc::new(properties),
+            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -306,6 +393,12 @@ impl ExecutionPlan for PartsWriterExec {
         let folder = ObjectPath::from_url_path(url.path())
             .map_err(|e| DataFusionError::Plan(format!("bad staging folder path: {e}")))?;
         let writer_id = format!("{}:{}", crate::process::host_name(), std::process::id());
+        // read once the part is written: by then the operators below have built their index
+        let figures = {
+            let plan = Arc::clone(&self.input);
+            let id = format!("{writer_id}:{}", self.instance);
+            move || HistoryHeld::of(&plan, id)
+        };
         let format = match &self.writer {
             PartWriter::File(format) => *format,
             PartWriter::Delta { partition_columns } => {
@@ -327,7 +420,7 @@ impl ExecutionPlan for PartsWriterExec {
                         report.sha256.push(String::new());
                         report.action.push(Some(action));
                     }
-                    report.into_batch(&writer_id)
+                    report.into_batch(&writer_id, figures())
                 };
                 return Ok(Box::pin(RecordBatchStreamAdapter::new(
                     report_schema(),
@@ -365,7 +458,7 @@ impl ExecutionPlan for PartsWriterExec {
             report.push(partition, file, stats.rows, stats.bytes);
             report.sha256.push(stats.sha256);
             report.action.push(None);
-            report.into_batch(&writer_id)
+            report.into_batch(&writer_id, figures())
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             report_schema(),
@@ -394,8 +487,16 @@ impl Report {
         self.bytes.push(bytes);
     }
 
-    fn into_batch(self, writer: &str) -> datafusion::common::Result<RecordBatch> {
+    fn into_batch(
+        self,
+        writer: &str,
+        history: Option<HistoryHeld>,
+    ) -> datafusion::common::Result<RecordBatch> {
         let n = self.part.len();
+        let history = history
+            .map(|h| serde_json::to_string(&h))
+            .transpose()
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
         Ok(RecordBatch::try_new(
             report_schema(),
             vec![
@@ -406,6 +507,7 @@ impl Report {
                 Arc::new(StringArray::from(self.sha256)),
                 Arc::new(StringArray::from(vec![writer; n])),
                 Arc::new(StringArray::from(self.action)),
+                Arc::new(StringArray::from(vec![history; n])),
             ],
         )?)
     }
@@ -487,5 +589,39 @@ mod tests {
         ] {
             assert_eq!(part_number(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn the_history_held_counts_each_task_once_with_its_complete_figures() {
+        let part = |plan: &str, merges: Vec<(u64, u64)>| WrittenPart {
+            part: 0,
+            file: String::new(),
+            rows: 0,
+            bytes: 0,
+            sha256: String::new(),
+            writer: String::new(),
+            action: None,
+            history: Some(HistoryHeld {
+                plan: plan.into(),
+                merges,
+            }),
+        };
+        assert_eq!(history_held(&[]), None);
+        // task a wrote two parts: the first was done before its second merge operator had run;
+        // task b ran only the first operator. Two operators over 100 and 50 history rows.
+        let parts = [
+            part("a", vec![(60, 100), (0, 0)]),
+            part("a", vec![(60, 100), (30, 50)]),
+            part("b", vec![(70, 100), (0, 0)]),
+        ];
+        assert_eq!(history_held(&parts), Some((60 + 30 + 70, 150)));
+        // the report round-trips through its batch
+        let mut report = Report::default();
+        report.push(3, "f".into(), 1, 2);
+        report.sha256.push("s".into());
+        report.action.push(None);
+        let figures = parts[1].history.clone();
+        let batch = report.into_batch("w", figures.clone()).unwrap();
+        assert_eq!(parts_of(&[batch]).unwrap()[0].history, figures);
     }
 }
