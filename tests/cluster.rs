@@ -639,7 +639,7 @@ fn the_job_survives_losing_an_executor() {
     let mut cluster = start_cluster(dir, 2, 2);
     // a folder of four parts, which the executors write
     let url = cluster.url.clone();
-    let parts_job = |remote: &Path| {
+    let spawn_job = |output: &str, options: &[&str]| {
         bin()
             .args([
                 "run",
@@ -648,20 +648,23 @@ fn the_job_survives_losing_an_executor() {
                 "--neighbours",
                 &neighbours,
                 "--output",
-                &format!("{}/", remote.to_str().unwrap()),
-                "--partitions",
-                "4",
+                output,
                 "--top-k",
                 "10",
                 "--cluster",
                 &url,
-                "--timeout-secs",
-                "600",
             ])
+            .args(options)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
+    };
+    let parts_job = |remote: &Path| {
+        spawn_job(
+            &format!("{}/", remote.to_str().unwrap()),
+            &["--partitions", "4", "--timeout-secs", "600"],
+        )
     };
     let executors = ["executor-0", "executor-1"];
     let tasks = |cluster: &Cluster| executors.map(|name| cluster.tasks(name));
@@ -710,26 +713,7 @@ fn the_job_survives_losing_an_executor() {
     // losing the last executor fails the job clearly (after the scheduler's executor timeout,
     // its grace period for one to come back), writes nothing, and a rerun then succeeds
     let again = dir.join("again.parquet");
-    let job = || {
-        bin()
-            .args([
-                "run",
-                "--engagement",
-                &engagement,
-                "--neighbours",
-                &neighbours,
-                "--output",
-                again.to_str().unwrap(),
-                "--top-k",
-                "10",
-                "--cluster",
-                &url,
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let job = || spawn_job(again.to_str().unwrap(), &[]);
     let tasks_so_far = cluster.tasks(&survivor);
     let doomed = job();
     cluster.wait_for_task(&survivor, tasks_so_far);
