@@ -40,7 +40,7 @@ use super::history::{History, Spilled};
 pub use super::intern::{Interner, Key};
 use super::intern::{Ranks, Sharded};
 use super::sets;
-pub use super::sets::Member;
+pub use super::sets::{Member, Spans};
 use super::spill::{self, Buffer, Buffered};
 use super::{MergeMetrics, MergeParams};
 
@@ -103,9 +103,9 @@ pub struct Index {
     /// The history rows of each query, wherever they are kept.
     pub history_lens: Vec<u32>,
     pub history: Stored,
-    /// C_q: `members[member_offsets[q]..member_offsets[q + 1]]`, by rank.
+    /// C_q: `members[member_spans.of(q)]`, by rank.
     pub members: Vec<Member>,
-    pub member_offsets: Vec<usize>,
+    pub member_spans: Spans,
     /// The prior's divisor per query (|C_q|, or the sum of kept scores).
     pub weight_total: Vec<f64>,
     /// With shares: the output partition that writes each query's rows, by id ([`NOT_EMITTED`]
@@ -130,8 +130,7 @@ impl Index {
     }
 
     pub fn members_of(&self, query: u32) -> &[Member] {
-        let q = query as usize;
-        &self.members[self.member_offsets[q]..self.member_offsets[q + 1]]
+        &self.members[self.member_spans.of(query)]
     }
 
     /// Every history row, when they are all in memory.
@@ -553,7 +552,7 @@ pub async fn build(
         history_lens,
         history,
         members: sets.members,
-        member_offsets: sets.member_offsets,
+        member_spans: sets.spans,
         weight_total: sets.weight_total,
         emitted: None,
     })

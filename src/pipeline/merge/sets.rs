@@ -74,11 +74,41 @@ impl SpillRow for Member {
     }
 }
 
+/// Where each query's C_q is among the members: `start[q]..start[q] + len[q]`. The sets need
+/// not be in the queries' order: those merged from spill runs stay in the order they were read
+/// (provisional ids), so that no second buffer of the members is needed to reorder them.
+pub struct Spans {
+    start: Vec<usize>,
+    len: Vec<u32>,
+}
+
+impl Spans {
+    /// Sets stored one after another in query order, `len[q]` members each.
+    pub fn contiguous(len: Vec<u32>) -> Spans {
+        let mut next = 0usize;
+        let start = len
+            .iter()
+            .map(|&l| {
+                let s = next;
+                next += l as usize;
+                s
+            })
+            .collect();
+        Spans { start, len }
+    }
+
+    /// C_q's position among the members.
+    pub fn of(&self, query: u32) -> std::ops::Range<usize> {
+        let q = query as usize;
+        self.start[q]..self.start[q] + self.len[q] as usize
+    }
+}
+
 /// Every query's C_q.
 pub struct Sets {
-    /// C_q: `members[member_offsets[q]..member_offsets[q + 1]]`, by rank.
+    /// C_q: `members[spans.of(q)]`, by rank.
     pub members: Vec<Member>,
-    pub member_offsets: Vec<usize>,
+    pub spans: Spans,
     /// The prior's divisor per query (|C_q|, or the sum of kept scores).
     pub weight_total: Vec<f64>,
     /// Queries with a non-empty C_q.
@@ -106,14 +136,6 @@ fn rank(set: &mut [Member], params: &MergeParams) -> (usize, f64) {
     )
 }
 
-/// Offsets from the number of members of each query.
-fn cumulate(mut counts: Vec<usize>) -> Vec<usize> {
-    for q in 1..counts.len() {
-        counts[q] += counts[q - 1];
-    }
-    counts
-}
-
 /// The sets of `candidates` held in memory (provisional ids, `query_rank` their final ones);
 /// C_q is compacted in place at the front of the vector: no second allocation.
 pub fn in_memory(
@@ -129,7 +151,7 @@ pub fn in_memory(
     candidates.par_sort_unstable_by(spill_order);
     candidates.dedup_by(|next, kept| (next.query, next.neighbour) == (kept.query, kept.neighbour));
 
-    let mut member_offsets = vec![0usize; n_queries + 1];
+    let mut counts = vec![0u32; n_queries];
     let mut weight_total = vec![0.0f64; n_queries];
     let mut sets = 0usize;
     let (mut read, mut write) = (0usize, 0usize);
@@ -140,7 +162,7 @@ pub fn in_memory(
         weight_total[query as usize] = total;
         // write <= read: moving members forward never overwrites an unread row
         candidates.copy_within(read..read + kept, write);
-        member_offsets[query as usize + 1] = kept;
+        counts[query as usize] = kept as u32;
         write += kept;
         sets += 1;
         read = end;
@@ -150,7 +172,7 @@ pub fn in_memory(
     candidates.shrink_to_fit();
     Sets {
         members: candidates,
-        member_offsets: cumulate(member_offsets),
+        spans: Spans::contiguous(counts),
         weight_total,
         sets,
     }
@@ -200,7 +222,9 @@ pub async fn from_runs(
         .build()?;
 
     let mut members: Vec<Member> = Vec::new();
-    let mut counts = vec![0usize; n_queries + 1];
+    // the sets in the order they are read: by provisional query
+    let mut start = vec![0usize; n_queries];
+    let mut len = vec![0u32; n_queries];
     let mut weight_total = vec![0.0f64; n_queries];
     let mut sets = 0usize;
     // the set being read: its provisional query and last neighbour, and its rows (final ids)
@@ -213,13 +237,14 @@ pub async fn from_runs(
         let (kept, total) = rank(set, params);
         let query = set[0].query as usize;
         weight_total[query] = total;
-        counts[query + 1] = kept;
         sets += 1;
         if members.len() + kept > members.capacity() {
             let more = members.capacity().max(kept).max(1024);
             reserve(more * size_of::<Member>())?;
             members.reserve_exact(more);
         }
+        start[query] = members.len();
+        len[query] = kept as u32;
         members.extend_from_slice(&set[..kept]);
         set.clear();
         Ok(())
@@ -246,11 +271,9 @@ pub async fn from_runs(
         }
     }
     close(&mut set, &mut members)?;
-    // in the queries' final order; stable, so each set keeps its ranking
-    members.par_sort_by_key(|m| m.query);
     Ok(Sets {
         members,
-        member_offsets: cumulate(counts),
+        spans: Spans { start, len },
         weight_total,
         sets,
     })

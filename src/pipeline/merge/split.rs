@@ -204,7 +204,7 @@ mod tests {
     /// neighbours (wrapping round).
     fn ring() -> Index {
         use super::super::history::History;
-        use super::super::index::{Member, Products, Stored};
+        use super::super::index::{Member, Products, Spans, Stored};
         use std::sync::Arc;
         let n = 30u32;
         let members: Vec<Member> = (0..n)
@@ -221,7 +221,7 @@ mod tests {
             products: Products::Strings(Vec::new()),
             history_lens: (0..n).map(|q| q % 4 + 1).collect(),
             history: Stored::Resident(Arc::new(History::from_rows(Vec::new(), n as usize))),
-            member_offsets: (0..=n as usize).map(|q| 2 * q).collect(),
+            member_spans: Spans::contiguous(vec![2; n as usize]),
             members,
             weight_total: vec![2.0; n as usize],
             emitted: None,
