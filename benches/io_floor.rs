@@ -18,6 +18,10 @@ use q2q_prior::config::OutputFormat;
 use q2q_prior::io::sink::write_stream_atomic;
 use q2q_prior::io::storage::OutputLocation;
 
+/// The engine's allocator (src/main.rs), so that the floor and the engine differ only in the work.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn value(name: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
     args.iter()

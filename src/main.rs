@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use q2q_prior::cli::Cli;
 
+/// mimalloc, not the system allocator: glibc keeps freed memory in per-thread arenas, and RSS
+/// drifted past `--memory-limit` by far more than the pool's reservations explain (measured in
+/// docs/BENCHMARKS.md, 2026-12-04).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     for arg in std::env::args_os() {
         q2q_prior::redact::remember(&arg.to_string_lossy());
