@@ -11,7 +11,7 @@
 #                  executors writing the parts (a fourth cluster of 2 x 1 slot); also prints
 #                  each executor's CPU, the client's CPU against theirs, and each executor's peak
 # The clusters are separate processes on 127.0.0.1 started once; the rounds alternate between the
-# five. Every cluster output is checked against the local one (benches/compare/agree.py).
+# six. Every cluster output is checked against the local one (benches/compare/agree.py).
 #
 #   benches/cluster.sh [--queries 100000] [--runs 3] [--top-k 10] [--bin PATH]
 #
@@ -101,6 +101,7 @@ start_cluster one 1 2
 start_cluster two 2 1
 start_cluster three 2 1
 start_cluster four 2 1
+start_cluster five 2 1
 
 # CPU seconds (user + system) of the given processes so far
 cpu_of() {
@@ -155,9 +156,14 @@ for round in $(seq 1 "$runs"); do
     # shellcheck disable=SC2154
     measure cluster-2-parts "$cluster_pids_four" "$bin" "${job[@]}" -o "$work/cluster-2-parts/" --partitions 2 --cluster "$cluster_url_four"
     echo "split $(cpu_of "${four[0]}") $e1 $(cpu_of "${four[1]}") $e2 $(tail -1 "$work/time-client")" >> "$results"
+    rm -rf "$work/cluster-1-parts"
+    # shellcheck disable=SC2154
+    measure cluster-1-parts "$cluster_pids_five" "$bin" "${job[@]}" -o "$work/cluster-1-parts/" --partitions 1 --cluster "$cluster_url_five"
     # the shares are each sorted, not one order: sorted into one file to compare
-    "$bin" sql -q -c "COPY (SELECT * FROM '$work/cluster-2-parts/' ORDER BY query, product_id) TO '$work/cluster-2-parts.parquet'" > /dev/null
-    for other in local-sql cluster-1 cluster-2 cluster-2-sql cluster-2-parts; do
+    for parts in cluster-2-parts cluster-1-parts; do
+        "$bin" sql -q -c "COPY (SELECT * FROM '$work/$parts/' ORDER BY query, product_id) TO '$work/$parts.parquet'" > /dev/null
+    done
+    for other in local-sql cluster-1 cluster-2 cluster-2-sql cluster-2-parts cluster-1-parts; do
         "$python" benches/compare/agree.py "$work/$other.parquet" "$work/local.parquet" >&2
     done
 done
@@ -177,21 +183,26 @@ echo "executor-peak cluster-2 $(executor_rss ${cluster_pids_two#* })" >> "$resul
 echo "executor-peak cluster-2-sql $(executor_rss ${cluster_pids_three#* })" >> "$results"
 # shellcheck disable=SC2086
 echo "executor-peak cluster-2-parts $(executor_rss ${cluster_pids_four#* })" >> "$results"
+# shellcheck disable=SC2086
+echo "executor-peak cluster-1-parts $(executor_rss ${cluster_pids_five#* })" >> "$results"
 for p in ${cluster_pids_four#* }; do
-    echo "executor-each $(awk '/VmHWM/ {print $2}' "/proc/$p/status")" >> "$results"
+    echo "executor-each cluster-2-parts $(awk '/VmHWM/ {print $2}' "/proc/$p/status")" >> "$results"
+done
+for p in ${cluster_pids_five#* }; do
+    echo "executor-each cluster-1-parts $(awk '/VmHWM/ {print $2}' "/proc/$p/status")" >> "$results"
 done
 rows=$("$python" -c 'import pyarrow.parquet as pq, sys; print(pq.ParquetFile(sys.argv[1]).metadata.num_rows)' "$work/local.parquet")
 
 "$python" - "$results" "$queries" "$rows" "$runs" <<'EOF'
 import statistics, sys
 path, queries, rows, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-by, peak, splits, each = {}, {}, [], []
+by, peak, splits, each = {}, {}, [], {}
 for line in open(path):
     f = line.split()
     if f[0] == "executor-peak":
         peak[f[1]] = int(f[2])
     elif f[0] == "executor-each":
-        each.append(int(f[1]))
+        each.setdefault(f[1], []).append(int(f[2]))
     elif f[0] == "split":
         a, a0, b, b0, client = map(float, f[1:])
         splits.append((a - a0, b - b0, client))
@@ -200,12 +211,16 @@ for line in open(path):
 med = {k: [statistics.median(x[i] for x in v) for i in range(3)] for k, v in by.items()}
 print(f"{queries} queries, {rows:,} output rows; medians of {runs} runs")
 print(f"{'':<14} {'wall s':>8} {'cpu s':>8} {'client RSS MiB':>15} {'executor RSS MiB':>17} {'wall / local':>13} {'wall / local-sql':>17}")
-for k in ["local", "local-sql", "cluster-1", "cluster-2", "cluster-2-sql", "cluster-2-parts"]:
+for k in ["local", "local-sql", "cluster-1", "cluster-2", "cluster-2-sql", "cluster-2-parts", "cluster-1-parts"]:
     w, c, r = med[k]
     e = f"{peak[k] / 1024:17.0f}" if k in peak else f"{'-':>17}"
     print(f"{k:<14} {w:8.2f} {c:8.2f} {r / 1024:15.0f} {e} {w / med['local'][0]:13.2f} {w / med['local-sql'][0]:17.2f}")
 a, b, client = (statistics.median(x[i] for x in splits) for i in range(3))
 print(f"cluster-2-parts: executor CPU {a:.2f} s and {b:.2f} s (split {max(a, b) / max(min(a, b), 1e-9):.2f}:1); "
       f"client CPU {client:.2f} s = {100 * client / (a + b):.1f}% of the executors'; "
-      f"executor peaks {', '.join(f'{k / 1024:.0f}' for k in each)} MiB (over all runs)")
+      f"executor peaks {', '.join(f'{k / 1024:.0f}' for k in each['cluster-2-parts'])} MiB (over all runs)")
+single = max(each["cluster-1-parts"])
+print(f"cluster-1-parts: executor peaks {', '.join(f'{k / 1024:.0f}' for k in each['cluster-1-parts'])} MiB; "
+      f"each cluster-2-parts executor's peak against the single task's executor: "
+      f"{', '.join(f'{100 * k / single:.0f}%' for k in each['cluster-2-parts'])}")
 EOF
