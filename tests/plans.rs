@@ -277,5 +277,10 @@ fn merge_plan_under_a_memory_limit_below_its_history_spills_and_writes_the_same_
         .find(|l| l.contains("spilled:"))
         .unwrap_or_else(|| panic!("no spill line in {log}"));
     assert!(!line.contains("nothing"), "{line}");
-    assert!(line.contains("spill files; history read back in"), "{line}");
+    assert!(line.contains("spill files"), "{line}");
+    assert!(
+        line.contains("the history again to sort it by query"),
+        "{line}"
+    );
+    assert!(line.contains("history read back in"), "{line}");
 }

@@ -55,6 +55,8 @@ pub struct MergeProfile {
     pub history_blocks: u64,
     pub history_rows_loaded: u64,
     pub load_history: Duration,
+    /// Rewriting the spilled history in query order, so blocks read only what they need.
+    pub sort_history: Duration,
 }
 
 impl MergeProfile {
@@ -73,6 +75,7 @@ impl MergeProfile {
         self.history_blocks += m.history_blocks.value() as u64;
         self.history_rows_loaded += m.history_rows_loaded.value() as u64;
         self.load_history += d(&m.load_history);
+        self.sort_history += d(&m.sort_history);
     }
 }
 
@@ -169,12 +172,14 @@ impl fmt::Display for JobSummary {
             } else {
                 writeln!(
                     f,
-                    "    spilled: {} rows of history and neighbour candidates, {} bytes in {} \
-                     spill files; history read back in {} blocks, {:.2}x the history, {} \
-                     (partitions' time, summed)",
+                    "    spilled: {} rows, {} bytes in {} spill files (history and neighbour \
+                     candidates as read, then the history again to sort it by query, in {}); \
+                     history read back in {} blocks, {:.2}x the history, {} (partitions' \
+                     time, summed)",
                     m.spilled_rows,
                     m.spilled_bytes,
                     m.spill_files,
+                    secs(m.sort_history),
                     m.history_blocks,
                     m.history_rows_loaded as f64 / m.history_rows.max(1) as f64,
                     secs(m.load_history)

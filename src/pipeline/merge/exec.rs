@@ -27,6 +27,8 @@ pub struct MergeMetrics {
     pub prior_blend: Time,
     /// The history's spill files (none when it fits in memory).
     pub spill: SpillMetrics,
+    /// Rewriting the spilled history in query order (not in `build_index`).
+    pub sort_history: Time,
     /// Blocks of queries whose history was read back from the spill files, and the rows read
     /// into them (over `history_rows`: how often a row was read back).
     pub history_blocks: Count,
@@ -52,6 +54,7 @@ impl MergeMetrics {
             build_index: time("build_index"),
             prior_blend: time("prior_blend"),
             spill: SpillMetrics::new(set, 0),
+            sort_history: time("sort_history"),
             history_blocks: count("history_blocks"),
             history_rows_loaded: count("history_rows_loaded"),
             load_history: time("load_history"),

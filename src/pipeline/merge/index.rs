@@ -36,7 +36,7 @@ use futures::StreamExt;
 use rayon::prelude::*;
 
 pub use super::history::HistoryRow;
-use super::history::{History, Spilled};
+use super::history::{History, Runs, Spilled};
 pub use super::intern::{Interner, Key};
 use super::intern::{Ranks, Sharded};
 use super::sets;
@@ -139,6 +139,16 @@ impl Index {
             Stored::Resident(history) => Some(history),
             Stored::Spilled(_) => None,
         }
+    }
+}
+
+/// What the pool can still grant (all it has left under a limit).
+pub(super) fn free_bytes(pool: &dyn datafusion::execution::memory_pool::MemoryPool) -> usize {
+    match pool.memory_limit() {
+        datafusion::execution::memory_pool::MemoryLimit::Finite(limit) => {
+            limit.saturating_sub(pool.reserved())
+        }
+        _ => usize::MAX,
     }
 }
 
@@ -508,6 +518,7 @@ pub async fn build(
         Products::Integers(keys) => vec![[0, 0]; keys.len()],
     };
     let history_lens: Vec<u32>;
+    let mut sorting = std::time::Duration::ZERO;
     let history = match history_buffer.finish()? {
         Buffered::Resident(mut rows) => {
             rows.par_iter_mut().for_each(|row| {
@@ -529,15 +540,29 @@ pub async fn build(
                     lens[query_rank.of(provisional as u32) as usize] = count;
                 }
             }
-            history_lens = lens;
-            Stored::Spilled(Spilled {
+            let runs = Runs {
                 files,
                 manager: spill.expect("only a buffer that can spill spills").0,
                 query_rank,
                 product_rank,
-                views,
                 rows,
-            })
+            };
+            let (env, spill_metrics) = memory
+                .spill
+                .as_ref()
+                .expect("only a buffer that can spill spills");
+            // its offsets (the views are reserved above)
+            reservation
+                .try_grow(Spilled::offsets_bytes(n_queries))
+                .map_err(|e| out_of_memory(e, reservation.size()))?;
+            // the sort may take what blocks will take later: they load after it
+            let window = free_bytes(env.memory_pool.as_ref()) / 10 * 8;
+            let sort = Instant::now();
+            let spilled = runs.sort(&lens, views, env, window, spill_metrics).await?;
+            sorting = sort.elapsed();
+            metrics.sort_history.add_duration(sorting);
+            history_lens = lens;
+            Stored::Spilled(spilled)
         }
     };
     if sets_in_candidates {
@@ -546,7 +571,9 @@ pub async fn build(
             .candidates
             .resize(sets.members.capacity() * size_of::<Member>());
     }
-    metrics.build_index.add_elapsed(start);
+    metrics
+        .build_index
+        .add_duration(start.elapsed().saturating_sub(sorting));
 
     Ok(Index {
         queries: query_strings,

@@ -8,9 +8,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::{DataFusionError, Result, internal_err};
-use datafusion::execution::memory_pool::{
-    MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
-};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
@@ -46,7 +44,14 @@ pub(super) fn batches(
         .then(move |block| {
             let (built, pool, metrics) = (Arc::clone(&built), Arc::clone(&pool), metrics.clone());
             async move {
-                let held = load_block(&built, &block, partition, &pool, &metrics).await?;
+                let held = load_block(
+                    Arc::clone(&built),
+                    block.clone(),
+                    partition,
+                    &pool,
+                    &metrics,
+                )
+                .await?;
                 Ok::<_, DataFusionError>((built, held, block))
             }
         })
@@ -159,34 +164,31 @@ impl Emit {
 
 /// History rows a block of each partition may hold, when the history is spilled: a share of
 /// the memory the pool has left once the index is built, split between the partitions (which
-/// may all load a block at once) less each block's offsets and marks.
+/// may all load a block at once) less each block's offsets and its list of needed queries.
 pub(super) fn block_budget(pool: &dyn MemoryPool, n_queries: usize, partitions: usize) -> usize {
-    let free = match pool.memory_limit() {
-        MemoryLimit::Finite(limit) => limit.saturating_sub(pool.reserved()),
-        _ => usize::MAX,
-    };
-    let per_partition = free / 10 * BLOCK_SHARE_TENTHS / partitions.max(1);
-    per_partition.saturating_sub(history::History::bytes(0, n_queries) + n_queries)
-        / std::mem::size_of::<history::HistoryRow>()
+    let per_partition = index::free_bytes(pool) / 10 * BLOCK_SHARE_TENTHS / partitions.max(1);
+    per_partition.saturating_sub(history::History::bytes(0, n_queries))
+        / (std::mem::size_of::<history::HistoryRow>() + NEEDED_BYTES_PER_ROW)
 }
 
-/// Reads `block`'s history back from the spill files, its memory reserved from `pool`.
+/// What a block's list of needed queries costs per history row, at most (each needed query
+/// has a row, but for the block's own queries, fewer than its rows).
+const NEEDED_BYTES_PER_ROW: usize = 2 * std::mem::size_of::<u32>();
+
+/// Reads `block`'s history back from the sorted spill file, its memory reserved from `pool`.
 async fn load_block(
-    built: &Built,
-    block: &split::Block,
+    built: Arc<Built>,
+    block: split::Block,
     partition: usize,
     pool: &Arc<dyn MemoryPool>,
     metrics: &MergeMetrics,
 ) -> Result<Arc<Held>> {
-    let index::Stored::Spilled(spilled) = &built.index.history else {
-        return internal_err!("a block of history is loaded only when it is spilled");
-    };
     let timer = metrics.load_history.timer();
     let n = built.index.queries.len();
     let reservation =
         MemoryConsumer::new(format!("PriorMergeExec[{partition}] history block")).register(pool);
     reservation
-        .try_grow(history::History::bytes(block.rows, n) + n)
+        .try_grow(history::History::bytes(block.rows, n) + NEEDED_BYTES_PER_ROW * block.rows.max(1))
         .map_err(|e| {
             DataFusionError::ResourcesExhausted(format!(
                 "the merge plan reads its spilled history back a block of queries at a time, \
@@ -195,20 +197,29 @@ async fn load_block(
                 block.rows
             ))
         })?;
-    let mut needed = vec![false; n];
-    let first = built.chunks.queries(block.chunks.start).start;
-    let end = built.chunks.queries(block.chunks.end - 1).end;
-    for q in first..end {
-        needed[q as usize] = true;
-        for m in built.index.members_of(q) {
-            needed[m.neighbour as usize] = true;
-        }
-    }
-    let history = spilled.load(&needed, block.rows).await?;
-    drop(needed);
+    let rows = block.rows;
+    let history = SpawnedTask::spawn_blocking(move || {
+        let index::Stored::Spilled(spilled) = &built.index.history else {
+            return internal_err!("a block of history is loaded only when it is spilled");
+        };
+        let first = built.chunks.queries(block.chunks.start).start;
+        let end = built.chunks.queries(block.chunks.end - 1).end;
+        let mut needed: Vec<u32> = (first..end)
+            .flat_map(|q| {
+                std::iter::once(q).chain(built.index.members_of(q).iter().map(|m| m.neighbour))
+            })
+            .filter(|&q| built.index.history_len(q) > 0)
+            .collect();
+        needed.sort_unstable();
+        needed.dedup();
+        spilled.load(&needed, rows)
+    })
+    .join_unwind()
+    .await
+    .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))??;
     debug_assert_eq!(
         history.rows(),
-        block.rows,
+        rows,
         "a block holds the rows it was cut for"
     );
     metrics.history_blocks.add(1);
