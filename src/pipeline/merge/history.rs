@@ -435,13 +435,13 @@ impl Spilled {
                 let from = ((range.start - start) as usize) * RECORD;
                 let to = ((range.end - start) as usize) * RECORD;
                 for record in buf[from..to].chunks_exact(RECORD) {
-                    let product = u32::from_le_bytes(record[0..4].try_into().expect("4 bytes"));
+                    let row = read_record(record);
                     out.push(HistoryRow {
-                        h: f64::from_le_bytes(record[12..20].try_into().expect("8 bytes")),
-                        impressions: i64::from_le_bytes(record[4..12].try_into().expect("8 bytes")),
-                        view: self.views[product as usize],
+                        h: row.h,
+                        impressions: row.impressions,
+                        view: self.views[row.product as usize],
                         query: q,
-                        product,
+                        product: row.product,
                     });
                 }
             }
