@@ -36,6 +36,7 @@ fn both_plans(
     extra: &[&str],
 ) -> (Vec<FeatureRow>, Vec<FeatureRow>) {
     let mut outputs = Vec::new();
+    let mut history_lines = Vec::new();
     for plan in ["merge", "sql"] {
         let out = dir.join(format!("features.{plan}.parquet"));
         let mut args = vec![
@@ -58,8 +59,17 @@ fn both_plans(
             plan == "merge",
             "{summary}"
         );
+        // the merge plan counts the history's rows in its operator, the SQL plan by aggregating
+        history_lines.push(
+            summary
+                .lines()
+                .find(|l| l.trim_start().starts_with("history "))
+                .unwrap_or_else(|| panic!("no history line: {summary}"))
+                .to_string(),
+        );
         outputs.push(out);
     }
+    assert_eq!(history_lines[0], history_lines[1], "the history's rows");
     let merge = common::read_features_in_file_order(&outputs[0]);
     let sql = common::read_features_in_file_order(&outputs[1]);
     (merge, sql)

@@ -465,6 +465,76 @@ fn bad_duplicate_engagement_keys() {
     });
 }
 
+/// The merge plan finds repeated keys where it sorts the history, the SQL plan by an aggregation
+/// before the job: the same error either way, for string and integer product ids, to a file or
+/// a folder, and nothing at the destination.
+#[test]
+fn repeated_keys_are_rejected_alike_by_both_plans() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = write(dir.path(), "neighbours.csv", NEIGHBOURS);
+    for (engagement, integers, example) in [
+        (
+            "query,product_id,impressions,clicks,adds,purchases\nb,P2,5,0,0,0\na,P9,1,0,0,0\nb,P2,6,0,0,0\nc,P1,1,0,0,0\nb,P2,7,0,0,0\na,P3,9,1,0,0\na,P3,8,1,0,0\n",
+            false,
+            "query=\"a\", product_id=\"P3\", n=2",
+        ),
+        // as text "20" comes before "3", as integers after it
+        (
+            "query,product_id,impressions,clicks,adds,purchases\nb,20,5,0,0,0\nb,20,6,0,0,0\nb,3,1,0,0,0\nb,3,2,0,0,0\nb,3,3,0,0,0\na,100,1,0,0,0\n",
+            true,
+            "query=\"b\", product_id=3, n=3",
+        ),
+    ] {
+        let mut e = write(dir.path(), "engagement.csv", engagement);
+        if integers {
+            let parquet = dir.path().join("engagement.parquet");
+            let copy = format!(
+                "COPY (SELECT query, CAST(product_id AS BIGINT) AS product_id, impressions, \
+                 clicks, adds, purchases FROM '{}') TO '{}'",
+                e.display(),
+                parquet.display()
+            );
+            let out = run(&["sql", "-c", &copy]);
+            assert!(out.status.success(), "{}", stderr(&out));
+            e = parquet;
+        }
+        let mut errors = Vec::new();
+        for (plan, output) in [
+            ("merge", "out/f.parquet"),
+            ("sql", "out/f.parquet"),
+            ("merge", "folder/"),
+        ] {
+            let out = dir.path().join(output);
+            let result = run_job(
+                e.to_str().unwrap(),
+                n.to_str().unwrap(),
+                out.to_str().unwrap(),
+                &["--plan", plan],
+            );
+            let err = stderr(&result);
+            assert_eq!(result.status.code(), Some(2), "{plan}: {err}");
+            assert!(err.contains(example), "{plan} lacks {example:?}:\n{err}");
+            assert!(
+                err.contains("2 (query, product_id) key(s) have more than one row"),
+                "{plan}: {err}"
+            );
+            assert!(!out.exists(), "{plan}: nothing at the destination");
+            assert!(
+                !out.parent().unwrap().exists() || output == "folder/",
+                "{plan}: not even the output folder"
+            );
+            errors.push(
+                err.lines()
+                    .filter(|l| l.contains("bad input") || l.trim_start().starts_with("example"))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>(),
+            );
+        }
+        assert_eq!(errors[0], errors[1], "the plans' errors");
+        assert_eq!(errors[0], errors[2], "a folder's error");
+    }
+}
+
 #[test]
 fn bad_empty_input() {
     assert_rejected(&BadCase {

@@ -128,15 +128,34 @@ pub fn neighbour_checks(query_type: &DataType, neighbour_type: &DataType) -> Vec
 pub struct InputReport {
     pub engagement_rows: u64,
     pub neighbour_rows: u64,
-    /// Distinct (query, product_id) pairs, i.e. rows of the history stage.
+    /// Distinct (query, product_id) pairs, i.e. rows of the history stage (0 with
+    /// [`HistoryKeys::Merge`]: the operator counts them).
     pub engagement_pairs: u64,
     pub warnings: Vec<(String, CheckResult)>,
 }
 
-/// Scans both inputs once each for every row check (plus one aggregation for duplicate keys when
-/// duplicates are an error). The first FAIL becomes a [`BadInput`] naming the input, column and an
-/// example row; WARNs are returned. `validate` reports the same checks without stopping.
-pub async fn check(inputs: &Inputs, params: &FeatureParams) -> Result<InputReport> {
+/// Who rejects repeated engagement keys (under `on_duplicate = "error"`) and counts the history's
+/// rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryKeys {
+    /// An aggregation of the engagement input by key, here, before the job.
+    Aggregate,
+    /// The merge operator, which sorts the history by key anyway: it fails with
+    /// [`crate::pipeline::merge::index::RepeatedKeys`] before it emits a row ([`repeated_keys`]
+    /// turns that into the same error), and its metrics count the rows. For one process over
+    /// an input without partition folders or normalization (the keys it sees are then the
+    /// input's).
+    Merge,
+}
+
+/// Scans both inputs once each for every row check, plus, with [`HistoryKeys::Aggregate`], one
+/// aggregation for duplicate keys. The first FAIL becomes a [`BadInput`] naming the input, column
+/// and an example row; WARNs are returned. `validate` reports the same checks without stopping.
+pub async fn check(
+    inputs: &Inputs,
+    params: &FeatureParams,
+    keys: HistoryKeys,
+) -> Result<InputReport> {
     let mut report = InputReport::default();
     for input in [&inputs.engagement, &inputs.neighbours] {
         let scan = scan_checks(input).await?;
@@ -159,6 +178,9 @@ pub async fn check(inputs: &Inputs, params: &FeatureParams) -> Result<InputRepor
         } else {
             report.neighbour_rows = scan.rows;
         }
+    }
+    if keys == HistoryKeys::Merge {
+        return Ok(report);
     }
     let duplicates = duplicate_keys(&inputs.engagement).await?;
     if duplicates.duplicated > 0 && params.on_duplicate == DuplicatePolicy::Error {
@@ -415,6 +437,27 @@ pub async fn duplicate_keys(input: &Input) -> Result<DuplicateKeys> {
         }
     }
     Ok(found)
+}
+
+/// `e`, or the bad input it stands for when it is the merge operator's
+/// [`crate::pipeline::merge::index::RepeatedKeys`] ([`HistoryKeys::Merge`]): the error the
+/// aggregation would have given, with the count of repeated keys and the first of them.
+pub fn repeated_keys(e: Error, engagement: &Input) -> Error {
+    use crate::pipeline::merge::index::RepeatedKeys;
+    let Error::DataFusion(df) = &e else {
+        return e;
+    };
+    match RepeatedKeys::of(df) {
+        Some(found) => DuplicateKeys {
+            columns: "query, product_id".into(),
+            keys: 0,
+            duplicated: found.keys,
+            example: Some(found.example.clone()),
+        }
+        .to_bad_input(engagement)
+        .into(),
+        None => e,
+    }
 }
 
 fn scalar_u64(batches: &[RecordBatch], column: usize) -> u64 {

@@ -85,6 +85,13 @@ impl History {
         self.rows.len()
     }
 
+    /// The keys held on more than one row.
+    pub fn repeats(&self) -> Repeats {
+        let mut repeats = Repeats::default();
+        repeats.add_sorted(self.rows.iter().map(|r| (r.query, r.product)));
+        repeats
+    }
+
     /// The bytes a history of `rows` rows over `n_queries` queries holds.
     pub fn bytes(rows: usize, n_queries: usize) -> usize {
         rows * size_of::<HistoryRow>() + (n_queries + 1) * size_of::<usize>()
@@ -101,6 +108,44 @@ pub fn offsets(n: usize, groups: impl Iterator<Item = u32>) -> Vec<usize> {
         offsets[i + 1] += offsets[i];
     }
     offsets
+}
+
+/// Keys seen on more than one history row: the history stage has one row per (query, product)
+/// unless the engagement input repeats a key and duplicates are not summed. The index finds them
+/// where it sorts the rows anyway, so the job needs no aggregation of its own to reject them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Repeats {
+    /// Keys with more than one row.
+    pub keys: u64,
+    /// The first such key in (query, product) order (final ids) and its rows.
+    pub first: Option<(u32, u32, u64)>,
+}
+
+impl Repeats {
+    /// Adds the repeated keys of `keys`, in (query, product) order, that follow every key
+    /// already added.
+    pub fn add_sorted(&mut self, keys: impl Iterator<Item = (u32, u32)>) {
+        let mut previous: Option<(u32, u32)> = None;
+        let mut run = 1u64;
+        for key in keys {
+            if previous == Some(key) {
+                run += 1;
+            } else {
+                self.close(previous, run);
+                previous = Some(key);
+                run = 1;
+            }
+        }
+        self.close(previous, run);
+    }
+
+    /// The end of `key`'s `run` rows.
+    fn close(&mut self, key: Option<(u32, u32)>, run: u64) {
+        if let Some((q, p)) = key.filter(|_| run > 1) {
+            self.keys += 1;
+            self.first.get_or_insert((q, p, run));
+        }
+    }
 }
 
 impl SpillRow for HistoryRow {
@@ -187,7 +232,7 @@ impl Runs {
     /// the files' buffers, and [`SORT_WINDOW_BYTES`]) sorted in memory reserved from `env`'s
     /// pool and appended. One window reads the runs directly; several read them once, routing
     /// each row to its window's bucket file, then each bucket. `lens[q]`: query q's rows (final
-    /// id).
+    /// id). Also returns the keys the history repeats.
     pub async fn sort(
         self,
         lens: &[u32],
@@ -195,7 +240,7 @@ impl Runs {
         env: &Arc<RuntimeEnv>,
         window_bytes: usize,
         spill: &SpillMetrics,
-    ) -> Result<Spilled> {
+    ) -> Result<(Spilled, Repeats)> {
         let mut offsets = Vec::with_capacity(lens.len() + 1);
         let mut next = 0u64;
         offsets.push(0);
@@ -253,6 +298,7 @@ impl Runs {
         let (file, path) = local_file(env, "PriorMergeExec sorted history")?;
         let mut writer = std::io::BufWriter::with_capacity(buffer, file.open_writer()?);
         let mut rows: Vec<SortRow> = Vec::with_capacity(largest);
+        let mut repeats = Repeats::default();
         if windows.len() == 1 {
             // one pass: every row into the window
             self.for_each_row(|row| {
@@ -261,7 +307,7 @@ impl Runs {
             })
             .await?;
             drop(self.files);
-            sort_and_append(&mut rows, total, &mut writer)?;
+            sort_and_append(&mut rows, total, &mut writer, &mut repeats)?;
         } else {
             // one pass over the runs routes each row to its window's bucket file, then each
             // bucket is read back, sorted and appended
@@ -301,7 +347,7 @@ impl Runs {
                     rows.push(row);
                 }
                 drop((reader, bucket));
-                sort_and_append(&mut rows, rows_of(window), &mut writer)?;
+                sort_and_append(&mut rows, rows_of(window), &mut writer, &mut repeats)?;
             }
         }
         drop(rows);
@@ -313,13 +359,14 @@ impl Runs {
         spill.spilled_rows.add(total);
         spill.spilled_bytes.add(total * RECORD);
         let reader = std::fs::File::open(&path)?;
-        Ok(Spilled {
+        let spilled = Spilled {
             _file: file,
             reader,
             path,
             offsets,
             views,
-        })
+        };
+        Ok((spilled, repeats))
     }
 }
 
@@ -378,8 +425,14 @@ fn read_record(record: &[u8]) -> SortRow {
     }
 }
 
-/// Sorts a window's rows by (query, product) and appends them to the sorted file.
-fn sort_and_append(rows: &mut [SortRow], expected: usize, writer: &mut impl Write) -> Result<()> {
+/// Sorts a window's rows by (query, product), adds its repeated keys to `repeats` (windows
+/// come in query order and hold whole queries) and appends the rows to the sorted file.
+fn sort_and_append(
+    rows: &mut [SortRow],
+    expected: usize,
+    writer: &mut impl Write,
+    repeats: &mut Repeats,
+) -> Result<()> {
     if rows.len() != expected {
         return internal_err!(
             "a window of queries has {expected} history rows, its spill runs {}",
@@ -387,6 +440,7 @@ fn sort_and_append(rows: &mut [SortRow], expected: usize, writer: &mut impl Writ
         );
     }
     rows.par_sort_unstable_by_key(|r| (r.query, r.product));
+    repeats.add_sorted(rows.iter().map(|r| (r.query, r.product)));
     for row in rows.iter() {
         write_record(writer, row)?;
     }
@@ -536,7 +590,7 @@ mod tests {
             }
             // the views stand for the product: its final id
             let views = (0..8u64).map(|p| [p, p]).collect();
-            let spilled = Runs {
+            let (spilled, repeats) = Runs {
                 files,
                 manager,
                 query_rank: intern(&names).1,
@@ -546,6 +600,7 @@ mod tests {
             .sort(&lens, views, &env, window, &metrics)
             .await
             .unwrap();
+            assert_eq!(repeats, Repeats::default(), "every key once");
             for needed in [&all[..], &sparse[..], &all[3..4], &[][..]] {
                 let wanted = expected(needed);
                 let history = spilled.load(needed, wanted.len()).unwrap();
@@ -559,6 +614,25 @@ mod tests {
                 assert_eq!(got, wanted, "window of {window} bytes, queries {needed:?}");
             }
         }
+    }
+
+    #[test]
+    fn repeats_count_keys_on_several_rows_and_keep_the_first() {
+        let mut repeats = Repeats::default();
+        repeats.add_sorted([(0, 1), (0, 2), (1, 0)].into_iter());
+        assert_eq!(repeats, Repeats::default());
+        // added in two parts, as windows are: a run at the end of the first is closed there
+        repeats.add_sorted([(2, 5), (2, 5), (2, 5), (3, 0), (4, 1), (4, 1)].into_iter());
+        repeats.add_sorted([(5, 0), (6, 2), (6, 2)].into_iter());
+        assert_eq!(
+            repeats,
+            Repeats {
+                keys: 3,
+                first: Some((2, 5, 3)),
+            }
+        );
+        repeats.add_sorted(std::iter::empty());
+        assert_eq!(repeats.keys, 3);
     }
 
     #[test]

@@ -36,7 +36,7 @@ use futures::StreamExt;
 use rayon::prelude::*;
 
 pub use super::history::HistoryRow;
-use super::history::{History, Runs, Spilled};
+use super::history::{History, Repeats, Runs, Spilled};
 pub use super::intern::{Interner, Key};
 use super::intern::{Ranks, Sharded};
 use super::sets;
@@ -89,6 +89,81 @@ fn read_products(column: &Arc<dyn Array>) -> ProductColumn<'_> {
 pub enum Stored {
     Resident(Arc<History>),
     Spilled(Spilled),
+}
+
+/// The history repeats (query, product_id) keys: the engagement input has several rows for a key
+/// and they are not summed (`on_duplicate = "error"`). The operator fails with it (as a
+/// [`DataFusionError::External`]) before it emits a row; the job reports it as bad input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepeatedKeys {
+    /// Keys with more than one row (in the rows this operator read).
+    pub keys: u64,
+    /// The first of them in key order, rendered as a row `query=.., product_id=.., n=..`.
+    pub example: String,
+}
+
+impl std::fmt::Display for RepeatedKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (query, product_id) key(s) of the history have more than one row, e.g. {}",
+            self.keys, self.example
+        )
+    }
+}
+
+impl std::error::Error for RepeatedKeys {}
+
+impl RepeatedKeys {
+    /// The repeated keys an operator's error carries, if that is what stopped it.
+    pub fn of(e: &DataFusionError) -> Option<&RepeatedKeys> {
+        match e.find_root() {
+            DataFusionError::External(e) => e.downcast_ref::<RepeatedKeys>(),
+            _ => None,
+        }
+    }
+}
+
+/// Fails with [`RepeatedKeys`] if `repeats` found any; `product_type`: the history's product_id
+/// type, as the example row shows it.
+fn reject_repeats(
+    repeats: Repeats,
+    queries: &[Arc<str>],
+    products: &Products,
+    product_type: &DataType,
+) -> Result<()> {
+    use datafusion::arrow::array::{ArrayRef, StringArray, UInt64Array};
+    let Some((query, product, n)) = repeats.first else {
+        return Ok(());
+    };
+    let product: ArrayRef = match products {
+        Products::Strings(keys) => {
+            Arc::new(StringArray::from(vec![keys[product as usize].as_ref()]))
+        }
+        Products::Integers(keys) if product_type.is_unsigned_integer() => {
+            Arc::new(UInt64Array::from(vec![keys[product as usize] as u64]))
+        }
+        Products::Integers(keys) => Arc::new(datafusion::arrow::array::Int64Array::from(vec![
+            keys[product as usize] as i64,
+        ])),
+    };
+    let row = RecordBatch::try_from_iter([
+        (
+            "query",
+            Arc::new(StringArray::from(vec![queries[query as usize].as_ref()])) as ArrayRef,
+        ),
+        ("product_id", product),
+        (
+            "n",
+            Arc::new(datafusion::arrow::array::Int64Array::from(vec![n as i64])),
+        ),
+    ])?;
+    let example =
+        crate::io::checks::render_row(&row, 0).map_err(|e| DataFusionError::External(e.into()))?;
+    Err(DataFusionError::External(Box::new(RepeatedKeys {
+        keys: repeats.keys,
+        example,
+    })))
 }
 
 /// In [`Index::emitted`]: a query no partition of this index writes.
@@ -384,7 +459,8 @@ pub async fn build(
         candidates: Buffer::new(&mut memory.candidates, spill.as_ref().map(|s| &s.1)),
     };
     let queries: Arc<Sharded<Arc<str>>> = Arc::default();
-    let products = Arc::new(if history.schema().field(1).data_type().is_integer() {
+    let product_type = history.schema().field(1).data_type().clone();
+    let products = Arc::new(if product_type.is_integer() {
         ProductInterner::Integers(Sharded::default())
     } else {
         ProductInterner::Strings(Sharded::default())
@@ -528,6 +604,12 @@ pub async fn build(
             });
             drop((views, query_rank, product_rank));
             let history = History::from_rows(rows, n_queries);
+            reject_repeats(
+                history.repeats(),
+                &query_strings,
+                &product_keys,
+                &product_type,
+            )?;
             history_lens = (0..n_queries as u32)
                 .map(|q| history.of(q).len() as u32)
                 .collect();
@@ -558,7 +640,8 @@ pub async fn build(
             // the sort may take what blocks will take later: they load after it
             let window = free_bytes(env.memory_pool.as_ref()) / 10 * 8;
             let sort = Instant::now();
-            let spilled = runs.sort(&lens, views, env, window, spill_metrics).await?;
+            let (spilled, repeats) = runs.sort(&lens, views, env, window, spill_metrics).await?;
+            reject_repeats(repeats, &query_strings, &product_keys, &product_type)?;
             sorting = sort.elapsed();
             metrics.sort_history.add_duration(sorting);
             history_lens = lens;

@@ -75,6 +75,28 @@ async fn run(
     queries: usize,
     workers: usize,
 ) -> Result<(Vec<Vec<RecordBatch>>, MergeMetrics)> {
+    run_repeating(
+        limit,
+        partitions,
+        split,
+        concurrently,
+        queries,
+        workers,
+        None,
+    )
+    .await
+}
+
+/// [`run`], with the history rows at the indices `repeat` added once more at the end.
+async fn run_repeating(
+    limit: Option<usize>,
+    partitions: usize,
+    split: Split,
+    concurrently: bool,
+    queries: usize,
+    workers: usize,
+    repeat: Option<&[usize]>,
+) -> Result<(Vec<Vec<RecordBatch>>, MergeMetrics)> {
     let mut runtime = RuntimeEnvBuilder::new();
     if let Some(limit) = limit {
         runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
@@ -84,6 +106,20 @@ async fn run(
         .with_batch_size(512);
     let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
     let (history, neighbours) = inputs(queries);
+    let history = match repeat {
+        // some keys once more
+        Some(rows) => {
+            let again = rows
+                .iter()
+                .map(|&r| history.slice(r, 1))
+                .collect::<Vec<_>>();
+            datafusion::arrow::compute::concat_batches(
+                &history.schema(),
+                std::iter::once(&history).chain(&again),
+            )?
+        }
+        None => history,
+    };
     ctx.register_batch("history", history)?;
     ctx.register_batch("neighbours", neighbours)?;
     let history = ctx.table("history").await?.create_physical_plan().await?;
@@ -189,6 +225,54 @@ async fn a_limit_too_small_for_the_strings_and_neighbour_sets_fails_clearly() {
     let text = e.to_string();
     assert!(text.contains("raise --memory-limit"), "{text}");
     assert!(text.contains("neighbour sets"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_history_keys_fail_the_operator_in_memory_and_spilled() {
+    let queries = 3000;
+    let (history, _) = inputs(queries);
+    // query 01234's fourth row twice more, query 00042's first once more: 20 rows a query
+    let repeat = [1234 * 20 + 3, 42 * 20, 1234 * 20 + 3];
+    let product = history
+        .column(1)
+        .as_string::<i32>()
+        .value(42 * 20)
+        .to_string();
+    for (limit, partitions, split) in [
+        (None, 1, Split::Ranges),
+        (None, 3, Split::Ranges),
+        (Some(1_600_000), 2, Split::Ranges),
+    ] {
+        let e = run_repeating(limit, partitions, split, true, queries, 2, Some(&repeat))
+            .await
+            .unwrap_err();
+        let found = index::RepeatedKeys::of(&e).unwrap_or_else(|| panic!("{e}"));
+        assert_eq!(
+            found,
+            &index::RepeatedKeys {
+                keys: 2,
+                example: format!("query=\"query 00042\", product_id=\"{product}\", n=2"),
+            },
+            "under {limit:?} bytes, {partitions} partitions ({split:?})"
+        );
+    }
+    // a share finds the keys its rows repeat
+    let e = run_repeating(None, 2, Split::Shares, true, queries, 2, Some(&repeat))
+        .await
+        .unwrap_err();
+    assert!(index::RepeatedKeys::of(&e).is_some(), "{e}");
+    // every key once: no error, whatever the memory
+    run_repeating(
+        Some(1_600_000),
+        2,
+        Split::Ranges,
+        true,
+        queries,
+        2,
+        Some(&[]),
+    )
+    .await
+    .unwrap();
 }
 
 /// `batches` as one batch sorted by (query, product_id).
