@@ -126,6 +126,20 @@ async fn run_until(
     cancel: &CancellationToken,
     options: &RunOptions,
 ) -> Result<JobSummary> {
+    let (engagement, _, _) = config.job_paths()?;
+    // keys the merge operator found repeated ([`HistoryKeys::Merge`]: before its first row, so
+    // nothing was written) are the engagement input's fault
+    run_stages(config, cancel, options)
+        .await
+        .map_err(|e| checks::repeated_keys(e, &engagement.uri))
+}
+
+/// The job's stages, then the summary.
+async fn run_stages(
+    config: &JobConfig,
+    cancel: &CancellationToken,
+    options: &RunOptions,
+) -> Result<JobSummary> {
     let on_cluster = config.execution.cluster.is_some();
     let start = Instant::now();
     let (engagement, neighbours, output) = config.job_paths()?;
@@ -208,11 +222,7 @@ async fn run_until(
     };
     progress.set_message("checking inputs");
     tracing::info!("checking inputs");
-    let report = cancellable(
-        cancel,
-        crate::pipeline::checks::check(&inputs, &config.features, keys),
-    )
-    .await?;
+    let report = cancellable(cancel, checks::check(&inputs, &config.features, keys)).await?;
     summary.engagement_rows = report.engagement_rows;
     summary.neighbour_rows = report.neighbour_rows;
     summary.history_rows = report.engagement_pairs;
@@ -290,136 +300,127 @@ async fn run_until(
         features = features.with_column(name, lit(value.clone()))?;
     }
     let task = Arc::new(features.task_ctx());
-    let written = async {
-        Ok::<_, Error>(match &destination {
-            Destination::Parts(staging) => {
-                let written = async {
-                    let (plan, parts) = write_partitions(
-                        &ctx,
-                        features,
-                        Arc::clone(&task),
-                        &staging.url,
-                        PartWriter::File(format),
-                        on_cluster,
-                        cancel,
-                    )
-                    .await?;
-                    // every partition writes one part; on a cluster the writer's plan is the scheduler's
-                    let expected =
-                        (!on_cluster).then(|| plan.properties().partitioning.partition_count());
-                    // once every part is written the commit is not interrupted: a cancellation
-                    // arrives too late
-                    let written = staging.commit(parts, expected, format).await?;
-                    Ok::<_, Error>((plan, written))
-                }
-                .await;
-                if written.is_err() {
-                    staging.discard().await;
-                }
-                written?
-            }
-            Destination::Staged(root) => {
+    let (plan, written) = match &destination {
+        Destination::Parts(staging) => {
+            let written = async {
                 let (plan, parts) = write_partitions(
                     &ctx,
                     features,
                     Arc::clone(&task),
-                    root.url.as_str(),
+                    &staging.url,
                     PartWriter::File(format),
                     on_cluster,
                     cancel,
                 )
                 .await?;
+                // every partition writes one part; on a cluster the writer's plan is the scheduler's
                 let expected =
                     (!on_cluster).then(|| plan.properties().partitioning.partition_count());
-                let parts =
-                    sink::parts::checked(&root.store, &root.prefix, parts, expected).await?;
-                (plan, sink::WriteStats::of_parts(parts))
+                // once every part is written the commit is not interrupted: a cancellation
+                // arrives too late
+                let written = staging.commit(parts, expected, format).await?;
+                Ok::<_, Error>((plan, written))
             }
-            Destination::File(location) => {
+            .await;
+            if written.is_err() {
+                staging.discard().await;
+            }
+            written?
+        }
+        Destination::Staged(root) => {
+            let (plan, parts) = write_partitions(
+                &ctx,
+                features,
+                Arc::clone(&task),
+                root.url.as_str(),
+                PartWriter::File(format),
+                on_cluster,
+                cancel,
+            )
+            .await?;
+            let expected = (!on_cluster).then(|| plan.properties().partitioning.partition_count());
+            let parts = sink::parts::checked(&root.store, &root.prefix, parts, expected).await?;
+            (plan, sink::WriteStats::of_parts(parts))
+        }
+        Destination::File(location) => {
+            let plan = pipeline::merge::concat::concat_sorted_ranges(
+                features.create_physical_plan().await?,
+            )?;
+            let mut rows = 0u64;
+            let written = sink::write_plan_atomic(
+                Arc::clone(&plan),
+                task,
+                location,
+                format,
+                cancel,
+                |batch| {
+                    rows += batch.num_rows() as u64;
+                    progress.set_message(format!(
+                        "computing prior and features, writing: {rows} rows"
+                    ));
+                },
+            )
+            .await?;
+            (plan, written)
+        }
+        Destination::Delta(root) => {
+            progress.set_message("computing prior and features, writing the Delta table");
+            let commit = options
+                .delta
+                .clone()
+                .unwrap_or_else(|| sink::delta::Commit {
+                    replace: sink::delta::Replace::All,
+                    partition_columns: inputs.engagement.partitions.columns.clone(),
+                    record: None,
+                    create_first: false,
+                });
+            let written = if on_cluster {
+                // the executors write the data files, this process commits them
+                let schema = Arc::new(features.schema().as_arrow().clone());
+                let target = sink::delta::files::Target::prepare(
+                    root.clone(),
+                    commit.clone(),
+                    Arc::clone(&schema),
+                )
+                .await?;
+                let written = write_partitions(
+                    &ctx,
+                    features,
+                    Arc::clone(&task),
+                    &target.url(),
+                    PartWriter::Delta {
+                        partition_columns: commit.partition_columns.clone(),
+                    },
+                    true,
+                    cancel,
+                )
+                .await;
+                match written {
+                    Ok((plan, parts)) => {
+                        let written = target.commit(schema, parts).await?;
+                        (plan, written)
+                    }
+                    Err(e) => {
+                        target.discard(&[]).await;
+                        return Err(e);
+                    }
+                }
+            } else {
                 let plan = pipeline::merge::concat::concat_sorted_ranges(
                     features.create_physical_plan().await?,
                 )?;
-                let mut rows = 0u64;
-                let written = sink::write_plan_atomic(
-                    Arc::clone(&plan),
-                    task,
-                    location,
-                    format,
-                    cancel,
-                    |batch| {
-                        rows += batch.num_rows() as u64;
-                        progress.set_message(format!(
-                            "computing prior and features, writing: {rows} rows"
-                        ));
-                    },
-                )
-                .await?;
+                let written =
+                    sink::delta::write(Arc::clone(&plan), &ctx.state(), root, &commit, cancel)
+                        .await?;
                 (plan, written)
+            };
+            // the backfill vacuums once, after all its days
+            if options.delta.is_none() && config.delta.vacuum {
+                summary.vacuumed = Some(sink::delta::vacuum(root, config.delta.retention()).await?);
             }
-            Destination::Delta(root) => {
-                progress.set_message("computing prior and features, writing the Delta table");
-                let commit = options
-                    .delta
-                    .clone()
-                    .unwrap_or_else(|| sink::delta::Commit {
-                        replace: sink::delta::Replace::All,
-                        partition_columns: inputs.engagement.partitions.columns.clone(),
-                        record: None,
-                        create_first: false,
-                    });
-                let written = if on_cluster {
-                    // the executors write the data files, this process commits them
-                    let schema = Arc::new(features.schema().as_arrow().clone());
-                    let target = sink::delta::files::Target::prepare(
-                        root.clone(),
-                        commit.clone(),
-                        Arc::clone(&schema),
-                    )
-                    .await?;
-                    let written = write_partitions(
-                        &ctx,
-                        features,
-                        Arc::clone(&task),
-                        &target.url(),
-                        PartWriter::Delta {
-                            partition_columns: commit.partition_columns.clone(),
-                        },
-                        true,
-                        cancel,
-                    )
-                    .await;
-                    match written {
-                        Ok((plan, parts)) => {
-                            let written = target.commit(schema, parts).await?;
-                            (plan, written)
-                        }
-                        Err(e) => {
-                            target.discard(&[]).await;
-                            return Err(e);
-                        }
-                    }
-                } else {
-                    let plan = pipeline::merge::concat::concat_sorted_ranges(
-                        features.create_physical_plan().await?,
-                    )?;
-                    let written =
-                        sink::delta::write(Arc::clone(&plan), &ctx.state(), root, &commit, cancel)
-                            .await?;
-                    (plan, written)
-                };
-                // the backfill vacuums once, after all its days
-                if options.delta.is_none() && config.delta.vacuum {
-                    summary.vacuumed =
-                        Some(sink::delta::vacuum(root, config.delta.retention()).await?);
-                }
-                written
-            }
-        })
-    }
-    .await;
-    // repeated keys found by the merge operator (nothing was written: it finds them before
-    // its first row)
-    let (plan, written) = written.map_err(|e| checks::repeated_keys(e, &inputs.engagement))?;
+            written
+        }
+    };
     summary.written = written;
     summary.features_time = features_start.elapsed();
     if merge && !on_cluster {

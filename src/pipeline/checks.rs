@@ -184,7 +184,9 @@ pub async fn check(
     }
     let duplicates = duplicate_keys(&inputs.engagement).await?;
     if duplicates.duplicated > 0 && params.on_duplicate == DuplicatePolicy::Error {
-        return Err(duplicates.to_bad_input(&inputs.engagement).into());
+        return Err(duplicates
+            .to_bad_input(inputs.engagement.role, &inputs.engagement.uri)
+            .into());
     }
     report.engagement_pairs = duplicates.keys;
     if inputs.engagement.normalize {
@@ -363,11 +365,12 @@ pub struct DuplicateKeys {
 }
 
 impl DuplicateKeys {
-    /// The job's error for duplicated engagement keys under `on_duplicate = "error"`.
-    pub fn to_bad_input(&self, input: &Input) -> BadInput {
+    /// The job's error for duplicated keys of input `role` at `uri` (engagement keys under
+    /// `on_duplicate = "error"`).
+    pub fn to_bad_input(&self, role: &str, uri: &str) -> BadInput {
         let mut bad = BadInput::new(
-            input.role,
-            &input.uri,
+            role,
+            uri,
             format!(
                 "{} ({}) key(s) have more than one row",
                 self.duplicated, self.columns
@@ -442,7 +445,7 @@ pub async fn duplicate_keys(input: &Input) -> Result<DuplicateKeys> {
 /// `e`, or the bad input it stands for when it is the merge operator's
 /// [`crate::pipeline::merge::index::RepeatedKeys`] ([`HistoryKeys::Merge`]): the error the
 /// aggregation would have given, with the count of repeated keys and the first of them.
-pub fn repeated_keys(e: Error, engagement: &Input) -> Error {
+pub fn repeated_keys(e: Error, engagement_uri: &str) -> Error {
     use crate::pipeline::merge::index::RepeatedKeys;
     let Error::DataFusion(df) = &e else {
         return e;
@@ -454,7 +457,7 @@ pub fn repeated_keys(e: Error, engagement: &Input) -> Error {
             duplicated: found.keys,
             example: Some(found.example.clone()),
         }
-        .to_bad_input(engagement)
+        .to_bad_input(ENGAGEMENT, engagement_uri)
         .into(),
         None => e,
     }

@@ -38,7 +38,7 @@ pub async fn open(
     tables::enforce(&input, &input.raw, &input.checks).await?;
     let duplicates = crate::pipeline::checks::duplicate_keys(&input).await?;
     if duplicates.duplicated > 0 {
-        let mut bad: BadInput = duplicates.to_bad_input(&input);
+        let mut bad: BadInput = duplicates.to_bad_input(input.role, &input.uri);
         bad.expected = Some(
             "one row per (query, product_id); a table from a partitioned run has one per partition: \
              select one partition (e.g. its folder) as the feature table"

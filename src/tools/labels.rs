@@ -115,7 +115,7 @@ pub async fn open(ctx: &SessionContext, role: &'static str, spec: &InputSpec) ->
     let (rows, _) = tables::enforce(&input, &input.raw, &input.checks).await?;
     let duplicates = crate::pipeline::checks::duplicate_keys(&input).await?;
     if duplicates.duplicated > 0 {
-        let mut bad = duplicates.to_bad_input(&input);
+        let mut bad = duplicates.to_bad_input(input.role, &input.uri);
         bad.expected = Some("one label per (query, product_id)".into());
         return Err(bad.into());
     }
