@@ -66,7 +66,8 @@ fn params() -> MergeParams {
 }
 
 /// The operator's partitions, each collected whole, in order; `concurrently`: all polled
-/// at once (as a folder write does) rather than one after the other.
+/// at once (as a folder write does) rather than one after the other. The history rows at the
+/// indices `repeat` are added once more at the end.
 async fn run(
     limit: Option<usize>,
     partitions: usize,
@@ -74,28 +75,7 @@ async fn run(
     concurrently: bool,
     queries: usize,
     workers: usize,
-) -> Result<(Vec<Vec<RecordBatch>>, MergeMetrics)> {
-    run_repeating(
-        limit,
-        partitions,
-        split,
-        concurrently,
-        queries,
-        workers,
-        None,
-    )
-    .await
-}
-
-/// [`run`], with the history rows at the indices `repeat` added once more at the end.
-async fn run_repeating(
-    limit: Option<usize>,
-    partitions: usize,
-    split: Split,
-    concurrently: bool,
-    queries: usize,
-    workers: usize,
-    repeat: Option<&[usize]>,
+    repeat: &[usize],
 ) -> Result<(Vec<Vec<RecordBatch>>, MergeMetrics)> {
     let mut runtime = RuntimeEnvBuilder::new();
     if let Some(limit) = limit {
@@ -107,8 +87,9 @@ async fn run_repeating(
     let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
     let (history, neighbours) = inputs(queries);
     let history = match repeat {
+        [] => history,
         // some keys once more
-        Some(rows) => {
+        rows => {
             let again = rows
                 .iter()
                 .map(|&r| history.slice(r, 1))
@@ -118,7 +99,6 @@ async fn run_repeating(
                 std::iter::once(&history).chain(&again),
             )?
         }
-        None => history,
     };
     ctx.register_batch("history", history)?;
     ctx.register_batch("neighbours", neighbours)?;
@@ -163,7 +143,7 @@ async fn run_repeating(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_a_limit_far_below_its_history_the_merge_spills_and_writes_the_same_batches() {
     let queries = 3000;
-    let (unlimited, free) = run(None, 1, Split::Ranges, false, queries, 2)
+    let (unlimited, free) = run(None, 1, Split::Ranges, false, queries, 2, &[])
         .await
         .unwrap();
     assert_eq!(free.spill.spill_file_count.value(), 0);
@@ -186,6 +166,7 @@ async fn under_a_limit_far_below_its_history_the_merge_spills_and_writes_the_sam
             concurrently,
             queries,
             partitions % 2 + 1,
+            &[],
         )
         .await
         .unwrap();
@@ -219,7 +200,7 @@ async fn under_a_limit_far_below_its_history_the_merge_spills_and_writes_the_sam
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_too_small_for_the_strings_and_neighbour_sets_fails_clearly() {
-    let e = run(Some(200_000), 2, Split::Ranges, false, 3000, 2)
+    let e = run(Some(200_000), 2, Split::Ranges, false, 3000, 2, &[])
         .await
         .unwrap_err();
     let text = e.to_string();
@@ -243,7 +224,7 @@ async fn repeated_history_keys_fail_the_operator_in_memory_and_spilled() {
         (None, 3, Split::Ranges),
         (Some(1_600_000), 2, Split::Ranges),
     ] {
-        let e = run_repeating(limit, partitions, split, true, queries, 2, Some(&repeat))
+        let e = run(limit, partitions, split, true, queries, 2, &repeat)
             .await
             .unwrap_err();
         let found = index::RepeatedKeys::of(&e).unwrap_or_else(|| panic!("{e}"));
@@ -257,22 +238,14 @@ async fn repeated_history_keys_fail_the_operator_in_memory_and_spilled() {
         );
     }
     // a share finds the keys its rows repeat
-    let e = run_repeating(None, 2, Split::Shares, true, queries, 2, Some(&repeat))
+    let e = run(None, 2, Split::Shares, true, queries, 2, &repeat)
         .await
         .unwrap_err();
     assert!(index::RepeatedKeys::of(&e).is_some(), "{e}");
     // every key once: no error, whatever the memory
-    run_repeating(
-        Some(1_600_000),
-        2,
-        Split::Ranges,
-        true,
-        queries,
-        2,
-        Some(&[]),
-    )
-    .await
-    .unwrap();
+    run(Some(1_600_000), 2, Split::Ranges, true, queries, 2, &[])
+        .await
+        .unwrap();
 }
 
 /// `batches` as one batch sorted by (query, product_id).
@@ -303,14 +276,14 @@ async fn shares_hold_their_queries_only_and_together_equal_the_ranges() {
         // the history spills (the neighbour rows of the shares stay in memory)
         (3000, Some(6_000_000), 3),
     ] {
-        let (ranges, whole) = run(None, 1, Split::Ranges, false, queries, 2)
+        let (ranges, whole) = run(None, 1, Split::Ranges, false, queries, 2, &[])
             .await
             .unwrap();
         let expected: Vec<RecordBatch> = ranges.into_iter().flatten().collect();
         let schema = expected[0].schema();
         let history_rows = whole.history_rows.value();
         // all partitions polled at once: under the limit they read the spilled blocks together
-        let (out, m) = run(limit, shares, Split::Shares, true, queries, 2)
+        let (out, m) = run(limit, shares, Split::Shares, true, queries, 2, &[])
             .await
             .unwrap();
         assert_eq!(out.len(), shares);
