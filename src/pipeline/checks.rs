@@ -141,7 +141,7 @@ pub enum HistoryKeys {
     /// An aggregation of the engagement input by key, here, before the job.
     Aggregate,
     /// The merge operator, which sorts the history by key anyway: it fails with
-    /// [`crate::pipeline::merge::index::RepeatedKeys`] before it emits a row ([`repeated_keys`]
+    /// [`crate::pipeline::merge::repeats::RepeatedKeys`] before it emits a row ([`repeated_keys`]
     /// turns that into the same error), and its metrics count the rows. For one process over
     /// an input without partition folders or normalization (the keys it sees are then the
     /// input's).
@@ -443,10 +443,10 @@ pub async fn duplicate_keys(input: &Input) -> Result<DuplicateKeys> {
 }
 
 /// `e`, or the bad input it stands for when it is the merge operator's
-/// [`crate::pipeline::merge::index::RepeatedKeys`] ([`HistoryKeys::Merge`]): the error the
+/// [`crate::pipeline::merge::repeats::RepeatedKeys`] ([`HistoryKeys::Merge`]): the error the
 /// aggregation would have given, with the count of repeated keys and the first of them.
 pub fn repeated_keys(e: Error, engagement_uri: &str) -> Error {
-    use crate::pipeline::merge::index::RepeatedKeys;
+    use crate::pipeline::merge::repeats::RepeatedKeys;
     let Error::DataFusion(df) = &e else {
         return e;
     };

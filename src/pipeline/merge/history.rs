@@ -36,6 +36,7 @@ use futures::StreamExt;
 use rayon::prelude::*;
 
 use super::intern::Ranks;
+use super::repeats::Repeats;
 use super::spill::SpillRow;
 
 /// One history row: H(q,p) and I(q,p) of a (query, product) pair.
@@ -108,44 +109,6 @@ pub fn offsets(n: usize, groups: impl Iterator<Item = u32>) -> Vec<usize> {
         offsets[i + 1] += offsets[i];
     }
     offsets
-}
-
-/// Keys seen on more than one history row: the history stage has one row per (query, product)
-/// unless the engagement input repeats a key and duplicates are not summed. The index finds them
-/// where it sorts the rows anyway, so the job needs no aggregation of its own to reject them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Repeats {
-    /// Keys with more than one row.
-    pub keys: u64,
-    /// The first such key in (query, product) order (final ids) and its rows.
-    pub first: Option<(u32, u32, u64)>,
-}
-
-impl Repeats {
-    /// Adds the repeated keys of `keys`, in (query, product) order, that follow every key
-    /// already added.
-    pub fn add_sorted(&mut self, keys: impl Iterator<Item = (u32, u32)>) {
-        let mut previous: Option<(u32, u32)> = None;
-        let mut run = 1u64;
-        for key in keys {
-            if previous == Some(key) {
-                run += 1;
-            } else {
-                self.close(previous, run);
-                previous = Some(key);
-                run = 1;
-            }
-        }
-        self.close(previous, run);
-    }
-
-    /// The end of `key`'s `run` rows.
-    fn close(&mut self, key: Option<(u32, u32)>, run: u64) {
-        if let Some((q, p)) = key.filter(|_| run > 1) {
-            self.keys += 1;
-            self.first.get_or_insert((q, p, run));
-        }
-    }
 }
 
 impl SpillRow for HistoryRow {
@@ -614,25 +577,6 @@ mod tests {
                 assert_eq!(got, wanted, "window of {window} bytes, queries {needed:?}");
             }
         }
-    }
-
-    #[test]
-    fn repeats_count_keys_on_several_rows_and_keep_the_first() {
-        let mut repeats = Repeats::default();
-        repeats.add_sorted([(0, 1), (0, 2), (1, 0)].into_iter());
-        assert_eq!(repeats, Repeats::default());
-        // added in two parts, as windows are: a run at the end of the first is closed there
-        repeats.add_sorted([(2, 5), (2, 5), (2, 5), (3, 0), (4, 1), (4, 1)].into_iter());
-        repeats.add_sorted([(5, 0), (6, 2), (6, 2)].into_iter());
-        assert_eq!(
-            repeats,
-            Repeats {
-                keys: 3,
-                first: Some((2, 5, 3)),
-            }
-        );
-        repeats.add_sorted(std::iter::empty());
-        assert_eq!(repeats.keys, 3);
     }
 
     #[test]

@@ -36,9 +36,10 @@ use futures::StreamExt;
 use rayon::prelude::*;
 
 pub use super::history::HistoryRow;
-use super::history::{History, Repeats, Runs, Spilled};
+use super::history::{History, Runs, Spilled};
 pub use super::intern::{Interner, Key};
 use super::intern::{Ranks, Sharded};
+use super::repeats::reject_repeats;
 use super::sets;
 pub use super::sets::{Member, Spans};
 use super::spill::{self, Buffer, Buffered};
@@ -89,81 +90,6 @@ fn read_products(column: &Arc<dyn Array>) -> ProductColumn<'_> {
 pub enum Stored {
     Resident(Arc<History>),
     Spilled(Spilled),
-}
-
-/// The history repeats (query, product_id) keys: the engagement input has several rows for a key
-/// and they are not summed (`on_duplicate = "error"`). The operator fails with it (as a
-/// [`DataFusionError::External`]) before it emits a row; the job reports it as bad input.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RepeatedKeys {
-    /// Keys with more than one row (in the rows this operator read).
-    pub keys: u64,
-    /// The first of them in key order, rendered as a row `query=.., product_id=.., n=..`.
-    pub example: String,
-}
-
-impl std::fmt::Display for RepeatedKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} (query, product_id) key(s) of the history have more than one row, e.g. {}",
-            self.keys, self.example
-        )
-    }
-}
-
-impl std::error::Error for RepeatedKeys {}
-
-impl RepeatedKeys {
-    /// The repeated keys an operator's error carries, if that is what stopped it.
-    pub fn of(e: &DataFusionError) -> Option<&RepeatedKeys> {
-        match e.find_root() {
-            DataFusionError::External(e) => e.downcast_ref::<RepeatedKeys>(),
-            _ => None,
-        }
-    }
-}
-
-/// Fails with [`RepeatedKeys`] if `repeats` found any; `product_type`: the history's product_id
-/// type, as the example row shows it.
-fn reject_repeats(
-    repeats: Repeats,
-    queries: &[Arc<str>],
-    products: &Products,
-    product_type: &DataType,
-) -> Result<()> {
-    use datafusion::arrow::array::{ArrayRef, StringArray, UInt64Array};
-    let Some((query, product, n)) = repeats.first else {
-        return Ok(());
-    };
-    let product: ArrayRef = match products {
-        Products::Strings(keys) => {
-            Arc::new(StringArray::from(vec![keys[product as usize].as_ref()]))
-        }
-        Products::Integers(keys) if product_type.is_unsigned_integer() => {
-            Arc::new(UInt64Array::from(vec![keys[product as usize] as u64]))
-        }
-        Products::Integers(keys) => Arc::new(datafusion::arrow::array::Int64Array::from(vec![
-            keys[product as usize] as i64,
-        ])),
-    };
-    let row = RecordBatch::try_from_iter([
-        (
-            "query",
-            Arc::new(StringArray::from(vec![queries[query as usize].as_ref()])) as ArrayRef,
-        ),
-        ("product_id", product),
-        (
-            "n",
-            Arc::new(datafusion::arrow::array::Int64Array::from(vec![n as i64])),
-        ),
-    ])?;
-    let example =
-        crate::io::checks::render_row(&row, 0).map_err(|e| DataFusionError::External(e.into()))?;
-    Err(DataFusionError::External(Box::new(RepeatedKeys {
-        keys: repeats.keys,
-        example,
-    })))
 }
 
 /// In [`Index::emitted`]: a query no partition of this index writes.

@@ -20,7 +20,8 @@
 //! to the executors.
 //!
 //! In data-flow order: [`index`] reads both inputs ([`intern`] numbers the keys, [`sets`] builds
-//! C_q, [`history`] keeps the history, [`spill`] sends both to disk under a memory limit);
+//! C_q, [`history`] keeps the history, [`repeats`] finds keys it repeats, [`spill`] sends both to
+//! disk under a memory limit);
 //! [`split`] cuts the queries into chunks, partitions and, when the history spilled, blocks;
 //! `partition` runs one output partition; [`emit`] computes a query's rows; [`concat`] reads the
 //! partitions as one sorted stream. On a cluster each partition is a task of its own over its
@@ -34,6 +35,7 @@ pub mod history;
 pub mod index;
 pub mod intern;
 mod partition;
+pub mod repeats;
 pub mod sets;
 pub mod share;
 pub mod spill;

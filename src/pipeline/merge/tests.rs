@@ -227,10 +227,10 @@ async fn repeated_history_keys_fail_the_operator_in_memory_and_spilled() {
         let e = run(limit, partitions, split, true, queries, 2, &repeat)
             .await
             .unwrap_err();
-        let found = index::RepeatedKeys::of(&e).unwrap_or_else(|| panic!("{e}"));
+        let found = repeats::RepeatedKeys::of(&e).unwrap_or_else(|| panic!("{e}"));
         assert_eq!(
             found,
-            &index::RepeatedKeys {
+            &repeats::RepeatedKeys {
                 keys: 2,
                 example: format!("query=\"query 00042\", product_id=\"{product}\", n=2"),
             },
@@ -241,7 +241,7 @@ async fn repeated_history_keys_fail_the_operator_in_memory_and_spilled() {
     let e = run(None, 2, Split::Shares, true, queries, 2, &repeat)
         .await
         .unwrap_err();
-    assert!(index::RepeatedKeys::of(&e).is_some(), "{e}");
+    assert!(repeats::RepeatedKeys::of(&e).is_some(), "{e}");
     // every key once: no error, whatever the memory
     run(Some(1_600_000), 2, Split::Ranges, true, queries, 2, &[])
         .await
