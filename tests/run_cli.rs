@@ -468,6 +468,16 @@ fn bad_duplicate_engagement_keys() {
 /// The merge plan finds repeated keys where it sorts the history, the SQL plan by an aggregation
 /// before the job: the same error either way, for string and integer product ids, to a file or
 /// a folder, and nothing at the destination.
+fn walkdir(p: &Path) -> Vec<String> {
+    let mut found = vec![p.display().to_string()];
+    if let Ok(entries) = std::fs::read_dir(p) {
+        for e in entries.flatten() {
+            found.extend(walkdir(&e.path()));
+        }
+    }
+    found
+}
+
 #[test]
 fn repeated_keys_are_rejected_alike_by_both_plans() {
     let dir = tempfile::tempdir().unwrap();
@@ -518,7 +528,11 @@ fn repeated_keys_are_rejected_alike_by_both_plans() {
                 err.contains("2 (query, product_id) key(s) have more than one row"),
                 "{plan}: {err}"
             );
-            assert!(!out.exists(), "{plan}: nothing at the destination");
+            assert!(
+                !out.exists(),
+                "{plan} to {output}: nothing at the destination, found {:?}",
+                walkdir(&out)
+            );
             assert!(
                 !out.parent().unwrap().exists() || output == "folder/",
                 "{plan}: not even the output folder"

@@ -472,11 +472,50 @@ async fn write_partitions(
         let input = without_final_merge(features.create_physical_plan().await?);
         Arc::new(PartsWriterExec::new(input, url.to_string(), writer))
     };
-    let report = cancellable(cancel, async {
-        Ok(datafusion::physical_plan::collect(Arc::clone(&plan), task).await?)
-    })
-    .await?;
+    let report = if on_cluster {
+        cancellable(cancel, async {
+            Ok(datafusion::physical_plan::collect(Arc::clone(&plan), task).await?)
+        })
+        .await?
+    } else {
+        cancellable(cancel, write_every_partition(&plan, task)).await?
+    };
     Ok((plan, parts_of(&report)?))
+}
+
+/// Runs every partition of the local parts writer `plan` to its end, even after one failed, and
+/// returns their reports or the first error. (Collecting the plan would return at the first
+/// error while the other writers still finish or delete their files: the caller then removed the
+/// staging folder before a writer put its file there.)
+async fn write_every_partition(
+    plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    task: Arc<datafusion::execution::TaskContext>,
+) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
+    use futures::TryStreamExt;
+    let mut writers = tokio::task::JoinSet::new();
+    for partition in 0..plan.properties().partitioning.partition_count() {
+        let stream = plan.execute(partition, Arc::clone(&task))?;
+        writers.spawn(stream.try_collect::<Vec<_>>());
+    }
+    let mut reports = Vec::new();
+    let mut failed = None;
+    while let Some(written) = writers.join_next().await {
+        match written {
+            Ok(Ok(batches)) => reports.extend(batches),
+            Ok(Err(e)) => {
+                failed.get_or_insert(e);
+            }
+            Err(e) => {
+                failed.get_or_insert(datafusion::error::DataFusionError::ExecutionJoin(Box::new(
+                    e,
+                )));
+            }
+        }
+    }
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(reports),
+    }
 }
 
 /// Rows of the neighbour-set stage, and queries with a neighbour set (rank 1 rows).
