@@ -14,6 +14,7 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::physical_plan::metrics::SpillMetrics;
 use datafusion::physical_plan::sorts::streaming_merge::SortedSpillFile;
 use datafusion::physical_plan::spill::SpillManager;
+use itertools::Itertools;
 use rayon::prelude::*;
 
 /// A row type that a [`Buffer`] can spill.
@@ -205,14 +206,26 @@ impl<'a, T: SpillRow> Buffer<'a, T> {
                 }
             }
             Some(order) => {
-                // one vector to sort; each piece is freed once copied, so the rows are held
-                // about once, not twice
-                let mut sorted = Vec::with_capacity(rows);
-                for piece in pieces.pieces {
-                    sorted.extend_from_slice(&piece);
+                // each piece sorted in place, then merged into the file: the rows are held
+                // once (one sorted vector would be a second copy, and freed pieces stay in RSS
+                // for mimalloc's purge delay)
+                let mut pieces = pieces.pieces;
+                pieces
+                    .par_iter_mut()
+                    .for_each(|piece| piece.sort_unstable_by(order));
+                let merged = pieces
+                    .iter()
+                    .map(|piece| piece.iter().copied())
+                    .kmerge_by(|a, b| order(a, b).is_lt());
+                let mut batch = Vec::with_capacity(SPILL_BATCH_ROWS);
+                for row in merged {
+                    batch.push(row);
+                    if batch.len() == SPILL_BATCH_ROWS {
+                        write(&batch)?;
+                        batch.clear();
+                    }
                 }
-                sorted.par_sort_unstable_by(order);
-                write(&sorted)?;
+                write(&batch)?;
             }
         }
         self.spilled_rows += rows;
