@@ -33,6 +33,7 @@ use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::physical_plan::metrics::SpillMetrics;
 use futures::StreamExt;
+use rayon::prelude::*;
 
 pub use super::history::HistoryRow;
 use super::history::{History, Runs, Spilled};
@@ -303,15 +304,15 @@ fn neighbour_candidates(
     let keep: Vec<bool> = (0..n).map(|i| neighbours[i].is_some()).collect();
     let mut query_ids = vec![0u32; n];
     let bytes = queries.intern_all(n, |i| keep[i].then(|| q.value(i)), &mut query_ids)?;
-    // exactly as many as kept: the buffer holds this vector as it is
-    let mut members = Vec::with_capacity(keep.iter().filter(|&&k| k).count());
-    members.extend((0..n).filter_map(|i| {
-        Some(Member {
-            weight: score.value(i),
-            query: query_ids[i],
-            neighbour: neighbours[i]?,
+    let members = (0..n)
+        .filter_map(|i| {
+            Some(Member {
+                weight: score.value(i),
+                query: query_ids[i],
+                neighbour: neighbours[i]?,
+            })
         })
-    }));
+        .collect();
     Ok((members, bytes))
 }
 
@@ -476,17 +477,11 @@ pub async fn build(
         candidates,
     } = buffers;
     let mut sets_in_candidates = false;
-    let held = reservation.size();
-    let ranked_member = |m: &Member| Member {
-        query: query_rank.of(m.query),
-        neighbour: query_rank.of(m.neighbour),
-        ..*m
-    };
-    let sets = match candidates.finish(ranked_member, |e| out_of_memory(e, held))? {
+    let sets = match candidates.finish()? {
         // members at most one per candidate: in place
         Buffered::Resident(candidates) => {
             sets_in_candidates = true;
-            sets::in_memory(candidates, n_queries, params)
+            sets::in_memory(candidates, &query_rank, n_queries, params)
         }
         Buffered::Spilled { files, .. } => {
             let manager = &spill
@@ -526,18 +521,13 @@ pub async fn build(
     };
     let history_lens: Vec<u32>;
     let mut sorting = std::time::Duration::ZERO;
-    let held = reservation.size();
-    let ranked_row = |row: &HistoryRow| {
-        let product = product_rank.of(row.product);
-        HistoryRow {
-            query: query_rank.of(row.query),
-            product,
-            view: views[product as usize],
-            ..*row
-        }
-    };
-    let history = match history_buffer.finish(ranked_row, |e| out_of_memory(e, held))? {
-        Buffered::Resident(rows) => {
+    let history = match history_buffer.finish()? {
+        Buffered::Resident(mut rows) => {
+            rows.par_iter_mut().for_each(|row| {
+                row.query = query_rank.of(row.query);
+                row.product = product_rank.of(row.product);
+                row.view = views[row.product as usize];
+            });
             drop((views, query_rank, product_rank));
             let history = History::from_rows(rows, n_queries);
             reject_repeats(

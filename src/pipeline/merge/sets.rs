@@ -69,7 +69,9 @@ impl SpillRow for Member {
         )?)
     }
 
-    const SPILL_ORDER: Option<fn(&Self, &Self) -> std::cmp::Ordering> = Some(spill_order);
+    fn prepare(rows: &mut [Self]) {
+        rows.par_sort_unstable_by(spill_order);
+    }
 }
 
 /// Where each query's C_q is among the members: `start[q]..start[q] + len[q]`. The sets need
@@ -134,9 +136,18 @@ fn rank(set: &mut [Member], params: &MergeParams) -> (usize, f64) {
     )
 }
 
-/// The sets of `candidates` held in memory (final ids); C_q is compacted in place at the front
-/// of the vector: no second allocation.
-pub fn in_memory(mut candidates: Vec<Member>, n_queries: usize, params: &MergeParams) -> Sets {
+/// The sets of `candidates` held in memory (provisional ids, `query_rank` their final ones);
+/// C_q is compacted in place at the front of the vector: no second allocation.
+pub fn in_memory(
+    mut candidates: Vec<Member>,
+    query_rank: &Ranks,
+    n_queries: usize,
+    params: &MergeParams,
+) -> Sets {
+    candidates.par_iter_mut().for_each(|row| {
+        row.query = query_rank.of(row.query);
+        row.neighbour = query_rank.of(row.neighbour);
+    });
     candidates.par_sort_unstable_by(spill_order);
     candidates.dedup_by(|next, kept| (next.query, next.neighbour) == (kept.query, kept.neighbour));
 
