@@ -2,6 +2,8 @@
 //! operator's partitions), runs each output partition, and reports its metrics.
 
 use super::*;
+use datafusion::common::stats::Precision;
+use datafusion::physical_plan::{StatisticsArgs, StatisticsContext};
 
 /// What the operator measured; shown by EXPLAIN ANALYZE and in `run`'s summary.
 #[derive(Debug, Clone)]
@@ -246,6 +248,11 @@ impl PriorMergeExec {
             spill: (env.disk_manager.tmp_files_enabled()
                 && matches!(pool.memory_limit(), MemoryLimit::Finite(_)))
             .then(|| (Arc::clone(&env), self.measured.spill.clone())),
+            // a share reads only its neighbours' history: fewer rows than the input's
+            history_rows: match share {
+                Some(_) => None,
+                None => exact_rows(&self.history),
+            },
         };
         let (params, metrics) = (self.params, self.measured.clone());
         let workers = context.session_config().target_partitions();
@@ -483,6 +490,17 @@ impl ExecutionPlan for PriorMergeExec {
 }
 
 /// Every [`PriorMergeExec`] in `plan` (one per input partition).
+/// The rows `plan` yields, when its statistics know them exactly.
+fn exact_rows(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
+    let statistics = StatisticsContext::new()
+        .compute(plan.as_ref(), &StatisticsArgs::new())
+        .ok()?;
+    match statistics.num_rows {
+        Precision::Exact(rows) => Some(rows),
+        _ => None,
+    }
+}
+
 pub fn find_merges(plan: &Arc<dyn ExecutionPlan>) -> Vec<&PriorMergeExec> {
     let mut found = Vec::new();
     let mut stack = vec![plan];

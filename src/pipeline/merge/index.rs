@@ -326,6 +326,9 @@ pub struct Memory {
     pub history: MemoryReservation,
     pub candidates: MemoryReservation,
     pub spill: Option<(Arc<RuntimeEnv>, SpillMetrics)>,
+    /// The history's rows, when its plan knows how many (Parquet metadata): its buffer is
+    /// allocated once at that size.
+    pub history_rows: Option<usize>,
 }
 
 /// What is held in spillable memory while the inputs are read.
@@ -384,6 +387,10 @@ pub async fn build(
         history: Buffer::new(&mut memory.history, spill.as_ref().map(|s| &s.0)),
         candidates: Buffer::new(&mut memory.candidates, spill.as_ref().map(|s| &s.1)),
     };
+    if let Some(rows) = memory.history_rows {
+        buffers.history.expect(rows);
+        tracing::debug!(rows, "the history's buffer sized for the input's rows");
+    }
     let queries: Arc<Sharded<Arc<str>>> = Arc::default();
     let product_type = history.schema().field(1).data_type().clone();
     let products = Arc::new(if product_type.is_integer() {

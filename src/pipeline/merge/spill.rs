@@ -65,6 +65,17 @@ impl<'a, T: SpillRow> Buffer<'a, T> {
         }
     }
 
+    /// Sizes the buffer for `rows` rows at once, if the pool has room for them: one allocation
+    /// instead of growth by doubling, which copied the rows again at every step and touched up
+    /// to twice their size in fresh memory, all on the one thread that adds. A wrong guess only
+    /// means growth as usual beyond it.
+    pub fn expect(&mut self, rows: usize) {
+        let more = rows.saturating_sub(self.rows.capacity());
+        if more > 0 && self.reservation.try_grow(more * size_of::<T>()).is_ok() {
+            self.rows.reserve_exact(rows - self.rows.len());
+        }
+    }
+
     /// Adds a batch's rows, spilling the buffer when the pool cannot grow it; `out_of_memory`
     /// words the error when the rows fit nowhere.
     pub fn add(
@@ -142,5 +153,63 @@ impl<'a, T: SpillRow> Buffer<'a, T> {
             files: std::mem::take(&mut self.files),
             rows: self.spilled_rows,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::merge::sets::Member;
+    use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryConsumer, MemoryPool};
+
+    fn members(n: usize) -> Vec<Member> {
+        (0..n as u32)
+            .map(|i| Member {
+                weight: f64::from(i),
+                query: i,
+                neighbour: i + 1,
+            })
+            .collect()
+    }
+
+    /// A buffer sized for the rows it will get holds them in that one allocation, reserved
+    /// from the start; more rows than expected grow it as usual; a pool without room for the
+    /// expected rows leaves it to grow.
+    #[test]
+    fn a_buffer_sized_for_its_rows_allocates_once() {
+        let row = size_of::<Member>();
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(100_000 * row));
+        let mut reservation = MemoryConsumer::new("test").register(&pool);
+        let mut buffer: Buffer<'_, Member> = Buffer::new(&mut reservation, None);
+        buffer.expect(5_000);
+        assert_eq!(buffer.rows.capacity(), 5_000);
+        for _ in 0..5 {
+            buffer.add(members(1_000), |e| e).unwrap();
+        }
+        assert_eq!(
+            buffer.rows.capacity(),
+            5_000,
+            "no growth while the guess holds"
+        );
+        buffer.add(members(10), |e| e).unwrap();
+        assert!(buffer.rows.capacity() >= 5_010);
+        let Ok(Buffered::Resident(rows)) = buffer.finish() else {
+            panic!("nothing spills without a spill manager");
+        };
+        assert_eq!(rows.len(), 5_010);
+        assert_eq!(reservation.size(), rows.capacity() * row);
+        drop(rows);
+        reservation.free();
+
+        let mut buffer: Buffer<'_, Member> = Buffer::new(&mut reservation, None);
+        buffer.expect(200_000);
+        assert_eq!(
+            buffer.rows.capacity(),
+            0,
+            "the pool has no room for the guess"
+        );
+        buffer.add(members(100), |e| e).unwrap();
+        drop(buffer);
+        assert_eq!(reservation.size(), 1_024 * row, "growth as without a guess");
     }
 }
