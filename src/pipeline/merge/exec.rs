@@ -248,10 +248,13 @@ impl PriorMergeExec {
             spill: (env.disk_manager.tmp_files_enabled()
                 && matches!(pool.memory_limit(), MemoryLimit::Finite(_)))
             .then(|| (Arc::clone(&env), self.measured.spill.clone())),
-            // a share reads only its neighbours' history: fewer rows than the input's
-            history_rows: match share {
-                Some(_) => None,
-                None => exact_rows(&self.history),
+            // a share reads only its neighbours' history, and its own neighbour rows
+            expected_rows: match share {
+                Some(_) => index::ExpectedRows::default(),
+                None => index::ExpectedRows {
+                    history: exact_rows(&self.history),
+                    neighbours: exact_rows(&self.neighbours),
+                },
             },
         };
         let (params, metrics) = (self.params, self.measured.clone());

@@ -326,9 +326,17 @@ pub struct Memory {
     pub history: MemoryReservation,
     pub candidates: MemoryReservation,
     pub spill: Option<(Arc<RuntimeEnv>, SpillMetrics)>,
-    /// The history's rows, when its plan knows how many (Parquet metadata): its buffer is
-    /// allocated once at that size.
-    pub history_rows: Option<usize>,
+    /// The rows of the history and of the neighbours, when their plans know how many (Parquet
+    /// metadata): the buffers of the history and of the candidates (at most one per neighbour
+    /// row) are allocated once at that size.
+    pub expected_rows: ExpectedRows,
+}
+
+/// The rows each input yields, where known.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExpectedRows {
+    pub history: Option<usize>,
+    pub neighbours: Option<usize>,
 }
 
 /// What is held in spillable memory while the inputs are read.
@@ -387,7 +395,8 @@ pub async fn build(
         history: Buffer::new(&mut memory.history, spill.as_ref().map(|s| &s.0)),
         candidates: Buffer::new(&mut memory.candidates, spill.as_ref().map(|s| &s.1)),
     };
-    if let Some(rows) = memory.history_rows {
+    let expected = memory.expected_rows;
+    if let Some(rows) = expected.history {
         buffers.history.expect(rows);
         tracing::debug!(rows, "the history's buffer sized for the input's rows");
     }
@@ -436,6 +445,10 @@ pub async fn build(
     // Every query interned so far has history: a neighbour must be one of them.
     let start = Instant::now();
     let with_history: Arc<[u32]> = queries.lens().into();
+    // sized now, not before the history: under a limit it would take the history's memory
+    if let Some(rows) = expected.neighbours {
+        buffers.candidates.expect(rows);
+    }
     let mut read = 0usize;
     let mut pieces = neighbours
         .map(|batch| {
