@@ -136,6 +136,19 @@ fn rank(set: &mut [Member], params: &MergeParams) -> (usize, f64) {
     )
 }
 
+/// Keeps the first of each neighbour's rows of one query's candidates in spill order (its
+/// highest score) at the front of `set`; returns how many there are.
+fn first_per_neighbour(set: &mut [Member]) -> usize {
+    let mut unique = 0;
+    for i in 0..set.len() {
+        if unique == 0 || set[i].neighbour != set[unique - 1].neighbour {
+            set[unique] = set[i];
+            unique += 1;
+        }
+    }
+    unique
+}
+
 /// The sets of `candidates` held in memory (provisional ids, `query_rank` their final ones);
 /// C_q is compacted in place at the front of the vector: no second allocation.
 pub fn in_memory(
@@ -149,24 +162,29 @@ pub fn in_memory(
         row.neighbour = query_rank.of(row.neighbour);
     });
     candidates.par_sort_unstable_by(spill_order);
-    candidates.dedup_by(|next, kept| (next.query, next.neighbour) == (kept.query, kept.neighbour));
+    // each query's candidates deduplicated and ranked where they lie, on every core: (query,
+    // candidates, kept, the prior's divisor), in the queries' order
+    let ranked: Vec<(u32, usize, usize, f64)> = candidates
+        .par_chunk_by_mut(|a, b| a.query == b.query)
+        .map(|set| {
+            let unique = first_per_neighbour(set);
+            let (kept, total) = rank(&mut set[..unique], params);
+            (set[0].query, set.len(), kept, total)
+        })
+        .collect();
 
     let mut counts = vec![0u32; n_queries];
     let mut weight_total = vec![0.0f64; n_queries];
-    let mut sets = 0usize;
     let (mut read, mut write) = (0usize, 0usize);
-    while read < candidates.len() {
-        let query = candidates[read].query;
-        let end = read + candidates[read..].partition_point(|c| c.query == query);
-        let (kept, total) = rank(&mut candidates[read..end], params);
+    for &(query, len, kept, total) in &ranked {
         weight_total[query as usize] = total;
         // write <= read: moving members forward never overwrites an unread row
         candidates.copy_within(read..read + kept, write);
         counts[query as usize] = kept as u32;
         write += kept;
-        sets += 1;
-        read = end;
+        read += len;
     }
+    let sets = ranked.len();
     candidates.truncate(write);
     // the sets keep at most k of a query's candidates: return the rest of the memory
     candidates.shrink_to_fit();
