@@ -492,7 +492,6 @@ impl ExecutionPlan for PriorMergeExec {
     }
 }
 
-/// Every [`PriorMergeExec`] in `plan` (one per input partition).
 /// The rows `plan` yields, when its statistics know them exactly.
 fn exact_rows(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
     let statistics = StatisticsContext::new()
@@ -504,6 +503,7 @@ fn exact_rows(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
     }
 }
 
+/// Every [`PriorMergeExec`] in `plan` (one per input partition).
 pub fn find_merges(plan: &Arc<dyn ExecutionPlan>) -> Vec<&PriorMergeExec> {
     let mut found = Vec::new();
     let mut stack = vec![plan];
