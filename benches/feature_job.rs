@@ -67,7 +67,10 @@ fn main() {
             "run {run}: {:.3}s (checks {:.3}s, neighbour sets {:.3}s, prior+blend+write {:.3}s)",
             took.as_secs_f64(),
             summary.check_time.as_secs_f64(),
-            summary.neighbour_sets_time.as_secs_f64(),
+            summary
+                .neighbour_sets_time
+                .unwrap_or_default()
+                .as_secs_f64(),
             summary.features_time.as_secs_f64()
         );
         rows_out = summary.written.rows;

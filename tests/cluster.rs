@@ -465,6 +465,18 @@ fn the_merge_stage_runs_as_tasks_on_both_executors_which_write_the_parts() {
         history < held && held < 4 * history,
         "{line}: {history} history rows"
     );
+    // the neighbour sets, counted by the tasks (no job of their own): the local run's
+    let sets = figure(&local_log, "index + neighbour sets");
+    let line = log.lines().find(|l| l.contains("neighbour_sets")).unwrap();
+    assert!(line.contains("(in the merge stage)"), "{line}");
+    // "neighbour_sets <rows in> <sets' rows> (in the merge stage)"
+    let rows_out: u64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert_eq!(rows_out, sets, "{line}");
+    assert_eq!(
+        figure(&log, "queries with a prior:"),
+        figure(&local_log, "queries with a prior:"),
+        "{log}"
+    );
     // each share was computed and written by an executor, and both took part: the client got
     // four report rows, never the features
     let executors: Vec<u32> = cluster.executors.iter().map(|e| e.id()).collect();

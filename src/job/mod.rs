@@ -252,12 +252,14 @@ async fn run_stages(
     if merge {
         // the operator computes the neighbour sets itself: nothing to materialise
         session::register_job_views(&ctx, &inputs, config, &[]).await?;
-        if on_cluster {
-            // the operator's own counts stay on the executors: count with the SQL stage instead
+        // on a cluster the operators' own counts stay on the executors: where the executors
+        // write the output their writers report them with the parts (below); where the client
+        // writes a file, they are counted with the SQL stage, in a job of their own
+        if on_cluster && matches!(destination, Destination::File(_)) {
             let ns_start = Instant::now();
             (summary.neighbour_set_rows, summary.queries_with_prior) =
                 cancellable(cancel, neighbour_set_counts(&ctx)).await?;
-            summary.neighbour_sets_time = ns_start.elapsed();
+            summary.neighbour_sets_time = Some(ns_start.elapsed());
         }
     } else {
         progress.set_message("computing neighbour sets");
@@ -289,7 +291,7 @@ async fn run_stages(
                 .sum::<u64>()
         };
         summary.queries_with_prior = queries;
-        summary.neighbour_sets_time = ns_start.elapsed();
+        summary.neighbour_sets_time = Some(ns_start.elapsed());
     }
 
     progress.set_message("computing prior and features, writing");
@@ -423,6 +425,12 @@ async fn run_stages(
     };
     summary.written = written;
     summary.features_time = features_start.elapsed();
+    if merge
+        && on_cluster
+        && let Some((rows, queries)) = sink::parts::neighbour_sets(&summary.written.parts)
+    {
+        (summary.neighbour_set_rows, summary.queries_with_prior) = (rows, queries);
+    }
     if merge && !on_cluster {
         let mut profile = MergeProfile::default();
         for exec in pipeline::merge::find_merges(&plan) {

@@ -27,7 +27,9 @@ pub struct JobSummary {
     pub plan: &'static str,
     /// The merge plan's own measurements (summed over input partitions); `None` for `sql`.
     pub merge: Option<MergeProfile>,
-    pub neighbour_sets_time: Duration,
+    /// The neighbour sets' own stage (the SQL plan, or a cluster's count of the sets when the
+    /// client writes the file); `None` when the merge operator computed them.
+    pub neighbour_sets_time: Option<Duration>,
     pub features_time: Duration,
     pub total_time: Duration,
 }
@@ -191,7 +193,8 @@ impl fmt::Display for JobSummary {
                 "  neighbour_sets   {:>10}                        {:>10}  {:>8}",
                 self.neighbour_rows,
                 self.neighbour_set_rows,
-                secs(self.neighbour_sets_time)
+                self.neighbour_sets_time
+                    .map_or_else(|| "(in the merge stage)".to_string(), secs)
             )?;
             writeln!(
                 f,

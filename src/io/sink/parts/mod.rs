@@ -61,9 +61,12 @@ use crate::config::OutputFormat;
 use crate::error::{Error, Result};
 
 mod commit;
-mod history;
+mod counters;
 pub use commit::{Staging, checked};
-pub use history::{HISTORY_HELD, HISTORY_READ, HistoryHeld, history_held};
+pub use counters::{
+    HISTORY_HELD, HISTORY_READ, MergeCounters, NEIGHBOUR_SET_ROWS, QUERIES_WITH_PRIOR,
+    history_held, neighbour_sets,
+};
 
 /// The marker of a committed folder (the Hadoop convention), holding the list of its parts.
 pub const SUCCESS: &str = "_SUCCESS";
@@ -136,10 +139,10 @@ pub struct WrittenPart {
     /// A Delta data file's Add action (JSON), which the client commits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
-    /// What the merge operators below the writer held of the history, when the part was done
-    /// (for the summary; not in `_SUCCESS`).
+    /// The counters of the merge operators below the writer when the part was done (for the
+    /// summary; not in `_SUCCESS`).
     #[serde(skip)]
-    pub history: Option<HistoryHeld>,
+    pub counters: Option<MergeCounters>,
 }
 
 /// What each writing task returns: one row per part.
@@ -152,7 +155,7 @@ pub fn report_schema() -> SchemaRef {
         Field::new("sha256", DataType::Utf8, false),
         Field::new("writer", DataType::Utf8, false),
         Field::new("action", DataType::Utf8, true),
-        Field::new("history", DataType::Utf8, true),
+        Field::new("counters", DataType::Utf8, true),
     ]))
 }
 
@@ -169,7 +172,7 @@ pub fn parts_of(batches: &[RecordBatch]) -> Result<Vec<WrittenPart>> {
             Some(sha),
             Some(writer),
             Some(action),
-            Some(history),
+            Some(counters),
         ) = (
             column(0).downcast_ref::<UInt32Array>(),
             column(1).downcast_ref::<StringArray>(),
@@ -194,10 +197,10 @@ pub fn parts_of(batches: &[RecordBatch]) -> Result<Vec<WrittenPart>> {
                 sha256: sha.value(i).to_string(),
                 writer: writer.value(i).to_string(),
                 action: action.is_valid(i).then(|| action.value(i).to_string()),
-                history: match history.is_valid(i) {
-                    true => Some(serde_json::from_str(history.value(i)).map_err(|e| {
+                counters: match counters.is_valid(i) {
+                    true => Some(serde_json::from_str(counters.value(i)).map_err(|e| {
                         Error::DataFusion(DataFusionError::Internal(format!(
-                            "the part writers' history figures: {e}"
+                            "the part writers' merge counters: {e}"
                         )))
                     })?),
                     false => None,
@@ -332,7 +335,7 @@ impl ExecutionPlan for PartsWriterExec {
         let figures = {
             let plan = Arc::clone(&self.input);
             let id = format!("{writer_id}:{}", self.instance);
-            move || HistoryHeld::of(&plan, id)
+            move || MergeCounters::of(&plan, id)
         };
         let format = match &self.writer {
             PartWriter::File(format) => *format,
@@ -425,10 +428,10 @@ impl Report {
     fn into_batch(
         self,
         writer: &str,
-        history: Option<HistoryHeld>,
+        counters: Option<MergeCounters>,
     ) -> datafusion::common::Result<RecordBatch> {
         let n = self.part.len();
-        let history = history
+        let counters = counters
             .map(|h| serde_json::to_string(&h))
             .transpose()
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
@@ -442,7 +445,7 @@ impl Report {
                 Arc::new(StringArray::from(self.sha256)),
                 Arc::new(StringArray::from(vec![writer; n])),
                 Arc::new(StringArray::from(self.action)),
-                Arc::new(StringArray::from(vec![history; n])),
+                Arc::new(StringArray::from(vec![counters; n])),
             ],
         )?)
     }
