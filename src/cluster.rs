@@ -62,7 +62,7 @@ fn scheduler_session_builder(
     Arc::new(move |config: SessionConfig| {
         let runtime = runtime(&config)?;
         let state = ballista_core::utils::default_session_builder(config)?;
-        let mut state = SessionStateBuilder::new_from_existing(state)
+        let mut state = session::with_physical_rules(SessionStateBuilder::new_from_existing(state))
             .with_runtime_env(runtime)
             .build();
         session::register_functions(&mut state).map_err(df_error)?;

@@ -77,8 +77,7 @@ pub fn new_context_with_runtime(
     execution: &ExecutionConfig,
     runtime: Arc<RuntimeEnv>,
 ) -> Result<SessionContext> {
-    let mut state = SessionStateBuilder::new()
-        .with_default_features()
+    let mut state = with_physical_rules(SessionStateBuilder::new().with_default_features())
         .with_config(session_config(execution))
         .with_runtime_env(runtime)
         .build();
@@ -130,6 +129,12 @@ pub async fn open_with_runtime(
     let ctx = new_context_with_runtime(&config.execution, runtime)?;
     let inputs = inputs::register(&ctx, config).await?;
     Ok((ctx, inputs))
+}
+
+/// `builder` with the project's physical optimizer rules after DataFusion's: every session that
+/// plans (a local run, a Ballista scheduler's) gets them from here.
+pub fn with_physical_rules(builder: SessionStateBuilder) -> SessionStateBuilder {
+    builder.with_physical_optimizer_rule(Arc::new(merge::share::ReadInputsInMergeStage))
 }
 
 /// A client session: `state` (settings, runtime, functions) with Ballista's query planner, so

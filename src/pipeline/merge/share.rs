@@ -20,16 +20,118 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, UInt32Type};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::memory_pool::MemoryReservation;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::metrics::Count;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{ExecutionPlan, replace_children_if_necessary};
 use futures::{FutureExt, StreamExt};
 
 use super::index::{NOT_EMITTED, numbers, strings};
+
+/// The physical optimizer rule that lets a share's task read its input files itself.
+///
+/// A share's task reads both inputs whole (`SinglePartition`). Over a scan of several partitions
+/// (DataFusion splits files into ranges to read them on every core) the planner merges them
+/// with a `CoalescePartitionsExec`, where Ballista ends a stage: the inputs were scanned in
+/// stages of their own, and every task fetched their whole output through the shuffle (written,
+/// compressed, sent, decompressed, decoded again). This rule, run after DataFusion's own, puts
+/// the scan back as one partition ([`read_whole`]) under each such merge: it stays in the merge
+/// stage and each task reads the files. An input that is aggregated (duplicates summed,
+/// variants normalized) keeps its stage: the aggregate must be complete before any share reads
+/// it. The local plan ([`Split::Ranges`](super::Split::Ranges)) is left as it is.
+#[derive(Debug, Default)]
+pub struct ReadInputsInMergeStage;
+
+impl PhysicalOptimizerRule for ReadInputsInMergeStage {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            let Some(merge) = node.downcast_ref::<super::PriorMergeExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            if merge.shares.is_none() {
+                return Ok(Transformed::no(node));
+            }
+            let mut changed = false;
+            let mut children: Vec<Arc<dyn ExecutionPlan>> =
+                node.children().into_iter().cloned().collect();
+            // history and neighbours; the third child numbers the shares
+            for child in children.iter_mut().take(2) {
+                if !child.is::<CoalescePartitionsExec>() {
+                    continue;
+                }
+                let whole = read_whole(Arc::clone(child.children()[0]))?;
+                if whole.properties().output_partitioning().partition_count() == 1 {
+                    *child = whole;
+                    changed = true;
+                }
+            }
+            if !changed {
+                return Ok(Transformed::no(node));
+            }
+            Ok(Transformed::yes(replace_children_if_necessary(
+                node, children,
+            )?))
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "q2q_read_inputs_in_merge_stage"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// `plan` reading its files as one partition, when it is a scan under operators that work
+/// partition by partition (projections, filters); otherwise `plan` itself.
+pub fn read_whole(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    if plan.properties().output_partitioning().partition_count() <= 1 {
+        return Ok(plan);
+    }
+    if let Some(scan) = plan.downcast_ref::<DataSourceExec>() {
+        let source: &dyn std::any::Any = scan.data_source().as_ref();
+        let Some(config) = source.downcast_ref::<FileScanConfig>() else {
+            return Ok(plan);
+        };
+        let files: Vec<_> = config
+            .file_groups
+            .iter()
+            .flat_map(|group| group.iter().cloned())
+            .collect();
+        let config = FileScanConfigBuilder::from(config.clone())
+            .with_file_groups(vec![FileGroup::new(files)])
+            .build();
+        return Ok(DataSourceExec::from_data_source(config));
+    }
+    let partition_wise = plan.is::<ProjectionExec>() || plan.is::<FilterExec>();
+    match plan.children().as_slice() {
+        [child] if partition_wise => {
+            let child = read_whole(Arc::clone(child))?;
+            if child.properties().output_partitioning().partition_count() > 1 {
+                return Ok(plan);
+            }
+            replace_children_if_necessary(plan, vec![child])
+        }
+        _ => Ok(plan),
+    }
+}
 
 /// The share of `shares` that query `key` belongs to: FNV-1a (64-bit) of its UTF-8 bytes, modulo
 /// `shares`. Fixed, so that every process (client, scheduler, executors, of any build of this

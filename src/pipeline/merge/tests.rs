@@ -333,3 +333,79 @@ async fn shares_hold_their_queries_only_and_together_equal_the_ranges() {
         }
     }
 }
+
+/// A share's task reads both inputs whole: over a scan of several file ranges, the plan must
+/// read them as one partition in the merge stage (no `CoalescePartitionsExec`, where Ballista
+/// would end a stage and ship the scan's output to every task through the shuffle); the local
+/// plan keeps its parallel scan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shares_plan_reads_its_input_files_in_the_merge_stage() -> Result<()> {
+    use datafusion::datasource::source::DataSourceExec;
+    use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+    use datafusion::prelude::{ParquetReadOptions, SessionContext};
+    let dir = tempfile::tempdir()?;
+    // more rows than a batch: DataFusion splits such a scan into ranges
+    let (history, neighbours) = inputs(500);
+    let config = SessionConfig::new()
+        .with_target_partitions(3)
+        // small files split into ranges as large ones are
+        .set_usize("datafusion.optimizer.repartition_file_min_size", 1);
+    // the rules every session of the project gets
+    let state = crate::session::with_physical_rules(
+        datafusion::execution::session_state::SessionStateBuilder::new().with_default_features(),
+    )
+    .with_config(config)
+    .build();
+    let ctx = SessionContext::new_with_state(state);
+    let mut plans = Vec::new();
+    for (name, batch) in [("history", history), ("neighbours", neighbours)] {
+        let path = dir.path().join(format!("{name}.parquet"));
+        ctx.read_batch(batch)?
+            .write_parquet(path.to_str().unwrap(), Default::default(), None)
+            .await?;
+        let frame = ctx
+            .read_parquet(path.to_str().unwrap(), ParquetReadOptions::default())
+            .await?;
+        plans.push(frame.into_unoptimized_plan());
+    }
+    let schema = Arc::new(Schema::new(
+        OUTPUT_COLUMNS
+            .iter()
+            .zip(&TYPES)
+            .map(|(name, t)| Field::new(*name, t.clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    let neighbours = plans.pop().unwrap();
+    let history = plans.pop().unwrap();
+    for (split, whole) in [(Split::Shares, true), (Split::Ranges, false)] {
+        let table = MergedFeatures::from_parts(
+            Arc::clone(&schema),
+            history.clone(),
+            neighbours.clone(),
+            params(),
+            2,
+            split,
+        )?;
+        let plan = ctx
+            .read_table(Arc::new(table))?
+            .create_physical_plan()
+            .await?;
+        let text = datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(true)
+            .to_string();
+        let merge = find_merges(&plan);
+        let [merge] = merge.as_slice() else {
+            panic!("one merge operator in {text}");
+        };
+        for child in [&merge.history, &merge.neighbours] {
+            let scans = child.is::<DataSourceExec>();
+            assert_eq!(scans, whole, "{split:?}: {text}");
+            assert_eq!(
+                child.is::<CoalescePartitionsExec>(),
+                !whole,
+                "{split:?}: {text}"
+            );
+        }
+    }
+    Ok(())
+}
