@@ -248,12 +248,14 @@ impl PriorMergeExec {
             spill: (env.disk_manager.tmp_files_enabled()
                 && matches!(pool.memory_limit(), MemoryLimit::Finite(_)))
             .then(|| (Arc::clone(&env), self.measured.spill.clone())),
-            // a share reads only its neighbours' history, and its own neighbour rows
-            expected_rows: match share {
-                Some(_) => index::ExpectedRows::default(),
-                None => index::ExpectedRows {
-                    history: exact_rows(&self.history),
-                    neighbours: exact_rows(&self.neighbours),
+            // a share keeps at most the history's rows (the pages of the buffer past the rows it
+            // keeps are never touched), and its own neighbour rows, counted once it has read
+            // them (below)
+            expected_rows: index::ExpectedRows {
+                history: exact_rows(&self.history),
+                neighbours: match share {
+                    Some(_) => None,
+                    None => exact_rows(&self.neighbours),
                 },
             },
         };
@@ -275,7 +277,7 @@ impl PriorMergeExec {
                 }
                 None => None,
             };
-            let (history, neighbours) = match &mine {
+            let (keep_history, neighbours) = match &mine {
                 Some(mine) => {
                     let reservation = MemoryConsumer::new("PriorMergeExec shares' neighbour rows")
                         .register(&pool);
@@ -289,20 +291,28 @@ impl PriorMergeExec {
                     )
                     .await?;
                     metrics.read_neighbours.add_elapsed(start);
+                    memory.expected_rows.neighbours = Some(kept.rows());
                     (
-                        share::history_of_share(
-                            history,
+                        Some(share::history_of_share(
                             Arc::clone(mine),
                             needed,
                             metrics.history_rows_read.clone(),
-                        ),
+                        )),
                         kept.into_stream(schema),
                     )
                 }
-                None => (history, neighbours),
+                None => (None, neighbours),
             };
-            let mut index =
-                index::build(history, neighbours, &params, workers, &mut memory, &metrics).await?;
+            let mut index = index::build(
+                history,
+                keep_history,
+                neighbours,
+                &params,
+                workers,
+                &mut memory,
+                &metrics,
+            )
+            .await?;
             if mine.is_none() {
                 metrics.history_rows_read.add(metrics.history_rows.value());
             }

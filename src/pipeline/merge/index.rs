@@ -371,11 +371,17 @@ fn reserve(
     }
 }
 
+/// The rows of a history batch to keep (a share's: [`super::share::history_of_share`]), run by
+/// the workers that intern the batch.
+pub type KeepRows = Arc<dyn Fn(RecordBatch) -> Result<RecordBatch> + Send + Sync>;
+
 /// Reads both inputs and builds the [`Index`], with `workers` cores to keep busy.
 ///
-/// `history` yields (query, product_id, impressions, h); `neighbours` (query, neighbour, score).
+/// `history` yields (query, product_id, impressions, h), of which `keep_history` (if given)
+/// keeps some rows; `neighbours` yields (query, neighbour, score).
 pub async fn build(
     history: SendableRecordBatchStream,
+    keep_history: Option<KeepRows>,
     neighbours: SendableRecordBatchStream,
     params: &MergeParams,
     workers: usize,
@@ -415,8 +421,15 @@ pub async fn build(
     let mut pieces = history
         .map(|batch| {
             let (queries, products) = (Arc::clone(&queries), Arc::clone(&products));
-            SpawnedTask::spawn_blocking(move || history_rows(&batch?, &queries, &products))
-                .join_unwind()
+            let keep = keep_history.clone();
+            SpawnedTask::spawn_blocking(move || {
+                let batch = match keep {
+                    Some(keep) => keep(batch?)?,
+                    None => batch?,
+                };
+                history_rows(&batch, &queries, &products)
+            })
+            .join_unwind()
         })
         .buffer_unordered(in_flight);
     let mut history_rows = 0;

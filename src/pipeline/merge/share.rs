@@ -14,7 +14,6 @@
 //! shares are not ranges of one order.
 
 use std::cmp::Ordering;
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32Array};
@@ -22,7 +21,7 @@ use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, UInt32Type};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
-use datafusion::common::{DataFusionError, Result};
+use datafusion::common::{DataFusionError, HashSet, Result};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder};
 use datafusion::datasource::source::DataSourceExec;
@@ -37,7 +36,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ExecutionPlan, replace_children_if_necessary};
 use futures::{FutureExt, StreamExt};
 
-use super::index::{NOT_EMITTED, numbers, strings};
+use super::index::{KeepRows, NOT_EMITTED, numbers, strings};
 
 /// The physical optimizer rule that lets a share's task read its input files itself.
 ///
@@ -297,6 +296,11 @@ fn rows_bytes(batch: &RecordBatch) -> Result<usize> {
 }
 
 impl ShareNeighbours {
+    /// The rows kept.
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+
     /// The kept rows as a stream (schema `schema`), each batch's memory released once read.
     pub fn into_stream(
         self,
@@ -319,18 +323,12 @@ impl ShareNeighbours {
     }
 }
 
-/// `history` (query first) reduced to the rows of `mine`'s queries and of the `needed`
-/// neighbours. Rows with a null query are kept, so that the index build reports them as it does
-/// without shares.
-pub fn history_of_share(
-    history: SendableRecordBatchStream,
-    mine: Arc<Mine>,
-    needed: Needed,
-    read: Count,
-) -> SendableRecordBatchStream {
-    let schema = history.schema();
-    let stream = history.map(move |batch| {
-        let batch = batch?;
+/// What a share keeps of a history batch (query first): the rows of `mine`'s queries and of the
+/// `needed` neighbours, counting the rows it reads in `read`. Rows with a null query are kept,
+/// so that the index build reports them as it does without shares. The index build's workers
+/// run it, each on its batch.
+pub fn history_of_share(mine: Arc<Mine>, needed: Needed, read: Count) -> KeepRows {
+    Arc::new(move |batch: RecordBatch| {
         read.add(batch.num_rows());
         let query = strings(&batch, 0)?;
         let query = query.as_string::<i32>();
@@ -344,8 +342,7 @@ pub fn history_of_share(
             })
             .collect();
         Ok(filter_record_batch(&batch, &keep)?)
-    });
-    Box::pin(RecordBatchStreamAdapter::new(schema, stream))
+    })
 }
 
 #[cfg(test)]
