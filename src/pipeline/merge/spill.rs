@@ -144,6 +144,12 @@ impl<'a, T: SpillRow> Buffer<'a, T> {
     /// buffer's memory returned.
     pub fn finish(mut self) -> Result<Buffered<T>> {
         if self.files.is_empty() {
+            // the allocation past the rows was never written (a buffer sized for more rows than
+            // it got, such as a share's history, sized at the whole input's; the tail of the last
+            // doubling): its pages hold no memory, so the reservation keeps only the rows'
+            let used = self.rows.len() * size_of::<T>();
+            self.reservation
+                .shrink(self.reservation.size().saturating_sub(used));
             return Ok(Buffered::Resident(std::mem::take(&mut self.rows)));
         }
         self.make_room()?;
@@ -197,7 +203,24 @@ mod tests {
             panic!("nothing spills without a spill manager");
         };
         assert_eq!(rows.len(), 5_010);
-        assert_eq!(reservation.size(), rows.capacity() * row);
+        assert_eq!(
+            reservation.size(),
+            rows.len() * row,
+            "the rows, not the capacity"
+        );
+        drop(rows);
+        reservation.free();
+
+        // sized for more than it gets (a share's history): holds only what it got
+        let mut buffer: Buffer<'_, Member> = Buffer::new(&mut reservation, None);
+        buffer.expect(5_000);
+        buffer.add(members(3_000), |e| e).unwrap();
+        assert_eq!(buffer.reservation.size(), 5_000 * row);
+        let Ok(Buffered::Resident(rows)) = buffer.finish() else {
+            panic!("nothing spills without a spill manager");
+        };
+        assert_eq!((rows.capacity(), rows.len()), (5_000, 3_000));
+        assert_eq!(reservation.size(), 3_000 * row);
         drop(rows);
         reservation.free();
 

@@ -350,12 +350,12 @@ async fn a_shares_plan_reads_its_input_files_in_the_merge_stage() -> Result<()> 
         .with_target_partitions(3)
         // small files split into ranges as large ones are
         .set_usize("datafusion.optimizer.repartition_file_min_size", 1);
-    // the rules every session of the project gets
-    let state = crate::session::with_physical_rules(
-        datafusion::execution::session_state::SessionStateBuilder::new().with_default_features(),
-    )
-    .with_config(config)
-    .build();
+    // the rule every session of the project gets (`session::with_physical_rules`)
+    let state = datafusion::execution::session_state::SessionStateBuilder::new()
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(share::ReadInputsInMergeStage))
+        .with_config(config)
+        .build();
     let ctx = SessionContext::new_with_state(state);
     let mut plans = Vec::new();
     for (name, batch) in [("history", history), ("neighbours", neighbours)] {
