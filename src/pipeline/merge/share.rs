@@ -100,7 +100,7 @@ impl PhysicalOptimizerRule for ReadInputsInMergeStage {
 
 /// `plan` reading its files as one partition, when it is a scan under operators that work
 /// partition by partition (projections, filters); otherwise `plan` itself.
-pub fn read_whole(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+fn read_whole(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     if plan.properties().output_partitioning().partition_count() <= 1 {
         return Ok(plan);
     }
