@@ -377,10 +377,12 @@ fn the_job_backfill_and_sql_on_two_executors_equal_the_local_run() {
     );
     let read = dir.join("daily-delta.parquet");
     python(
-        "import sys\nfrom deltalake import DeltaTable\nimport pyarrow as pa, pyarrow.parquet as pq\n\
-         t = DeltaTable(sys.argv[1]).to_pyarrow_table()\n\
-         t = t.set_column(t.column_names.index('dt'), 'dt', t['dt'].cast(pa.string()))\n\
-         pq.write_table(t, sys.argv[2])",
+        &format!(
+            "import sys\nfrom deltalake import DeltaTable\nimport pyarrow as pa, pyarrow.parquet as pq\n\
+             t = DeltaTable(sys.argv[1]).to_pyarrow_table()\n\
+             t = t.set_column(t.column_names.index('dt'), 'dt', t['dt'].cast(pa.string()))\n\
+             pq.write_table(t, sys.argv[2]){EXIT_PY}"
+        ),
         &[delta.to_str().unwrap(), read.to_str().unwrap()],
     );
     let days = common::read_features_by(&read, Some("dt"));
@@ -545,9 +547,11 @@ fn the_merge_stage_runs_as_tasks_on_both_executors_which_write_the_parts() {
     }
     let read = dir.join("delta-read.parquet");
     let version = python(
-        "import sys\nfrom deltalake import DeltaTable\nimport pyarrow.parquet as pq\n\
-         t = DeltaTable(sys.argv[1])\npq.write_table(t.to_pyarrow_table(), sys.argv[2])\n\
-         print(t.version(), len(t.file_uris()))",
+        &format!(
+            "import sys\nfrom deltalake import DeltaTable\nimport pyarrow.parquet as pq\n\
+             t = DeltaTable(sys.argv[1])\npq.write_table(t.to_pyarrow_table(), sys.argv[2])\n\
+             print(t.version(), len(t.file_uris())){EXIT_PY}"
+        ),
         &[table.to_str().unwrap(), read.to_str().unwrap()],
     );
     assert_same_features(&read_features(&read), &expected);

@@ -71,10 +71,6 @@ fn built(log: &str) -> usize {
         .unwrap()
 }
 
-/// Leaves Python without its interpreter shutdown, where `deltalake` 1.6.6 once aborted after
-/// reading from S3 ("terminate called without an active exception") although the read succeeded.
-const EXIT_PY: &str = "\nimport os\nsys.stdout.flush()\nos._exit(0)\n";
-
 /// Python: `table(version=None)`, the Delta table of sys.argv[1] (a path, or an s3:// URL with
 /// the moto endpoint in sys.argv[2]) opened by the `deltalake` package.
 const OPEN_PY: &str = r#"

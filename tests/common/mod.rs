@@ -377,6 +377,12 @@ def lightgbm_conf(path):
     return params
 "##;
 
+/// Ends a Python snippet without its interpreter shutdown, where `deltalake` 1.6.6 has aborted
+/// after a read that succeeded ("terminate called without an active exception": after reading
+/// from S3 in tests/delta.rs, and once after a local read in tests/cluster.rs; pyarrow's
+/// threads at exit, apache/arrow#34314, delta-io/delta-rs#2184). An error before it still fails.
+pub const EXIT_PY: &str = "\nimport os, sys\nsys.stdout.flush()\nos._exit(0)\n";
+
 /// Runs a Python snippet in the test venv with `args` as sys.argv[1:]; returns its stdout and
 /// fails the test (with stderr) if it fails.
 pub fn python(code: &str, args: &[&str]) -> String {
